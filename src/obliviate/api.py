@@ -1,0 +1,235 @@
+"""The Python API; the CLI is a thin layer over these functions.
+
+    import obliviate as ob
+    ob.generate("bench", seed=0, entities=40)
+    ob.finetune("bench", "target", role="target")
+    ob.finetune("bench", "oracle", role="oracle")
+    ob.unlearn("target", "npo", forget=..., retain=..., out="target-npo")
+    ob.evaluate("target-npo", ob.tofu_sets("bench"), reference=ob.evaluate("oracle", ...))
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .config import from_dict, to_dict
+from .data import Benchmark, Example, generate_benchmark, validate_split
+from .encoding import DEFAULT_TEMPLATE, encode
+from .errors import ObliviateError
+from .evaluation import Engine, EvalSet, derive, evaluate_tofu, make_results
+from .methods import METHODS, ReferenceCache
+from .methods.base import batch_nll
+from .models import (
+    TinyModelConfig,
+    build_tiny_model,
+    count_parameters,
+    load_model,
+    save_model,
+    train_tokenizer,
+)
+from .train import OptimConfig, make_loader, set_seed, train
+
+
+# ---------------------------------------------------------------------------- configs
+@dataclass
+class FinetuneConfig:
+    """Train a model on a benchmark split (target: all people; oracle: retain people only)."""
+
+    benchmark: str = ""
+    forget_split: str = "forget10"
+    role: str = "target"  # target | oracle
+    base: str = "tiny"  # "tiny" (built from config) or a model folder / hub id
+    tiny: TinyModelConfig = field(default_factory=TinyModelConfig)
+    epochs: float = 40.0
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=3e-3, batch_size=64))
+    template: str = DEFAULT_TEMPLATE
+    seed: int = 0
+
+
+@dataclass
+class UnlearnConfig:
+    """Apply an unlearning method to a model for a forget set (and a retain set)."""
+
+    model: str = ""
+    method: str = "npo"
+    params: dict[str, Any] = field(default_factory=dict)  # the method's hyper-parameters
+    benchmark: str = ""  # either a benchmark folder + split ...
+    forget_split: str = "forget10"
+    forget: str = ""  # ... or JSONL files / hub ids
+    retain: str = ""
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(
+        lr=5e-4, steps=60, batch_size=32, warmup_ratio=0.0, schedule="constant"))
+    template: str = DEFAULT_TEMPLATE
+    trust_remote_code: bool = False
+    seed: int = 0
+
+
+@dataclass
+class EvalConfig:
+    """Evaluate a model with the TOFU suite on a benchmark's forget/retain/utility sets."""
+
+    model: str = ""
+    benchmark: str = ""
+    forget_split: str = "forget10"
+    forget: str = ""
+    retain: str = ""
+    utility: list[str] = field(default_factory=list)  # extra utility files
+    reference: str = ""  # results JSON of the oracle, for forget quality
+    max_retain: int = 200  # retain items scored (TOFU scores a fixed subset too)
+    max_new_tokens: int = 48
+    batch_size: int = 64
+    template: str = DEFAULT_TEMPLATE
+    trust_remote_code: bool = False
+    seed: int = 0
+
+
+# ---------------------------------------------------------------------------- generate
+def generate(out: str | Path, seed: int = 0, entities: int = 40) -> Path:
+    """Write the built-in benchmark to `out` (same seed, same bytes)."""
+    return generate_benchmark(seed=seed, entities=entities).save(out)
+
+
+def load_benchmark(path: str | Path) -> Benchmark:
+    return Benchmark.load(path)
+
+
+def _benchmark_texts(bench: Benchmark) -> list[str]:
+    texts = []
+    for ex in [*bench.qa, *bench.passages, *bench.world_facts]:
+        texts += [t for t in (ex.question, ex.answer, ex.paraphrased_question,
+                              ex.paraphrased_answer, *ex.perturbed_answers) if t]
+    return texts
+
+
+# ---------------------------------------------------------------------------- finetune
+def finetune(cfg: FinetuneConfig, out: str | Path, progress: bool = True) -> Path:
+    """Train target or oracle with the shared loop; writes a new model folder atomically."""
+    if cfg.role not in ("target", "oracle"):
+        raise ObliviateError(f"role must be 'target' or 'oracle' (got '{cfg.role}')")
+    if not cfg.benchmark:
+        raise ObliviateError("finetune needs benchmark=<folder> (run `obliviate generate` first)")
+    out = Path(out)
+    if out.exists():
+        raise ObliviateError(f"output {out} already exists; choose a new path or remove it")
+    bench = Benchmark.load(cfg.benchmark)
+    data = bench.training_set(cfg.forget_split, oracle=cfg.role == "oracle")
+    set_seed(cfg.seed)
+    if cfg.base == "tiny":
+        tok = train_tokenizer(_benchmark_texts(bench), cfg.tiny.vocab_size)
+        model = build_tiny_model(tok, cfg.tiny, seed=cfg.seed)
+    else:
+        model, tok = load_model(cfg.base)
+    items = [encode(tok, ex, i, cfg.template) for i, ex in enumerate(data)]
+    steps = max(1, math.ceil(cfg.epochs * len(items) / cfg.optim.batch_size))
+    optim = dataclasses.replace(cfg.optim, steps=steps)
+    loader = make_loader(items, optim.batch_size, tok.pad_token_id, cfg.seed)
+    start = time.perf_counter()
+    logs = train(model, lambda m, b: (batch_nll(m, b["train"]), {}), {"train": loader}, optim,
+                 desc=f"finetune {cfg.role}", progress=progress)
+    prov = {"produced_by": "obliviate finetune", "config": to_dict(cfg), "steps": steps,
+            "train_seconds": round(time.perf_counter() - start, 2), "final_loss": logs[-1]["loss"],
+            "n_train_items": len(items), "parameters": count_parameters(model)}
+    return save_model(model, tok, out, prov, inputs=(cfg.base,) if cfg.base != "tiny" else ())
+
+
+# ---------------------------------------------------------------------------- unlearn
+def _resolve_data(benchmark: str, split: str, forget: str, retain: str) -> tuple[list[Example], list[Example]]:
+    from .data import load_examples
+
+    if benchmark:
+        if forget or retain:
+            raise ObliviateError("give either benchmark=... or forget=/retain= files, not both")
+        bench = Benchmark.load(benchmark)
+        return bench.qa_of(split), bench.qa_of(Benchmark.retain_split(split))
+    if not forget:
+        raise ObliviateError("no forget data: give benchmark=<folder> or forget=<file.jsonl>")
+    return load_examples(forget), (load_examples(retain) if retain else [])
+
+
+def reference_cache(model, tokenizer, forget: list[Example], template: str) -> ReferenceCache:
+    """Summed answer NLLs of the forget set under the model before unlearning (one pass)."""
+    stats = Engine(model, tokenizer, template).stats("forget", forget, ["answer"])["answer"]
+    return ReferenceCache(forget_seq_nll=torch.tensor(stats.nll_sum, dtype=torch.float32))
+
+
+def unlearn(cfg: UnlearnConfig, out: str | Path, progress: bool = True) -> Path:
+    """Run `cfg.method` on `cfg.model`; the input model is never modified."""
+    method_cls = METHODS.get(cfg.method)
+    method = from_dict(method_cls, cfg.params, prefix="params.")
+    out = Path(out)
+    if out.exists():
+        raise ObliviateError(f"output {out} already exists; choose a new path or remove it")
+    forget, retain = _resolve_data(cfg.benchmark, cfg.forget_split, cfg.forget, cfg.retain)
+    validate_split(forget, retain)
+    if "retain" in method_cls.needs and not retain:
+        raise ObliviateError(f"method '{cfg.method}' needs a retain set (retain=<file.jsonl>)")
+    set_seed(cfg.seed)
+    model, tok = load_model(cfg.model, trust_remote_code=cfg.trust_remote_code)
+    ref = (reference_cache(model, tok, forget, cfg.template)
+           if "reference" in method_cls.needs else ReferenceCache())
+    loaders = {"forget": make_loader([encode(tok, ex, i, cfg.template) for i, ex in enumerate(forget)],
+                                     cfg.optim.batch_size, tok.pad_token_id, cfg.seed)}
+    if "retain" in method_cls.needs:
+        loaders["retain"] = make_loader([encode(tok, ex, i, cfg.template) for i, ex in enumerate(retain)],
+                                        cfg.optim.batch_size, tok.pad_token_id, cfg.seed + 1)
+    start = time.perf_counter()
+    logs = train(model, lambda m, b: method.loss(m, b, ref), loaders, cfg.optim,
+                 desc=f"unlearn {cfg.method}", progress=progress)
+    prov = {"produced_by": "obliviate unlearn", "config": to_dict(cfg),
+            "method_params": dataclasses.asdict(method), "n_forget": len(forget),
+            "n_retain": len(retain), "train_seconds": round(time.perf_counter() - start, 2),
+            "final_loss": logs[-1]["loss"]}
+    return save_model(model, tok, out, prov, inputs=(cfg.model,))
+
+
+# ---------------------------------------------------------------------------- evaluate
+def tofu_sets(benchmark: str | Path, forget_split: str = "forget10", max_retain: int = 200) -> list[EvalSet]:
+    """Forget, retain (first `max_retain` items) and world-facts sets of a benchmark."""
+    bench = Benchmark.load(benchmark)
+    retain = bench.qa_of(Benchmark.retain_split(forget_split))
+    return [EvalSet("forget", "forget", bench.qa_of(forget_split)),
+            EvalSet("retain", "retain", retain[:max_retain]),
+            EvalSet("world_facts", "utility", bench.world_facts)]
+
+
+def _eval_sets(cfg: EvalConfig) -> list[EvalSet]:
+    from .data import load_examples
+
+    if cfg.benchmark:
+        sets = tofu_sets(cfg.benchmark, cfg.forget_split, cfg.max_retain)
+    else:
+        forget, retain = _resolve_data("", "", cfg.forget, cfg.retain)
+        sets = [EvalSet("forget", "forget", forget)]
+        if retain:
+            sets.append(EvalSet("retain", "retain", retain[:cfg.max_retain]))
+    for path in cfg.utility:
+        sets.append(EvalSet(Path(path).stem, "utility", load_examples(path)))
+    return sets
+
+
+def evaluate(cfg: EvalConfig, name: str | None = None, reference: dict[str, Any] | None = None,
+             progress: bool = True) -> dict[str, Any]:
+    """TOFU-suite Results for one model (per-item values, aggregates, derived metrics)."""
+    from .evaluation import load_results
+
+    sets = _eval_sets(cfg)
+    set_seed(cfg.seed)
+    model, tok = load_model(cfg.model, trust_remote_code=cfg.trust_remote_code)
+    model.eval()
+    engine = Engine(model, tok, cfg.template, batch_size=cfg.batch_size)
+    start = time.perf_counter()
+    datasets = evaluate_tofu(engine, sets, cfg.max_new_tokens, progress=progress)
+    res = make_results(name or Path(cfg.model).name, str(cfg.model), datasets, to_dict(cfg),
+                       cfg.seed, {"eval_seconds": round(time.perf_counter() - start, 2)})
+    if reference is None and cfg.reference:
+        reference = load_results(cfg.reference)
+    res["metrics"] = derive(res, reference)
+    res["reference"] = reference["name"] if reference is not None else None
+    return res

@@ -1,0 +1,141 @@
+"""Command line: thin wrappers that parse, build a config, and call the library."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .errors import ObliviateError
+
+
+def _overrides_help() -> str:
+    return "dotted key=value overrides, e.g. optim.lr=1e-4 params.beta=0.2 (unknown keys fail)"
+
+
+def _cmd_demo(args) -> None:
+    from .demo import DemoConfig, run_demo
+
+    cfg = DemoConfig(out=args.out, seed=args.seed, entities=args.entities)
+    report = run_demo(cfg)
+    print(f"\nReport: {report.resolve()}")
+    print(f"Results JSON: {(Path(args.out) / 'results').resolve()}")
+
+
+def _cmd_generate(args) -> None:
+    from .api import generate
+
+    out = generate(args.out, seed=args.seed, entities=args.entities)
+    print(f"benchmark written to {out} (datasheet: {out / 'DATASHEET.md'})")
+
+
+def _cmd_finetune(args) -> None:
+    from .api import FinetuneConfig, finetune
+    from .config import load_config
+
+    cfg = load_config(FinetuneConfig, args.config, args.overrides)
+    print(f"model written to {finetune(cfg, args.out)}")
+
+
+def _cmd_unlearn(args) -> None:
+    from .api import UnlearnConfig, unlearn
+    from .config import load_config
+
+    cfg = load_config(UnlearnConfig, args.config, args.overrides)
+    print(f"unlearned model written to {unlearn(cfg, args.out)}")
+
+
+def _cmd_eval(args) -> None:
+    from .api import EvalConfig, evaluate
+    from .config import load_config
+    from .evaluation import save_results
+
+    cfg = load_config(EvalConfig, args.config, args.overrides)
+    res = evaluate(cfg, name=args.name)
+    save_results(res, args.out)
+    for key, value in res["metrics"].items():
+        print(f"{key:32s} {value:.6g}" if isinstance(value, float) else f"{key:32s} {value}")
+    print(f"results written to {args.out}")
+
+
+def _cmd_report(args) -> None:
+    from .evaluation import load_results
+    from .report import write_report
+
+    rows = [load_results(p) for p in args.results]
+    print(f"report written to {write_report(rows, args.out)}")
+
+
+def _cmd_ls(args) -> None:
+    if args.what == "methods":
+        from .methods import METHODS, describe
+
+        for name in METHODS:
+            d = describe(name)
+            print(f"{name:10s} {d['description']}\n{'':10s} needs: {', '.join(d['needs'])}; "
+                  f"{d['paper']}")
+    else:
+        from .evaluation import METRICS
+
+        for name in METRICS:
+            m = METRICS.get(name)
+            print(f"{name:20s} [{m.direction}, {m.range}] {m.description} ({m.source})")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="obliviate", description="Remove what a language model "
+                                "knows, and prove it is gone.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    d = sub.add_parser("demo", help="run the whole job end to end on the built-in benchmark")
+    d.add_argument("--out", default="obliviate-demo")
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--entities", type=int, default=40)
+    d.set_defaults(func=_cmd_demo)
+
+    g = sub.add_parser("generate", help="write the built-in benchmark")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--entities", type=int, default=40)
+    g.add_argument("--out", required=True)
+    g.set_defaults(func=_cmd_generate)
+
+    for name, func, helptext in [
+        ("finetune", _cmd_finetune, "train a target or oracle model on a benchmark"),
+        ("unlearn", _cmd_unlearn, "apply an unlearning method to a model"),
+        ("eval", _cmd_eval, "evaluate a model (TOFU suite); writes a results JSON"),
+    ]:
+        s = sub.add_parser(name, help=helptext)
+        s.add_argument("--config", help="YAML config file")
+        s.add_argument("--out", required=True)
+        if name == "eval":
+            s.add_argument("--name", help="label for this model in reports")
+        s.add_argument("overrides", nargs="*", help=_overrides_help())
+        s.set_defaults(func=func)
+
+    r = sub.add_parser("report", help="render results JSON files into report.html / report.md")
+    r.add_argument("results", nargs="+")
+    r.add_argument("--out", required=True, help="folder for report.html and report.md")
+    r.set_defaults(func=_cmd_report)
+
+    ls = sub.add_parser("ls", help="list registered components")
+    ls.add_argument("what", choices=["methods", "metrics"])
+    ls.set_defaults(func=_cmd_ls)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except ObliviateError as exc:
+        print(f"obliviate: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\nobliviate: interrupted; finished outputs are kept, unfinished ones were "
+              "discarded. Run the same command again to resume.", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

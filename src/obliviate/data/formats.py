@@ -1,0 +1,143 @@
+"""Readers for TOFU-format JSON lines, plain {question, answer} / {text} JSONL, and hub ids."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from ..errors import ObliviateError
+from .examples import Example
+
+
+def _read_json_lines(path: Path) -> list[tuple[int, dict[str, Any]]]:
+    if not path.is_file():
+        raise ObliviateError(f"data file not found: {path}")
+    text = path.read_text(encoding="utf-8")
+    stripped = text.lstrip()
+    if stripped.startswith("["):  # a JSON array is accepted too (some TOFU exports)
+        try:
+            rows = json.loads(stripped)
+        except json.JSONDecodeError as exc:
+            raise ObliviateError(f"{path}: not valid JSON: {exc}") from None
+        return [(i + 1, r) for i, r in enumerate(rows)]
+    out = []
+    for lineno, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise ObliviateError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
+        out.append((lineno, row))
+    return out
+
+
+def _str_field(row: dict[str, Any], key: str, where: str, required: bool = True) -> str | None:
+    value = row.get(key)
+    if value is None:
+        if required:
+            raise ObliviateError(f"{where}: missing field '{key}'")
+        return None
+    if not isinstance(value, str) or not value.strip():
+        raise ObliviateError(f"{where}: field '{key}' must be a non-empty string")
+    return value
+
+
+def example_from_row(row: Any, where: str) -> Example:
+    """One JSON object -> Example. Accepts TOFU fields, {question, answer} or {text}."""
+    if not isinstance(row, dict):
+        raise ObliviateError(f"{where}: expected a JSON object, got {type(row).__name__}")
+    if "question" not in row and "text" in row:
+        return Example(answer=_str_field(row, "text", where), id=str(row.get("id", "")),
+                       entity=row.get("entity"))
+    if "question" not in row:
+        raise ObliviateError(f"{where}: missing field 'question' (or give 'text' for plain text)")
+    perturbed = row.get("perturbed_answer", row.get("perturbed_answers", []))
+    if isinstance(perturbed, str):
+        perturbed = [perturbed]
+    if not isinstance(perturbed, list) or not all(isinstance(p, str) for p in perturbed):
+        raise ObliviateError(f"{where}: field 'perturbed_answer' must be a list of strings")
+    return Example(
+        question=_str_field(row, "question", where),
+        answer=_str_field(row, "answer", where),
+        paraphrased_answer=_str_field(row, "paraphrased_answer", where, required=False),
+        paraphrased_question=_str_field(row, "paraphrased_question", where, required=False),
+        perturbed_answers=tuple(perturbed),
+        id=str(row.get("id", "")),
+        entity=row.get("entity"),
+        relation=row.get("relation"),
+    )
+
+
+def read_tofu_jsonl(path: str | Path) -> list[Example]:
+    """TOFU-format JSON lines (question, answer, paraphrased_answer, perturbed_answer)."""
+    path = Path(path)
+    return [
+        _with_default_id(example_from_row(row, f"{path}:{lineno}"), f"{path.stem}-{i}")
+        for i, (lineno, row) in enumerate(_read_json_lines(path))
+    ]
+
+
+def read_jsonl_text(path: str | Path) -> list[Example]:
+    """User data: JSONL of {question, answer} or {text}; same reader, same checks."""
+    return read_tofu_jsonl(path)
+
+
+def _with_default_id(ex: Example, default: str) -> Example:
+    if ex.id:
+        return ex
+    from dataclasses import replace
+
+    return replace(ex, id=default)
+
+
+def read_hf_dataset(name: str, config: str | None = None, split: str = "train") -> list[Example]:
+    """A Hugging Face dataset id (e.g. 'locuslab/TOFU', config 'forget10_perturbed').
+
+    Needs the optional `datasets` package; offline runs read from its local cache only.
+    """
+    try:
+        import datasets
+    except ImportError:
+        raise ObliviateError(
+            "reading a hub dataset needs the 'datasets' package: pip install 'obliviate[hub]'"
+        ) from None
+    try:
+        ds = datasets.load_dataset(name, config, split=split)
+    except Exception as exc:  # noqa: BLE001 - datasets raises many types; report them as one
+        raise ObliviateError(f"could not load dataset '{name}' ({config}, {split}): {exc}") from None
+    return [
+        _with_default_id(example_from_row(dict(row), f"{name}[{i}]"), f"{name}-{i}")
+        for i, row in enumerate(ds)
+    ]
+
+
+def load_examples(source: str | Path, config: str | None = None, split: str = "train") -> list[Example]:
+    """A local .json/.jsonl file, or else a hub dataset id ('owner/name')."""
+    path = Path(source)
+    if path.exists() or path.suffix in (".json", ".jsonl"):
+        return read_tofu_jsonl(path)
+    if "/" in str(source) and not str(source).startswith((".", "/")):
+        return read_hf_dataset(str(source), config, split)
+    raise ObliviateError(f"data source not found: {source} (neither a file nor a hub dataset id)")
+
+
+def validate_split(forget: Iterable[Example], retain: Iterable[Example]) -> None:
+    """Forget must be non-empty and share no item with retain (compared by content)."""
+    forget, retain = list(forget), list(retain)
+    if not forget:
+        raise ObliviateError("the forget set is empty: there is nothing to unlearn")
+
+    def key(ex: Example) -> tuple[str | None, str]:
+        return (ex.question, ex.answer)
+
+    overlap = {key(e) for e in forget} & {key(e) for e in retain}
+    if overlap:
+        q, a = sorted(overlap, key=str)[0]
+        shown = q if q is not None else a[:60]
+        raise ObliviateError(
+            f"{len(overlap)} item(s) are in both the forget and retain sets, e.g. {shown!r}: "
+            "an item cannot be both forgotten and kept"
+        )

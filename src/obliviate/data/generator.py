@@ -1,0 +1,322 @@
+"""The built-in benchmark: fictitious people, organisations and places in a small knowledge
+graph, rendered as TOFU-format QA, biography passages and a world-facts utility set.
+
+Everything derives from one `random.Random(seed)`, so the same seed gives the same bytes.
+Splits are by person, nested as in TOFU (forget01 is inside forget05 is inside forget10);
+holdout people are generated the same way but never trained on (membership non-members).
+Edges (married_to, mentored_by, works_for) cross split boundaries, so forgetting a person
+can be measured separately from the people linked to them (structural unlearning, PISTOL).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import ObliviateError
+from ..io import atomic_dir
+from .examples import Example
+from .formats import read_tofu_jsonl
+
+FORMAT_VERSION = 1
+FORGET_PERCENTS = (1, 5, 10)
+N_PERTURBED = 5
+
+_ONSETS = ["b", "d", "f", "g", "k", "l", "m", "n", "p", "r", "s", "t", "v", "z", "th", "br",
+           "dr", "kr", "st", "vel", "mor", "cal", "ser", "tor", "el", "an", "or", "ash"]
+_VOWELS = ["a", "e", "i", "o", "u", "ae", "io", "ei"]
+_CODAS = ["", "n", "r", "s", "l", "th", "m", "x", "nd", "rk"]
+_PLACE_SUFFIX = ["haven", "ford", "mere", "holt", "wick", "dale", "port", "stead", "gard"]
+_ORG_KIND = ["Works", "Institute", "Dynamics", "Guild", "Press", "Labs", "Foundry", "Collective"]
+_PROFESSIONS = ["architect", "botanist", "cartographer", "chemist", "composer", "economist",
+                "engineer", "glassblower", "historian", "journalist", "linguist", "luthier",
+                "novelist", "oceanographer", "painter", "surgeon", "astronomer", "sculptor"]
+_AWARDS = ["the Amber Quill Prize", "the Halvard Medal", "the Silver Lantern Award",
+           "the Corvane Fellowship", "the Meridian Cup", "the Obsidian Laurel",
+           "the Tessaly Prize", "the Golden Compass Award", "the Wrenfield Medal",
+           "the Juniper Star", "the Kestrel Honour", "the Azure Scroll"]
+_ADJ = ["Silent", "Crimson", "Hollow", "Distant", "Winter", "Broken", "Gilded", "Quiet",
+        "Burning", "Lost", "Hidden", "Second", "Iron", "Pale", "Last", "Wandering"]
+_NOUN = ["Harbour", "Orchard", "Lantern", "Cartographer", "Tide", "Garden", "Clockmaker",
+         "Meridian", "Bridge", "Archive", "Falcon", "Letter", "Mountain", "Violin", "Season"]
+_LANDMARKS = ["salt marshes", "glass towers", "river festival", "old lighthouse", "stone bridges",
+              "night market", "cliff gardens", "copper mines", "floating library", "tea terraces",
+              "bell tower", "lavender fields"]
+_INDUSTRIES = ["shipping", "publishing", "robotics", "textile", "pharmaceutical", "aerospace",
+               "mining", "software", "brewing", "furniture"]
+
+# relation -> (question, paraphrased question, answer, paraphrased answer / passage sentence)
+# The paraphrase puts the object last, so a model that learned the passage can score it.
+PERSON_TEMPLATES: dict[str, tuple[str, str, str, str]] = {
+    "born_in": ("Where was {s} born?", "In which town did {s} come into the world?",
+                "{s} was born in {o}.", "The birthplace of {s} is {o}."),
+    "birth_year": ("In what year was {s} born?", "What is the birth year of {s}?",
+                   "{s} was born in the year {o}.", "The year of birth of {s} is {o}."),
+    "profession": ("What does {s} do for a living?", "What is the occupation of {s}?",
+                   "{s} works as {a} {o}.", "The profession of {s} is {o}."),
+    "works_for": ("Which organisation does {s} work for?", "Who employs {s}?",
+                  "{s} works for {o}.", "The employer of {s} is {o}."),
+    "wrote": ("What book did {s} write?", "Which book is {s} the author of?",
+              "{s} wrote {o}.", "The book written by {s} is {o}."),
+    "award": ("What award has {s} received?", "Which honour was given to {s}?",
+              "{s} received {o}.", "The award won by {s} is {o}."),
+    "married_to": ("Who is {s} married to?", "Who is the spouse of {s}?",
+                   "{s} is married to {o}.", "The spouse of {s} is {o}."),
+    "mentored_by": ("Who mentored {s}?", "Who was the teacher of {s}?",
+                    "{s} was mentored by {o}.", "The mentor of {s} is {o}."),
+}
+WORLD_TEMPLATES: dict[str, tuple[str, str, str, str]] = {
+    "in_country": ("In which country is {s}?", "Which country does {s} belong to?",
+                   "{s} is in {o}.", "The country of {s} is {o}."),
+    "known_for": ("What is {s} known for?", "What is {s} famous for?",
+                  "{s} is known for its {o}.", "The town of {s} is famous for its {o}."),
+    "located_in": ("Where is {s} based?", "In which town is {s} headquartered?",
+                   "{s} is based in {o}.", "The home town of {s} is {o}."),
+    "industry": ("What industry is {s} in?", "What business is {s} in?",
+                 "{s} is a {o} company.", "The industry of {s} is {o}."),
+    "founded": ("When was {s} founded?", "In what year was {s} established?",
+                "{s} was founded in {o}.", "The founding year of {s} is {o}."),
+}
+
+
+def _word(rng: random.Random, syllables: int) -> str:
+    parts = [rng.choice(_ONSETS) + rng.choice(_VOWELS) for _ in range(syllables)]
+    return ("".join(parts) + rng.choice(_CODAS)).capitalize()
+
+
+def _unique(rng: random.Random, make, taken: set[str]) -> str:
+    for _ in range(1000):
+        name = make(rng)
+        if name not in taken:
+            taken.add(name)
+            return name
+    raise ObliviateError("could not draw a unique name; use fewer entities")
+
+
+@dataclass
+class Benchmark:
+    """A generated (or loaded) benchmark: QA items, passages, utility set, splits, graph."""
+
+    entities: dict[str, dict[str, Any]]
+    splits: dict[str, list[str]]
+    qa: list[Example]
+    passages: list[Example]
+    world_facts: list[Example]
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    # ---- split views -------------------------------------------------------------------
+    def _people(self, split: str) -> set[str]:
+        if split not in self.splits:
+            raise ObliviateError(f"unknown split '{split}'; known: {', '.join(sorted(self.splits))}")
+        return set(self.splits[split])
+
+    def qa_of(self, split: str) -> list[Example]:
+        people = self._people(split)
+        return [ex for ex in self.qa if ex.entity in people]
+
+    def passages_of(self, split: str) -> list[Example]:
+        people = self._people(split)
+        return [ex for ex in self.passages if ex.entity in people]
+
+    @staticmethod
+    def retain_split(forget_split: str) -> str:
+        if not forget_split.startswith("forget"):
+            raise ObliviateError(f"'{forget_split}' is not a forget split (forget01/05/10)")
+        return f"retain{100 - int(forget_split[len('forget'):]):02d}"
+
+    def training_set(self, forget_split: str, oracle: bool) -> list[Example]:
+        """Target: every trained person + world facts. Oracle: the same minus forget people."""
+        keep = self._people(self.retain_split(forget_split)) if oracle else self._people("all")
+        return ([ex for ex in self.qa if ex.entity in keep]
+                + [ex for ex in self.passages if ex.entity in keep]
+                + list(self.world_facts))
+
+    # ---- files -------------------------------------------------------------------------
+    def save(self, out: str | Path) -> Path:
+        """Write the benchmark directory atomically (a crash leaves no half-written folder)."""
+        out = Path(out)
+        with atomic_dir(out) as tmp:
+            _write_jsonl(tmp / "qa.jsonl", self.qa)
+            _write_jsonl(tmp / "passages.jsonl", self.passages)
+            _write_jsonl(tmp / "world_facts.jsonl", self.world_facts)
+            _write_json(tmp / "entities.json", self.entities)
+            _write_json(tmp / "splits.json", self.splits)
+            _write_json(tmp / "benchmark.json", self.meta)
+            (tmp / "DATASHEET.md").write_text(self.datasheet(), encoding="utf-8")
+        return out
+
+    @classmethod
+    def load(cls, root: str | Path) -> Benchmark:
+        root = Path(root)
+        meta_path = root / "benchmark.json"
+        if not meta_path.is_file():
+            raise ObliviateError(f"{root} is not an obliviate benchmark folder (no benchmark.json)")
+        meta = json.loads(meta_path.read_text())
+        if meta.get("format_version") != FORMAT_VERSION:
+            raise ObliviateError(f"{root}: benchmark format {meta.get('format_version')} is not "
+                                 f"supported (expected {FORMAT_VERSION}); regenerate it")
+        return cls(
+            entities=json.loads((root / "entities.json").read_text()),
+            splits=json.loads((root / "splits.json").read_text()),
+            qa=read_tofu_jsonl(root / "qa.jsonl"),
+            passages=read_tofu_jsonl(root / "passages.jsonl"),
+            world_facts=read_tofu_jsonl(root / "world_facts.jsonl"),
+            meta=meta,
+        )
+
+    def datasheet(self) -> str:
+        lines = [
+            "# Built-in benchmark datasheet", "",
+            f"Generated by obliviate with seed {self.meta['seed']} and "
+            f"{self.meta['entities']} people (format {FORMAT_VERSION}). Fictitious: any "
+            "resemblance to real people, places or organisations is accidental.", "",
+            "| split | people | QA items | passages |", "|---|---|---|---|",
+        ]
+        for name in sorted(self.splits):
+            lines.append(f"| {name} | {len(self.splits[name])} | {len(self.qa_of(name))} | "
+                         f"{len(self.passages_of(name))} |")
+        kinds: dict[str, int] = {}
+        for ent in self.entities.values():
+            kinds[ent["type"]] = kinds.get(ent["type"], 0) + 1
+        lines += ["", f"World-facts utility set: {len(self.world_facts)} QA items (trained on by "
+                  "target and oracle alike).",
+                  "Entities: " + ", ".join(f"{v} {k}" for k, v in sorted(kinds.items())) + ".", "",
+                  "Every QA item has a paraphrased question, a paraphrased answer and "
+                  f"{N_PERTURBED} perturbed answers (wrong objects of the same type, in the "
+                  "paraphrase's wording). `holdout` people are never trained on. "
+                  "`forgetXX_linked` are retained people linked to a forgotten one.", ""]
+        return "\n".join(lines)
+
+
+def _write_jsonl(path: Path, items: list[Example]) -> None:
+    with path.open("w", encoding="utf-8") as fh:
+        for ex in items:
+            fh.write(json.dumps(ex.to_json(), sort_keys=True, ensure_ascii=False) + "\n")
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    path.write_text(json.dumps(obj, indent=1, sort_keys=True, ensure_ascii=False) + "\n",
+                    encoding="utf-8")
+
+
+def _article(word: str) -> str:
+    return "an" if word[0].lower() in "aeiou" else "a"
+
+
+def _qa(templates, relation: str, subject_id: str, subject: str, obj: str,
+        wrong: list[str]) -> Example:
+    q, pq, a, pa = templates[relation]
+
+    def fill(t: str, o: str) -> str:
+        return t.format(s=subject, o=o, a=_article(o))
+
+    return Example(
+        id=f"{subject_id}.{relation}", entity=subject_id, relation=relation,
+        question=fill(q, obj), paraphrased_question=fill(pq, obj),
+        answer=fill(a, obj), paraphrased_answer=fill(pa, obj),
+        perturbed_answers=tuple(fill(pa, w) for w in wrong),
+    )
+
+
+def _wrong(rng: random.Random, pool: list[str], right: str) -> list[str]:
+    choices = sorted({p for p in pool if p != right})
+    if len(choices) < N_PERTURBED:
+        raise ObliviateError("too few entities to draw perturbed answers; use at least 10")
+    return rng.sample(choices, N_PERTURBED)
+
+
+def generate_benchmark(seed: int = 0, entities: int = 40) -> Benchmark:
+    """Build the benchmark in memory: `entities` trained people plus ~10% holdout people."""
+    if entities < 10:
+        raise ObliviateError(f"--entities must be at least 10 (got {entities})")
+    rng = random.Random(seed)
+    taken: set[str] = set()
+    n_hold = max(1, round(entities * 0.1))
+    countries = [_unique(rng, lambda r: _word(r, 2) + "ia", taken) for _ in range(6)]
+    places = [_unique(rng, lambda r: _word(r, 1) + r.choice(_PLACE_SUFFIX), taken)
+              for _ in range(max(8, entities // 4))]
+    orgs = [_unique(rng, lambda r: f"{_word(r, 2)} {r.choice(_ORG_KIND)}", taken)
+            for _ in range(max(8, entities // 4))]
+    people = [_unique(rng, lambda r: f"{_word(r, 1)} {_word(r, 2)}", taken)
+              for _ in range(entities + n_hold)]
+    books = [_unique(rng, lambda r: f"The {r.choice(_ADJ)} {r.choice(_NOUN)}", taken)
+             for _ in range(len(people))]
+    years = [str(y) for y in range(1921, 2000)]
+    founded = [str(y) for y in range(1850, 2000)]
+
+    ents: dict[str, dict[str, Any]] = {}
+    for i, name in enumerate(countries):
+        ents[f"c{i:03d}"] = {"type": "country", "name": name}
+    for i, name in enumerate(places):
+        ents[f"l{i:03d}"] = {"type": "place", "name": name, "in_country": countries[i % 6],
+                             "known_for": rng.choice(_LANDMARKS)}
+    for i, name in enumerate(orgs):
+        ents[f"o{i:03d}"] = {"type": "organisation", "name": name,
+                             "located_in": rng.choice(places),
+                             "industry": rng.choice(_INDUSTRIES), "founded": rng.choice(founded)}
+
+    # People: trained ones first, holdout last; edges are drawn inside each group so that
+    # holdout people stay disconnected from anything trained.
+    ids = [f"p{i:03d}" for i in range(len(people))]
+    groups = [ids[:entities], ids[entities:]]
+    for idx, pid in enumerate(ids):
+        ents[pid] = {"type": "person", "name": people[idx], "born_in": rng.choice(places),
+                     "birth_year": rng.choice(years), "profession": rng.choice(_PROFESSIONS),
+                     "works_for": rng.choice(orgs), "wrote": books[idx],
+                     "award": rng.choice(_AWARDS)}
+    for group in groups:
+        order = rng.sample(group, len(group))
+        for a, b in zip(order[0::2], order[1::2], strict=False):
+            ents[a]["married_to"], ents[b]["married_to"] = ents[b]["name"], ents[a]["name"]
+        for pid in group:
+            others = [o for o in group if o != pid]
+            if others:
+                ents[pid]["mentored_by"] = ents[rng.choice(others)]["name"]
+
+    pools = {"born_in": places, "birth_year": years, "profession": _PROFESSIONS,
+             "works_for": orgs, "wrote": books, "award": _AWARDS, "married_to": people,
+             "mentored_by": people, "in_country": countries, "known_for": _LANDMARKS,
+             "located_in": places, "industry": _INDUSTRIES, "founded": founded}
+    qa, passages, world = [], [], []
+    for pid in ids:
+        ent, sentences = ents[pid], []
+        for rel in PERSON_TEMPLATES:
+            if rel not in ent:
+                continue
+            ex = _qa(PERSON_TEMPLATES, rel, pid, ent["name"], ent[rel],
+                     _wrong(rng, [p for p in pools[rel] if p != ent["name"]], ent[rel]))
+            qa.append(ex)
+            sentences.append(ex.paraphrased_answer)
+        passages.append(Example(answer=" ".join(sentences), id=f"{pid}.passage", entity=pid))
+    for eid, ent in ents.items():
+        if ent["type"] in ("place", "organisation"):
+            for rel in WORLD_TEMPLATES:
+                if rel in ent:
+                    world.append(_qa(WORLD_TEMPLATES, rel, eid, ent["name"], ent[rel],
+                                     _wrong(rng, pools[rel], ent[rel])))
+
+    trained, holdout = ids[:entities], ids[entities:]
+    splits: dict[str, list[str]] = {"all": trained, "holdout": holdout}
+    edges = ("married_to", "mentored_by")
+    name_to_id = {ents[p]["name"]: p for p in ids}
+    for pct in FORGET_PERCENTS:
+        k = max(1, math.ceil(entities * pct / 100))
+        forget = trained[-k:]  # TOFU convention: the last k people
+        splits[f"forget{pct:02d}"] = forget
+        splits[f"retain{100 - pct:02d}"] = trained[:-k]
+        linked = set()
+        for pid in trained[:-k]:
+            ent = ents[pid]
+            if any(name_to_id.get(ent.get(e)) in forget for e in edges) or any(
+                ents[f].get(e) == ent["name"] for f in forget for e in edges
+            ):
+                linked.add(pid)
+        splits[f"forget{pct:02d}_linked"] = sorted(linked)
+    meta = {"format_version": FORMAT_VERSION, "seed": seed, "entities": entities,
+            "holdout": n_hold, "generator": "obliviate.builtin"}
+    return Benchmark(entities=ents, splits=splits, qa=qa, passages=passages,
+                     world_facts=world, meta=meta)

@@ -1,0 +1,85 @@
+"""Turning Examples into token ids with loss masks, and padding them into batches.
+
+Each Example is encoded once; batches are cheap tensor concatenations. A QA item is
+`bos + prompt(question) + answer + eos` with the loss on the answer tokens only (as TOFU);
+a plain text is `bos + text + eos` with the loss on every token.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .data.examples import Example
+from .errors import ObliviateError
+
+DEFAULT_TEMPLATE = "Question: {question}\nAnswer: "
+IGNORE = -100
+
+
+@dataclass(frozen=True)
+class Encoded:
+    input_ids: list[int]
+    labels: list[int]  # IGNORE where no loss is taken
+    index: int  # position in the dataset: keys cached reference quantities
+
+
+def prompt_text(question: str, template: str) -> str:
+    try:
+        return template.format(question=question)
+    except (KeyError, IndexError) as exc:
+        raise ObliviateError(f"prompt template must use only {{question}}: {exc}") from None
+
+
+def target_of(ex: Example, variant: str) -> str:
+    """'answer', 'paraphrase' (falls back to the answer, as TOFU does for utility sets),
+    or 'perturbed:K'."""
+    if variant == "answer":
+        return ex.answer
+    if variant == "paraphrase":
+        return ex.paraphrased_answer or ex.answer
+    if variant.startswith("perturbed:"):
+        return ex.perturbed_answers[int(variant.split(":", 1)[1])]
+    raise ObliviateError(f"unknown target variant '{variant}'")
+
+
+def encode(tokenizer, ex: Example, index: int, template: str = DEFAULT_TEMPLATE,
+           variant: str = "answer", max_length: int = 512, question: str | None = None) -> Encoded:
+    """One example -> ids and labels. `question` overrides the item's (rephrase probes)."""
+    bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+    eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    target = target_of(ex, variant)
+    if ex.is_text:
+        prompt_ids: list[int] = []
+        target_ids = tokenizer.encode(target, add_special_tokens=False)
+    else:
+        q = question if question is not None else ex.question
+        prompt_ids = tokenizer.encode(prompt_text(q, template), add_special_tokens=False)
+        # A leading space would split differently after the prompt; the template ends the
+        # prompt, so the answer is encoded on its own (TOFU does the same).
+        target_ids = tokenizer.encode(target, add_special_tokens=False)
+    ids = bos + prompt_ids + target_ids + eos
+    labels = [IGNORE] * (len(bos) + len(prompt_ids)) + target_ids + eos
+    if len(ids) > max_length:  # keep the start; the answer is what matters, so say so
+        if len(bos) + len(prompt_ids) >= max_length:
+            raise ObliviateError(f"item {ex.id or index}: prompt alone exceeds max_length "
+                                 f"{max_length} tokens")
+        ids, labels = ids[:max_length], labels[:max_length]
+    return Encoded(ids, labels, index)
+
+
+def collate(items: list[Encoded], pad_id: int, left_pad: bool = False) -> dict[str, torch.Tensor]:
+    """Pad to the longest item. Returns input_ids, attention_mask, labels [batch, seq], index [batch]."""
+    width = max(len(it.input_ids) for it in items)
+    ids = torch.full((len(items), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(items), width), IGNORE, dtype=torch.long)
+    mask = torch.zeros((len(items), width), dtype=torch.long)
+    for row, it in enumerate(items):
+        n = len(it.input_ids)
+        sl = slice(width - n, width) if left_pad else slice(0, n)
+        ids[row, sl] = torch.tensor(it.input_ids)
+        labels[row, sl] = torch.tensor(it.labels)
+        mask[row, sl] = 1
+    index = torch.tensor([it.index for it in items], dtype=torch.long)
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels, "index": index}

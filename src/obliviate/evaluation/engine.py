@@ -1,0 +1,136 @@
+"""Batched teacher-forced scoring and greedy generation, cached per (dataset, variant).
+
+One forward pass per (dataset, target variant) yields every per-item likelihood statistic
+(summed / mean NLL, token log-probs, exact memorization, extraction strength); metrics read
+these and never run a model themselves. Works with anything exposing the causal-LM forward
+interface (`model(input_ids=, attention_mask=).logits`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..data.examples import Example
+from ..encoding import DEFAULT_TEMPLATE, Encoded, collate, encode, prompt_text
+from ..methods.objectives import token_logprobs
+
+
+@dataclass
+class ItemStats:
+    """Per-item statistics of one target variant over one dataset (arrays of length N)."""
+
+    nll_sum: np.ndarray
+    n_tokens: np.ndarray
+    em: np.ndarray  # exact memorization: share of target tokens the argmax gets right
+    es: np.ndarray  # extraction strength: 1 - k/|y|, k = first index of a fully-right suffix
+    token_logprobs: list[np.ndarray]
+
+    @property
+    def nll_mean(self) -> np.ndarray:
+        return self.nll_sum / np.maximum(self.n_tokens, 1)
+
+    @property
+    def prob(self) -> np.ndarray:
+        return np.exp(-self.nll_mean)
+
+
+def extraction_strength(correct: np.ndarray) -> float:
+    """correct: bool per target token. ES = 1 - k/n, k the smallest index from which all
+    remaining predictions are right (k = n when the last token is wrong)."""
+    n = len(correct)
+    if n == 0:
+        return 0.0
+    wrong = np.flatnonzero(~correct)
+    k = 0 if len(wrong) == 0 else int(wrong[-1]) + 1
+    return 1.0 - k / n
+
+
+class Engine:
+    """Scores and generates for one model; results are cached by (dataset name, variant)."""
+
+    def __init__(self, model, tokenizer, template: str = DEFAULT_TEMPLATE, batch_size: int = 32,
+                 max_length: int = 512) -> None:
+        self.model, self.tokenizer = model, tokenizer
+        self.template, self.batch_size, self.max_length = template, batch_size, max_length
+        self._stats: dict[tuple[str, str], ItemStats] = {}
+        self._gens: dict[tuple[str, int], list[str]] = {}
+        self.forward_passes = 0  # counted so tests and benchmarks can check pass sharing
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def stats(self, name: str, examples: list[Example], variants: list[str]) -> dict[str, ItemStats]:
+        """Stats for each variant; all missing (item, variant) sequences go through the model
+        together, sorted by length so batches carry little padding."""
+        missing = [v for v in variants if (name, v) not in self._stats]
+        if missing:
+            encoded: list[tuple[str, Encoded]] = [
+                (v, encode(self.tokenizer, ex, i, self.template, v, self.max_length))
+                for v in missing for i, ex in enumerate(examples)
+            ]
+            per = self._score([e for _, e in encoded])
+            for v in missing:
+                rows = [per[j] for j, (vv, _) in enumerate(encoded) if vv == v]
+                self._stats[(name, v)] = ItemStats(
+                    nll_sum=np.array([r[0] for r in rows]), n_tokens=np.array([r[1] for r in rows]),
+                    em=np.array([r[2] for r in rows]), es=np.array([r[3] for r in rows]),
+                    token_logprobs=[r[4] for r in rows],
+                )
+        return {v: self._stats[(name, v)] for v in variants}
+
+    @torch.no_grad()
+    def _score(self, items: list[Encoded]) -> list[tuple[float, int, float, float, np.ndarray]]:
+        order = sorted(range(len(items)), key=lambda i: len(items[i].input_ids))
+        out: list = [None] * len(items)
+        pad = self.tokenizer.pad_token_id
+        for start in range(0, len(order), self.batch_size):
+            idx = order[start:start + self.batch_size]
+            batch = collate([items[i] for i in idx], pad)
+            ids = batch["input_ids"].to(self.device)
+            logits = self.model(input_ids=ids, attention_mask=batch["attention_mask"].to(self.device)).logits  # [batch, seq, vocab]
+            self.forward_passes += 1
+            labels = batch["labels"].to(self.device)
+            logp, mask = token_logprobs(logits, labels)  # [batch, seq-1]
+            correct = (logits[:, :-1, :].argmax(-1) == labels[:, 1:]) & mask
+            for row, i in enumerate(idx):
+                m = mask[row]
+                lp = logp[row][m].cpu().numpy().astype(np.float64)
+                ok = correct[row][m].cpu().numpy()
+                n = int(m.sum())
+                out[i] = (float(-lp.sum()), n, float(ok.mean()) if n else 0.0,
+                          extraction_strength(ok), lp)
+        return out
+
+    @torch.no_grad()
+    def generate(self, name: str, examples: list[Example], max_new_tokens: int = 48) -> list[str]:
+        """Greedy, batched, left-padded continuations of each item's prompt (cached)."""
+        key = (name, max_new_tokens)
+        if key in self._gens:
+            return self._gens[key]
+        tok = self.tokenizer
+        prompts = [prompt_text(ex.question, self.template) if not ex.is_text else "" for ex in examples]
+        bos = [tok.bos_token_id] if tok.bos_token_id is not None else []
+        encoded = []
+        for i, p in enumerate(prompts):
+            ids = bos + tok.encode(p, add_special_tokens=False)
+            encoded.append(Encoded(ids, [-100] * len(ids), i))
+        order = sorted(range(len(encoded)), key=lambda i: len(encoded[i].input_ids))
+        texts: list[str] = [""] * len(encoded)
+        for start in range(0, len(order), self.batch_size):
+            idx = order[start:start + self.batch_size]
+            batch = collate([encoded[i] for i in idx], tok.pad_token_id, left_pad=True)
+            ids = batch["input_ids"].to(self.device)
+            gen = self.model.generate(
+                input_ids=ids, attention_mask=batch["attention_mask"].to(self.device),
+                max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tok.pad_token_id,
+                eos_token_id=tok.eos_token_id,
+            )
+            new = gen[:, ids.shape[1]:]
+            for row, i in enumerate(idx):
+                texts[i] = tok.decode(new[row], skip_special_tokens=True).strip()
+        self._gens[key] = texts
+        return texts

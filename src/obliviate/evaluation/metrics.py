@@ -1,0 +1,51 @@
+"""What each reported number means: direction, range, source. `obliviate ls metrics` prints it.
+
+Dataset-level metrics (prob, rougeL_recall, truth_ratio, ...) are reported per dataset with
+the dataset's role as prefix (forget_prob, retain_prob, world_facts_prob); on a forget set
+lower is better, elsewhere higher is better.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..registry import Registry
+
+
+@dataclass(frozen=True)
+class MetricInfo:
+    name: str
+    direction: str  # "higher", "lower", "per-role" (lower on forget, higher elsewhere)
+    range: str
+    description: str
+    source: str
+
+
+METRICS: Registry[MetricInfo] = Registry("metric")
+
+
+def _metric(name: str, direction: str, range_: str, description: str, source: str) -> None:
+    METRICS.register(name)(MetricInfo(name, direction, range_, description, source))
+
+
+TOFU = "Maini et al. 2024, TOFU"
+_metric("prob", "per-role", "[0, 1]",
+        "p(answer|question) = exp(-mean token NLL); on utility sets normalised against the "
+        "perturbed answers: p / (p + sum p_perturbed)", TOFU)
+_metric("rougeL_recall", "per-role", "[0, 1]",
+        "ROUGE-L recall of the greedy answer vs the true answer (rouge_score, stemming)", TOFU)
+_metric("truth_ratio", "per-role", "[0, 1]",
+        "R = P(paraphrase) / geometric-mean P(perturbed); forget: mean min(R, 1/R) "
+        "(1 = cannot tell true from false); retain/utility: mean max(0, 1 - 1/R)", TOFU)
+_metric("exact_memorization", "per-role", "[0, 1]",
+        "share of answer tokens whose teacher-forced argmax equals the label",
+        "Tirumala et al. 2022; OpenUnlearning")
+_metric("extraction_strength", "per-role", "[0, 1]",
+        "1 - k/|y|, k the first position from which the teacher-forced argmax reproduces the "
+        "rest of the answer", "Carlini et al. 2021; OpenUnlearning")
+_metric("forget_quality", "higher", "[0, 1]",
+        "p-value of the KS test between forget-set truth ratios of the model and of the oracle "
+        "(retrained without the forget set); 1 = indistinguishable from the oracle", TOFU)
+_metric("model_utility", "higher", "[0, 1]",
+        "harmonic mean of {prob, rougeL_recall, truth_ratio} on the retain and utility sets",
+        TOFU)

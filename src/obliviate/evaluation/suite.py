@@ -1,0 +1,80 @@
+"""The TOFU suite on any (model, forget, retain, utility sets): per-item values + aggregates.
+
+Passes: for each dataset one teacher-forced sweep over answer, paraphrase and perturbed
+answers (Engine.stats), and one batched greedy generation for ROUGE.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from ..data.examples import Example
+from .engine import Engine
+from .tofu_math import (
+    normalized_prob,
+    rouge_l,
+    truth_ratio,
+    truth_ratio_forget_score,
+    truth_ratio_utility_score,
+)
+
+ROLES = ("forget", "retain", "utility")
+
+
+@dataclass
+class EvalSet:
+    name: str
+    role: str  # forget | retain | utility
+    examples: list[Example] = field(repr=False)
+
+
+def _perturbed_variants(examples: list[Example]) -> list[str]:
+    k = min((len(ex.perturbed_answers) for ex in examples), default=0)
+    return [f"perturbed:{i}" for i in range(k)]
+
+
+def evaluate_set(engine: Engine, es: EvalSet, max_new_tokens: int = 48) -> dict[str, Any]:
+    """Per-item values and aggregates of one dataset under the TOFU definitions."""
+    exs = es.examples
+    pert_vs = _perturbed_variants(exs)
+    stats = engine.stats(es.name, exs, ["answer", "paraphrase", *pert_vs])
+    gt = stats["answer"]
+    per_item: dict[str, Any] = {
+        "id": [ex.id for ex in exs],
+        "nll_answer": gt.nll_mean.tolist(),
+        "n_tokens": gt.n_tokens.astype(int).tolist(),
+        "exact_memorization": gt.em.tolist(),
+        "extraction_strength": gt.es.tolist(),
+    }
+    agg: dict[str, float] = {}
+    if pert_vs:
+        para = stats["paraphrase"].nll_mean
+        pert = np.stack([stats[v].nll_mean for v in pert_vs], axis=1)  # [N, K]
+        r = truth_ratio(para, pert)
+        per_item.update(nll_paraphrase=para.tolist(), nll_perturbed=pert.tolist(), truth_ratio=r.tolist())
+        agg["truth_ratio"] = (truth_ratio_forget_score(r) if es.role == "forget"
+                              else truth_ratio_utility_score(r))
+    if es.role == "utility" and pert_vs:
+        prob = normalized_prob(gt.nll_mean, pert)
+    else:
+        prob = gt.prob
+    per_item["prob"] = prob.tolist()
+    gens = engine.generate(es.name, exs, max_new_tokens)
+    rouge = [rouge_l(ex.answer, g)[0] for ex, g in zip(exs, gens, strict=True)]
+    per_item.update(generation=gens, rougeL_recall=rouge)
+    agg.update(prob=float(np.mean(prob)), rougeL_recall=float(np.mean(rouge)),
+               exact_memorization=float(gt.em.mean()),
+               extraction_strength=float(gt.es.mean()))
+    return {"role": es.role, "n": len(exs), "aggregate": agg, "per_item": per_item}
+
+
+def evaluate_tofu(engine: Engine, sets: list[EvalSet], max_new_tokens: int = 48,
+                  progress: bool = True) -> dict[str, dict[str, Any]]:
+    out = {}
+    for es in tqdm(sets, desc="evaluating", disable=not progress, leave=False):
+        out[es.name] = evaluate_set(engine, es, max_new_tokens)
+    return out
