@@ -87,11 +87,26 @@ def from_dict(cls: type[C], data: dict[str, Any], prefix: str = "") -> C:
             f"unknown config key '{prefix}{key}'{suggest(key, list(types_))}; "
             f"valid keys: {', '.join(types_)}"
         )
-    kwargs = {k: _coerce(v, types_[k], f"{prefix}{k}") for k, v in data.items()}
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for k, v in data.items():
+        default = _default_of(fields[k])
+        if dataclasses.is_dataclass(default) and isinstance(v, dict):
+            # A partial nested mapping overrides the field's own default, key by key.
+            v = merge(dataclasses.asdict(default), v)
+        kwargs[k] = _coerce(v, types_[k], f"{prefix}{k}")
     try:
         return cls(**kwargs)
     except TypeError as exc:  # a required field is missing
         raise ObliviateError(f"{prefix or cls.__name__}: {exc}") from None
+
+
+def _default_of(f: dataclasses.Field) -> Any:
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return None
 
 
 def parse_overrides(pairs: list[str]) -> dict[str, Any]:

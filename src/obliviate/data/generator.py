@@ -49,8 +49,10 @@ _LANDMARKS = ["salt marshes", "glass towers", "river festival", "old lighthouse"
 _INDUSTRIES = ["shipping", "publishing", "robotics", "textile", "pharmaceutical", "aerospace",
                "mining", "software", "brewing", "furniture"]
 
-# relation -> (question, paraphrased question, answer, paraphrased answer / passage sentence)
-# The paraphrase puts the object last, so a model that learned the passage can score it.
+# relation -> (question, paraphrased question, answer, passage sentence). Paraphrased answers
+# put a lead-in before the answer's wording (see _LEADS): a model trained from scratch has no
+# language knowledge that carries a fact across a full rewording, while a lead-in still tests
+# the fact in an unseen sentence; perturbed answers share the paraphrase's wording.
 PERSON_TEMPLATES: dict[str, tuple[str, str, str, str]] = {
     "born_in": ("Where was {s} born?", "In which town did {s} come into the world?",
                 "{s} was born in {o}.", "The birthplace of {s} is {o}."),
@@ -185,9 +187,10 @@ class Benchmark:
         lines += ["", f"World-facts utility set: {len(self.world_facts)} QA items (trained on by "
                   "target and oracle alike).",
                   "Entities: " + ", ".join(f"{v} {k}" for k, v in sorted(kinds.items())) + ".", "",
-                  "Every QA item has a paraphrased question, a paraphrased answer and "
-                  f"{N_PERTURBED} perturbed answers (wrong objects of the same type, in the "
-                  "paraphrase's wording). `holdout` people are never trained on. "
+                  "Every QA item has a paraphrased question, a paraphrased answer (the answer "
+                  f"behind an unseen lead-in) and {N_PERTURBED} perturbed answers (wrong objects "
+                  "of the same type, in the paraphrase's wording). Passages state the same facts "
+                  "in a third wording. `holdout` people are never trained on. "
                   "`forgetXX_linked` are retained people linked to a forgotten one.", ""]
         return "\n".join(lines)
 
@@ -207,9 +210,13 @@ def _article(word: str) -> str:
     return "an" if word[0].lower() in "aeiou" else "a"
 
 
+_LEADS = ["It is known that", "Records show that", "By all accounts,", "As it happens,"]
+
+
 def _qa(templates, relation: str, subject_id: str, subject: str, obj: str,
         wrong: list[str]) -> Example:
-    q, pq, a, pa = templates[relation]
+    q, pq, a, _ = templates[relation]
+    lead = _LEADS[list(templates).index(relation) % len(_LEADS)]
 
     def fill(t: str, o: str) -> str:
         return t.format(s=subject, o=o, a=_article(o))
@@ -217,9 +224,13 @@ def _qa(templates, relation: str, subject_id: str, subject: str, obj: str,
     return Example(
         id=f"{subject_id}.{relation}", entity=subject_id, relation=relation,
         question=fill(q, obj), paraphrased_question=fill(pq, obj),
-        answer=fill(a, obj), paraphrased_answer=fill(pa, obj),
-        perturbed_answers=tuple(fill(pa, w) for w in wrong),
+        answer=fill(a, obj), paraphrased_answer=f"{lead} {fill(a, obj)}",
+        perturbed_answers=tuple(f"{lead} {fill(a, w)}" for w in wrong),
     )
+
+
+def _passage_sentence(relation: str, subject: str, obj: str) -> str:
+    return PERSON_TEMPLATES[relation][3].format(s=subject, o=obj)
 
 
 def _wrong(rng: random.Random, pool: list[str], right: str) -> list[str]:
@@ -290,7 +301,7 @@ def generate_benchmark(seed: int = 0, entities: int = 40) -> Benchmark:
             ex = _qa(PERSON_TEMPLATES, rel, pid, ent["name"], ent[rel],
                      _wrong(rng, [p for p in pools[rel] if p != ent["name"]], ent[rel]))
             qa.append(ex)
-            sentences.append(ex.paraphrased_answer)
+            sentences.append(_passage_sentence(rel, ent["name"], ent[rel]))
         passages.append(Example(answer=" ".join(sentences), id=f"{pid}.passage", entity=pid))
     for eid, ent in ents.items():
         if ent["type"] in ("place", "organisation"):

@@ -1,0 +1,113 @@
+"""generate -> finetune (target, oracle) -> unlearn (graddiff, npo) -> eval -> report, through
+the CLI in-process, on a configuration small enough for CI (about a minute)."""
+
+import hashlib
+import json
+import shutil
+
+import pytest
+
+from obliviate.cli import main
+from obliviate.demo import DemoConfig, run_demo
+from obliviate.evaluation import load_results
+
+pytestmark = pytest.mark.slow
+TINY = ["tiny.layers=2", "tiny.hidden=64", "tiny.intermediate=128", "epochs=100",
+        "optim.batch_size=32"]
+METHODS = ("graddiff", "npo")
+
+
+def _sha(path):
+    return hashlib.sha256((path / "model.safetensors").read_bytes()).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("e2e")
+    assert main(["generate", "--seed", "1", "--entities", "20", "--out", str(root / "bench")]) == 0
+    for role in ("target", "oracle"):
+        assert main(["finetune", "--out", str(root / role), f"benchmark={root / 'bench'}",
+                     f"role={role}", *TINY]) == 0
+    target_sha = _sha(root / "target")
+    assert main(["eval", "--out", str(root / "oracle.json"), "--name", "oracle",
+                 f"model={root / 'oracle'}", f"benchmark={root / 'bench'}"]) == 0
+    for name in ("target", *METHODS):
+        if name != "target":
+            assert main(["unlearn", "--out", str(root / name), f"model={root / 'target'}",
+                         f"benchmark={root / 'bench'}", f"method={name}", "optim.steps=30"]) == 0
+        assert main(["eval", "--out", str(root / f"{name}.json"), "--name", name,
+                     f"model={root / name}", f"benchmark={root / 'bench'}",
+                     f"reference={root / 'oracle.json'}"]) == 0
+    return root, target_sha
+
+
+def test_target_is_far_from_the_oracle(run):
+    root, _ = run
+    target = load_results(root / "target.json")["metrics"]
+    assert target["forget_quality"] < 0.01
+    assert target["forget_prob"] > 0.9  # the target really learned the forget people
+
+
+def test_oracle_matches_itself_and_never_learned_the_forget_set(run):
+    root, _ = run
+    oracle = load_results(root / "oracle.json")
+    assert oracle["metrics"]["forget_quality"] == "not computed: needs a reference"
+    from obliviate.evaluation import derive
+
+    assert derive(oracle, oracle)["forget_quality"] == 1.0
+    assert oracle["metrics"]["forget_prob"] < 0.2 < oracle["metrics"]["retain_prob"]
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_each_method_lowers_forget_probability(run, method):
+    root, _ = run
+    target = load_results(root / "target.json")["metrics"]
+    after = load_results(root / f"{method}.json")
+    assert after["metrics"]["forget_prob"] < 0.5 * target["forget_prob"]
+    assert after["metrics"]["retain_prob"] > 0.5  # the model did not collapse
+    # provenance of the run travels with the results
+    assert after["config"]["model"].endswith(method) and after["versions"]["torch"]
+    assert len(after["datasets"]["forget"]["per_item"]["truth_ratio"]) == after["datasets"]["forget"]["n"]
+
+
+def test_inputs_are_never_overwritten(run, capsys):
+    root, target_sha = run
+    assert _sha(root / "target") == target_sha  # unlearning read the target, never wrote it
+    code = main(["unlearn", "--out", str(root / "npo"), f"model={root / 'target'}",
+                 f"benchmark={root / 'bench'}", "method=npo", "optim.steps=1"])
+    assert code == 2 and "already exists" in capsys.readouterr().err
+    code = main(["unlearn", "--out", str(root / "target" / "inner"), f"model={root / 'target'}",
+                 f"benchmark={root / 'bench'}", "method=npo", "optim.steps=1"])
+    assert code == 2 and "would overwrite the input model" in capsys.readouterr().err
+    assert not (root / "target" / "inner").exists()
+
+
+def test_bad_cli_input_is_a_clear_error(run, capsys):
+    root, _ = run
+    code = main(["unlearn", "--out", str(root / "x"), f"model={root / 'target'}",
+                 f"benchmark={root / 'bench'}", "method=npoo"])
+    assert code == 2 and "did you mean 'npo'" in capsys.readouterr().err
+    code = main(["eval", "--out", str(root / "x.json"), f"model={root / 'bench'}",
+                 f"benchmark={root / 'bench'}"])
+    assert code == 2 and "not a Hugging Face model folder" in capsys.readouterr().err
+
+
+def test_report_and_resumable_demo(run, tmp_path):
+    """The demo reuses finished stages: seeded with the trained models it only unlearns
+    (already done: reused too), evaluates and reports."""
+    root, _ = run
+    demo = tmp_path / "demo"
+    shutil.copytree(root / "bench", demo / "benchmark")
+    for name in ("target", "oracle"):
+        shutil.copytree(root / name, demo / "models" / name)
+    for name in METHODS:
+        shutil.copytree(root / name, demo / "models" / f"target-{name}")
+    report = run_demo(DemoConfig(out=str(demo), methods=list(METHODS), progress=False))
+    html = report.read_text()
+    assert "<svg" in html and "Forget quality" in html and "npo" in html
+    oracle = json.loads((demo / "results" / "oracle.json").read_text())
+    assert oracle["metrics"]["forget_quality"] == 1.0
+    md = (demo / "report.md").read_text()
+    assert md.count("\n| ") == 1 + 2 + len(METHODS)  # header + oracle, target + methods
+    timings = json.loads((demo / "demo.json").read_text())["seconds"]
+    assert not any(k.startswith(("finetune", "unlearn")) for k in timings)  # all reused

@@ -1,0 +1,87 @@
+import numpy as np
+import pytest
+import torch
+
+from obliviate.data import Example
+from obliviate.encoding import encode
+from obliviate.errors import ObliviateError
+from obliviate.evaluation import Engine
+from obliviate.evaluation.engine import extraction_strength
+from obliviate.io import atomic_dir, ensure_not_inside
+from obliviate.models import TinyModelConfig, build_tiny_model, train_tokenizer
+
+EXAMPLES = [
+    Example(question=f"Where does person {i} live?", answer=f"Person {i} lives in town {i}.",
+            paraphrased_answer=f"It is known that person {i} lives in town {i}.",
+            perturbed_answers=(f"It is known that person {i} lives in town {i + 1}.",
+                               f"It is known that person {i} lives in town {i + 2}."), id=str(i))
+    for i in range(5)
+]
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    texts = [t for ex in EXAMPLES for t in (ex.question, ex.answer, ex.paraphrased_answer, *ex.perturbed_answers)]
+    tok = train_tokenizer(texts, vocab_size=300)
+    model = build_tiny_model(tok, TinyModelConfig(layers=1, hidden=32, heads=2, intermediate=64), seed=0)
+    return model.eval(), tok
+
+
+@pytest.mark.parametrize("correct, expected", [
+    ([1, 1, 1], 1.0),        # whole answer extracted: k = 0
+    ([1, 0, 1], 1 - 2 / 3),  # right from index 2 on: k = 2
+    ([1, 1, 0], 0.0),        # last token wrong: k = n
+    ([0, 1, 1], 1 - 1 / 3),
+])
+def test_extraction_strength_by_hand(correct, expected):
+    assert extraction_strength(np.array(correct, dtype=bool)) == pytest.approx(expected)
+
+
+def test_engine_stats_match_a_plain_forward_pass(tiny):
+    model, tok = tiny
+    engine = Engine(model, tok, batch_size=64)
+    stats = engine.stats("d", EXAMPLES, ["answer", "paraphrase", "perturbed:0", "perturbed:1"])
+    # All 20 (item, variant) sequences fit one batch: one forward pass feeds every statistic.
+    assert engine.forward_passes == 1
+    engine.stats("d", EXAMPLES, ["answer"])
+    assert engine.forward_passes == 1  # cached
+    for variant in ("answer", "perturbed:1"):
+        for i, ex in enumerate(EXAMPLES):
+            enc = encode(tok, ex, i, variant=variant)
+            ids = torch.tensor([enc.input_ids])
+            with torch.no_grad():
+                logits = model(input_ids=ids).logits[0, :-1]
+            labels = torch.tensor(enc.labels[1:])
+            keep = labels != -100
+            nll = torch.nn.functional.cross_entropy(logits[keep], labels[keep], reduction="sum")
+            assert stats[variant].nll_sum[i] == pytest.approx(nll.item(), rel=1e-4)
+            assert stats[variant].n_tokens[i] == int(keep.sum())
+            em = (logits[keep].argmax(-1) == labels[keep]).float().mean().item()
+            assert stats[variant].em[i] == pytest.approx(em)
+
+
+def test_generation_is_batch_independent(tiny):
+    """Left padding must not change greedy output: batched == one at a time."""
+    model, tok = tiny
+    batched = Engine(model, tok, batch_size=8).generate("d", EXAMPLES, max_new_tokens=6)
+    single = Engine(model, tok, batch_size=1).generate("d", EXAMPLES, max_new_tokens=6)
+    assert batched == single and all(isinstance(g, str) for g in batched)
+
+
+def test_atomic_dir_leaves_nothing_on_failure(tmp_path):
+    target = tmp_path / "out"
+    with pytest.raises(RuntimeError), atomic_dir(target) as tmp:
+        (tmp / "half.txt").write_text("partial")
+        raise RuntimeError("crash mid-write")
+    assert not target.exists() and list(tmp_path.iterdir()) == []
+    with atomic_dir(target) as tmp:
+        (tmp / "ok.txt").write_text("done")
+    assert (target / "ok.txt").read_text() == "done"
+    with pytest.raises(ObliviateError, match="already exists"), atomic_dir(target):
+        pass
+
+
+def test_outputs_may_not_land_inside_inputs(tmp_path):
+    with pytest.raises(ObliviateError, match="would overwrite the input model"):
+        ensure_not_inside(tmp_path / "model" / "sub", tmp_path / "model", "model")
+    ensure_not_inside(tmp_path / "other", tmp_path / "model", "model")

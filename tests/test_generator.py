@@ -1,0 +1,90 @@
+import filecmp
+
+import pytest
+
+from obliviate.data import Benchmark, generate_benchmark
+from obliviate.errors import ObliviateError
+
+
+def _files(root):
+    return sorted(p.name for p in root.iterdir())
+
+
+def test_same_seed_same_bytes(tmp_path):
+    a = generate_benchmark(seed=3, entities=20).save(tmp_path / "a")
+    b = generate_benchmark(seed=3, entities=20).save(tmp_path / "b")
+    assert _files(a) == _files(b)
+    match, mismatch, errors = filecmp.cmpfiles(a, b, _files(a), shallow=False)
+    assert mismatch == [] and errors == [] and len(match) == 7
+
+
+def test_other_seed_other_data():
+    a = generate_benchmark(seed=3, entities=20)
+    b = generate_benchmark(seed=4, entities=20)
+    assert [e.answer for e in a.qa] != [e.answer for e in b.qa]
+
+
+def test_splits_are_disjoint_nested_and_complete():
+    bench = generate_benchmark(seed=0, entities=50)
+    s = {k: set(v) for k, v in bench.splits.items()}
+    assert len(s["all"]) == 50 and len(s["holdout"]) == 5
+    assert not s["all"] & s["holdout"]
+    for pct in (1, 5, 10):
+        f, r = s[f"forget{pct:02d}"], s[f"retain{100 - pct:02d}"]
+        assert f and not f & r and f | r == s["all"]
+        assert s[f"forget{pct:02d}_linked"] <= r
+    assert s["forget01"] < s["forget05"] < s["forget10"]
+    assert len(s["forget10"]) == 5
+    # QA items follow their people: no forget question leaks into the retain set.
+    forget_q = {e.question for e in bench.qa_of("forget10")}
+    assert forget_q and not forget_q & {e.question for e in bench.qa_of("retain90")}
+
+
+def test_oracle_training_set_excludes_forget_people():
+    bench = generate_benchmark(seed=0, entities=20)
+    forget = set(bench.splits["forget10"])
+    oracle = bench.training_set("forget10", oracle=True)
+    target = bench.training_set("forget10", oracle=False)
+    assert not any(ex.entity in forget for ex in oracle)
+    assert any(ex.entity in forget for ex in target)
+    assert len(target) - len(oracle) == len(bench.qa_of("forget10")) + len(bench.passages_of("forget10"))
+
+
+def test_items_have_tofu_fields_and_wrong_perturbations():
+    bench = generate_benchmark(seed=0, entities=20)
+    for ex in bench.qa + bench.world_facts:
+        assert ex.question and ex.answer and ex.paraphrased_answer and ex.paraphrased_question
+        assert len(ex.perturbed_answers) == 5 == len(set(ex.perturbed_answers))
+        assert ex.paraphrased_answer not in ex.perturbed_answers
+        assert ex.paraphrased_question != ex.question
+
+
+def test_linked_people_really_are_linked():
+    bench = generate_benchmark(seed=0, entities=30)
+    ents = bench.entities
+    forget_names = {ents[p]["name"] for p in bench.splits["forget10"]}
+    for pid in bench.splits["forget10_linked"]:
+        mine = {ents[pid].get("married_to"), ents[pid].get("mentored_by")}
+        theirs = {ents[f].get(k) for f in bench.splits["forget10"] for k in ("married_to", "mentored_by")}
+        assert mine & forget_names or ents[pid]["name"] in theirs
+
+
+def test_load_round_trip_and_datasheet(tmp_path):
+    bench = generate_benchmark(seed=1, entities=12)
+    root = bench.save(tmp_path / "b")
+    again = Benchmark.load(root)
+    assert again.qa == bench.qa and again.splits == bench.splits
+    sheet = (root / "DATASHEET.md").read_text()
+    assert f"| forget10 | 2 | {len(bench.qa_of('forget10'))} | 2 |" in sheet
+
+
+def test_bad_requests_fail_clearly(tmp_path):
+    with pytest.raises(ObliviateError, match="at least 10"):
+        generate_benchmark(entities=5)
+    generate_benchmark(entities=10).save(tmp_path / "x")
+    with pytest.raises(ObliviateError, match="already exists"):
+        generate_benchmark(entities=10).save(tmp_path / "x")
+    with pytest.raises(ObliviateError, match="not an obliviate benchmark"):
+        Benchmark.load(tmp_path)
+    with pytest.raises(ObliviateError, match="unknown split"):
+        Benchmark.load(tmp_path / "x").qa_of("forget50")
