@@ -111,3 +111,27 @@ def test_report_and_resumable_demo(run, tmp_path):
     assert md.count("\n| ") == 1 + 2 + len(METHODS)  # header + oracle, target + methods
     timings = json.loads((demo / "demo.json").read_text())["seconds"]
     assert not any(k.startswith(("finetune", "unlearn")) for k in timings)  # all reused
+
+
+def test_your_own_model_and_jsonl_files(run, tmp_path):
+    """The README's worked example: plain {question, answer} files and a model folder."""
+    root, _ = run
+    from obliviate.data import Benchmark
+
+    bench = Benchmark.load(root / "bench")
+    forget, retain = tmp_path / "forget.jsonl", tmp_path / "retain.jsonl"
+    forget.write_text("".join(json.dumps({"question": e.question, "answer": e.answer}) + "\n"
+                              for e in bench.qa_of("forget10")))
+    retain.write_text("".join(json.dumps({"question": e.question, "answer": e.answer}) + "\n"
+                              for e in bench.qa_of("retain90")[:40]))
+    out = tmp_path / "my-model-forgot"
+    assert main(["unlearn", "--out", str(out), f"model={root / 'target'}", f"forget={forget}",
+                 f"retain={retain}", "method=npo", "optim.steps=30"]) == 0
+    before_json, after_json = tmp_path / "before.json", tmp_path / "after.json"
+    for model, path in ((root / "target", before_json), (out, after_json)):
+        assert main(["eval", "--out", str(path), f"model={model}", f"forget={forget}",
+                     f"retain={retain}"]) == 0
+    before, after = load_results(before_json)["metrics"], load_results(after_json)["metrics"]
+    assert after["forget_prob"] < 0.5 * before["forget_prob"]
+    assert after["retain_prob"] > 0.5
+    assert "truth_ratio" not in load_results(after_json)["datasets"]["forget"]["aggregate"]
