@@ -41,20 +41,10 @@ def atomic_dir(target: str | Path, overwrite: bool = False) -> Iterator[Path]:
 
 
 def write_json_atomic(path: str | Path, obj: Any) -> Path:
-    """Write JSON through a temp file and os.replace (atomic on POSIX)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(obj, fh, indent=1, sort_keys=True, ensure_ascii=False, allow_nan=False)
-            fh.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    return path
+    """Write JSON through a temp file and os.replace (atomic on POSIX). A non-finite value
+    (an overflowed ratio of a collapsed model) is kept as Infinity/NaN rather than lost."""
+    text = json.dumps(obj, indent=1, sort_keys=True, ensure_ascii=False)
+    return write_text_atomic(path, text + "\n")
 
 
 def write_text_atomic(path: str | Path, text: str) -> Path:

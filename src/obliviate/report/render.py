@@ -47,6 +47,7 @@ def _scatter_svg(rows: list[dict[str, Any]]) -> str:
         ax.scatter([mu], [fq], s=60)
         ax.annotate(res["name"], (mu, fq), textcoords="offset points", xytext=(6, 4), fontsize=9)
     ax.set_yscale("log")
+    ax.margins(x=0.15)  # room for the labels of the outermost points
     ax.axhline(0.05, color="grey", linestyle="--", linewidth=1)
     ax.text(ax.get_xlim()[0], 0.05, " p = 0.05", va="bottom", fontsize=8, color="grey")
     ax.set_xlabel("model utility (higher is better)")
