@@ -77,8 +77,9 @@ def test_atomic_dir_leaves_nothing_on_failure(tmp_path):
     with atomic_dir(target) as tmp:
         (tmp / "ok.txt").write_text("done")
     assert (target / "ok.txt").read_text() == "done"
-    with pytest.raises(ObliviateError, match="already exists"), atomic_dir(target):
-        pass
+    with pytest.raises(ObliviateError, match="already exists"), atomic_dir(target) as tmp:
+        (tmp / "never.txt").write_text("must not be written")
+    assert sorted(p.name for p in target.iterdir()) == ["ok.txt"]
 
 
 def test_outputs_may_not_land_inside_inputs(tmp_path):

@@ -47,7 +47,7 @@ class FinetuneConfig:
     role: str = "target"  # target | oracle
     base: str = "tiny"  # "tiny" (built from config) or a model folder / hub id
     tiny: TinyModelConfig = field(default_factory=TinyModelConfig)
-    epochs: float = 40.0
+    epochs: float = 40.0  # sets optim.steps = ceil(epochs * items / batch_size)
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=3e-3, batch_size=64))
     template: str = DEFAULT_TEMPLATE
     seed: int = 0
