@@ -1,7 +1,7 @@
 """Benchmarks and data formats: the only code that knows file layouts."""
 
 from .examples import Example
-from .formats import load_examples, read_jsonl_text, read_tofu_jsonl, validate_split
+from .formats import load_examples, read_tofu_jsonl, validate_split
 from .generator import Benchmark, generate_benchmark
 
 __all__ = [
@@ -9,7 +9,6 @@ __all__ = [
     "Example",
     "generate_benchmark",
     "load_examples",
-    "read_jsonl_text",
     "read_tofu_jsonl",
     "validate_split",
 ]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 
@@ -22,7 +22,6 @@ class Example:
     id: str = ""
     entity: str | None = None
     relation: str | None = None
-    meta: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
 
     @property
     def is_text(self) -> bool:

@@ -80,11 +80,6 @@ def read_tofu_jsonl(path: str | Path) -> list[Example]:
     ]
 
 
-def read_jsonl_text(path: str | Path) -> list[Example]:
-    """User data: JSONL of {question, answer} or {text}; same reader, same checks."""
-    return read_tofu_jsonl(path)
-
-
 def _with_default_id(ex: Example, default: str) -> Example:
     if ex.id:
         return ex
