@@ -18,3 +18,20 @@ def reference_dir() -> Path:
     if not REFERENCE.is_dir():
         raise FileNotFoundError(f"reference data expected beside the checkout at {REFERENCE}")
     return REFERENCE
+
+
+@pytest.fixture(scope="session")
+def memorised(tmp_path_factory):
+    """A tiny model (2 layers, d=64) that has memorised a 20-person built-in benchmark, and
+    that benchmark: the shared subject of the method contract tests (about 20 s to train)."""
+    import obliviate as ob
+    from obliviate.models import TinyModelConfig
+    from obliviate.train import OptimConfig
+
+    root = tmp_path_factory.mktemp("memorised")
+    ob.generate(root / "bench", seed=1, entities=20)
+    ob.finetune(ob.FinetuneConfig(benchmark=str(root / "bench"),
+                                  tiny=TinyModelConfig(layers=2, hidden=64, intermediate=128),
+                                  epochs=100, optim=OptimConfig(lr=3e-3, batch_size=32)),
+                root / "target", progress=False)
+    return root

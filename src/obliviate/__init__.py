@@ -3,6 +3,8 @@
 from .api import (
     EvalConfig,
     FinetuneConfig,
+    GuardConfig,
+    LoraSettings,
     UnlearnConfig,
     evaluate,
     finetune,
@@ -14,5 +16,6 @@ from .api import (
 from .errors import ObliviateError
 
 __version__ = "0.1.0"
-__all__ = ["EvalConfig", "FinetuneConfig", "ObliviateError", "UnlearnConfig", "evaluate",
+__all__ = ["EvalConfig", "FinetuneConfig", "GuardConfig", "LoraSettings", "ObliviateError",
+           "UnlearnConfig", "evaluate",
            "finetune", "generate", "load_benchmark", "tofu_sets", "unlearn"]

@@ -17,14 +17,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from .config import from_dict, to_dict
-from .data import Benchmark, Example, generate_benchmark, validate_split
+from .config import to_dict
+from .data import Benchmark, generate_benchmark
 from .encoding import DEFAULT_TEMPLATE, encode
 from .errors import ObliviateError
 from .evaluation import Engine, EvalSet, derive, evaluate_tofu, make_results
-from .methods import METHODS, ReferenceCache
 from .methods.base import batch_nll
 from .models import (
     TinyModelConfig,
@@ -35,6 +32,10 @@ from .models import (
     train_tokenizer,
 )
 from .train import OptimConfig, make_loader, set_seed, train
+from .unlearning import GuardConfig, LoraSettings, UnlearnConfig, resolve_data, unlearn
+
+__all__ = ["EvalConfig", "FinetuneConfig", "GuardConfig", "LoraSettings", "UnlearnConfig",
+           "evaluate", "finetune", "generate", "load_benchmark", "tofu_sets", "unlearn"]
 
 
 # ---------------------------------------------------------------------------- configs
@@ -50,24 +51,6 @@ class FinetuneConfig:
     epochs: float = 40.0  # sets optim.steps = ceil(epochs * items / batch_size)
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=3e-3, batch_size=64))
     template: str = DEFAULT_TEMPLATE
-    seed: int = 0
-
-
-@dataclass
-class UnlearnConfig:
-    """Apply an unlearning method to a model for a forget set (and a retain set)."""
-
-    model: str = ""
-    method: str = "npo"
-    params: dict[str, Any] = field(default_factory=dict)  # the method's hyper-parameters
-    benchmark: str = ""  # either a benchmark folder + split ...
-    forget_split: str = "forget10"
-    forget: str = ""  # ... or JSONL files / hub ids
-    retain: str = ""
-    optim: OptimConfig = field(default_factory=lambda: OptimConfig(
-        lr=5e-4, steps=60, batch_size=32, warmup_ratio=0.0, schedule="constant"))
-    template: str = DEFAULT_TEMPLATE
-    trust_remote_code: bool = False
     seed: int = 0
 
 
@@ -139,56 +122,6 @@ def finetune(cfg: FinetuneConfig, out: str | Path, progress: bool = True) -> Pat
     return save_model(model, tok, out, prov, inputs=(cfg.base,) if cfg.base != "tiny" else ())
 
 
-# ---------------------------------------------------------------------------- unlearn
-def _resolve_data(benchmark: str, split: str, forget: str, retain: str) -> tuple[list[Example], list[Example]]:
-    from .data import load_examples
-
-    if benchmark:
-        if forget or retain:
-            raise ObliviateError("give either benchmark=... or forget=/retain= files, not both")
-        bench = Benchmark.load(benchmark)
-        return bench.qa_of(split), bench.qa_of(Benchmark.retain_split(split))
-    if not forget:
-        raise ObliviateError("no forget data: give benchmark=<folder> or forget=<file.jsonl>")
-    return load_examples(forget), (load_examples(retain) if retain else [])
-
-
-def reference_cache(model, tokenizer, forget: list[Example], template: str) -> ReferenceCache:
-    """Summed answer NLLs of the forget set under the model before unlearning (one pass)."""
-    stats = Engine(model, tokenizer, template).stats("forget", forget, ["answer"])["answer"]
-    return ReferenceCache(forget_seq_nll=torch.tensor(stats.nll_sum, dtype=torch.float32))
-
-
-def unlearn(cfg: UnlearnConfig, out: str | Path, progress: bool = True) -> Path:
-    """Run `cfg.method` on `cfg.model`; the input model is never modified."""
-    method_cls = METHODS.get(cfg.method)
-    method = from_dict(method_cls, cfg.params, prefix="params.")
-    out = Path(out)
-    if out.exists():
-        raise ObliviateError(f"output {out} already exists; choose a new path or remove it")
-    forget, retain = _resolve_data(cfg.benchmark, cfg.forget_split, cfg.forget, cfg.retain)
-    validate_split(forget, retain)
-    if "retain" in method_cls.needs and not retain:
-        raise ObliviateError(f"method '{cfg.method}' needs a retain set (retain=<file.jsonl>)")
-    set_seed(cfg.seed)
-    model, tok = load_model(cfg.model, trust_remote_code=cfg.trust_remote_code)
-    ref = (reference_cache(model, tok, forget, cfg.template)
-           if "reference" in method_cls.needs else ReferenceCache())
-    loaders = {"forget": make_loader([encode(tok, ex, i, cfg.template) for i, ex in enumerate(forget)],
-                                     cfg.optim.batch_size, tok.pad_token_id, cfg.seed)}
-    if "retain" in method_cls.needs:
-        loaders["retain"] = make_loader([encode(tok, ex, i, cfg.template) for i, ex in enumerate(retain)],
-                                        cfg.optim.batch_size, tok.pad_token_id, cfg.seed + 1)
-    start = time.perf_counter()
-    logs = train(model, lambda m, b: method.loss(m, b, ref), loaders, cfg.optim,
-                 desc=f"unlearn {cfg.method}", progress=progress)
-    prov = {"produced_by": "obliviate unlearn", "config": to_dict(cfg),
-            "method_params": dataclasses.asdict(method), "n_forget": len(forget),
-            "n_retain": len(retain), "train_seconds": round(time.perf_counter() - start, 2),
-            "final_loss": logs[-1]["loss"]}
-    return save_model(model, tok, out, prov, inputs=(cfg.model,))
-
-
 # ---------------------------------------------------------------------------- evaluate
 def tofu_sets(benchmark: str | Path, forget_split: str = "forget10", max_retain: int = 200) -> list[EvalSet]:
     """Forget, retain (first `max_retain` items) and world-facts sets of a benchmark."""
@@ -205,7 +138,7 @@ def _eval_sets(cfg: EvalConfig) -> list[EvalSet]:
     if cfg.benchmark:
         sets = tofu_sets(cfg.benchmark, cfg.forget_split, cfg.max_retain)
     else:
-        forget, retain = _resolve_data("", "", cfg.forget, cfg.retain)
+        forget, retain = resolve_data("", "", cfg.forget, cfg.retain)
         sets = [EvalSet("forget", "forget", forget)]
         if retain:
             sets.append(EvalSet("retain", "retain", retain[:cfg.max_retain]))

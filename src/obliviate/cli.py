@@ -72,8 +72,8 @@ def _cmd_ls(args) -> None:
 
         for name in METHODS:
             d = describe(name)
-            print(f"{name:10s} {d['description']}\n{'':10s} needs: {', '.join(d['needs'])}; "
-                  f"{d['paper']}")
+            print(f"{name:12s} {d['description']} (needs: {', '.join(d['needs'])}; "
+                  f"default lr {d['default_lr']:g})\n{'':12s} {d['paper']}")
     else:
         from .evaluation import METRICS
 

@@ -29,7 +29,7 @@ class DemoConfig:
     methods: list[str] = field(default_factory=lambda: ["graddiff", "npo"])
     epochs: float = 40.0
     unlearn_steps: int = 60
-    unlearn_lr: float = 5e-4
+    unlearn_lr: float | None = None  # None: each method's default
     progress: bool = True
 
 

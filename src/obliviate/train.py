@@ -24,13 +24,16 @@ LossFn = Callable[[Any, dict[str, dict[str, torch.Tensor]]], tuple[torch.Tensor,
 
 @dataclass
 class OptimConfig:
-    lr: float = 3e-3
+    lr: float | None = 3e-3  # None: the caller's default (a method's own)
     steps: int = 400
     batch_size: int = 64
     warmup_ratio: float = 0.1
     weight_decay: float = 0.0
     grad_clip: float = 1.0
     schedule: str = "cosine"  # cosine | constant | linear
+    optimizer: str = "adamw"  # adamw | sophia (second-order, as SOUL)
+    sophia_rho: float = 0.05
+    hessian_every: int = 10  # Sophia: steps between curvature estimates
 
 
 def set_seed(seed: int) -> None:
@@ -73,21 +76,47 @@ def _cycle(loader: DataLoader) -> Iterator[dict[str, torch.Tensor]]:
         yield from loader
 
 
+def _optimizer(cfg: OptimConfig, params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "sophia":
+        from .optim import Sophia
+
+        return Sophia(params, lr=cfg.lr, rho=cfg.sophia_rho, weight_decay=cfg.weight_decay)
+    raise ObliviateError(f"unknown optimizer '{cfg.optimizer}' (adamw, sophia)")
+
+
+def _update_curvature(model, optimizer, batch: dict[str, torch.Tensor], accelerator) -> None:
+    """Sophia's Gauss-Newton-Bartlett curvature estimate from one extra forward/backward."""
+    from .optim import gnb_loss
+
+    optimizer.zero_grad(set_to_none=True)
+    loss, n_tokens = gnb_loss(model, batch)
+    accelerator.backward(loss)
+    getattr(optimizer, "optimizer", optimizer).update_hessian(scale=float(n_tokens))
+    optimizer.zero_grad(set_to_none=True)
+
+
 def train(model, loss_fn: LossFn, loaders: dict[str, DataLoader], cfg: OptimConfig,
           desc: str = "training", params: list[torch.nn.Parameter] | None = None,
           on_step: Callable[[int, dict[str, float]], None] | None = None,
-          progress: bool = True) -> list[dict[str, float]]:
-    """Optimise `loss_fn` for cfg.steps steps; returns per-step logs. Raises on a NaN/inf loss."""
+          progress: bool = True,
+          after_backward: Callable[[], None] | None = None) -> list[dict[str, float]]:
+    """Optimise `loss_fn` for cfg.steps steps; returns per-step logs. Raises on a NaN/inf loss
+    (before the step, so the weights are still those of the last finite step).
+    `after_backward` may edit gradients (masks) before clipping and the step."""
     from accelerate import Accelerator
     from tqdm.auto import tqdm
 
+    if cfg.lr is None or cfg.lr <= 0:
+        raise ObliviateError(f"learning rate must be positive (got {cfg.lr})")
     if cfg.steps <= 0:
         raise ObliviateError(f"steps must be positive (got {cfg.steps})")
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
     trainable = params if params is not None else [p for p in model.parameters() if p.requires_grad]
     if not trainable:
         raise ObliviateError("no trainable parameters")
-    optimizer = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    optimizer = _optimizer(cfg, trainable)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg))
     names = list(loaders)
     model, optimizer, scheduler, *prepared = accelerator.prepare(
@@ -101,11 +130,15 @@ def train(model, loss_fn: LossFn, loaders: dict[str, DataLoader], cfg: OptimConf
     try:
         for step in bar:
             batches = {n: next(s) for n, s in streams.items()}
+            if cfg.optimizer == "sophia" and step % cfg.hessian_every == 0:
+                _update_curvature(model, optimizer, next(iter(batches.values())), accelerator)
             loss, info = loss_fn(model, batches)
             if not torch.isfinite(loss):
                 raise ObliviateError(f"{desc}: loss became {loss.item()} at step {step}; "
                                      "lower the learning rate")
             accelerator.backward(loss)
+            if after_backward is not None:
+                after_backward()
             if cfg.grad_clip > 0:
                 accelerator.clip_grad_norm_(trainable, cfg.grad_clip)
             optimizer.step()

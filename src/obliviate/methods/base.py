@@ -1,48 +1,109 @@
-"""What every unlearning method shares: the registry, the data a step sees, the reference cache.
+"""What every unlearning method shares: the registry, the context a step sees, the reference.
 
-A method is a dataclass of hyper-parameters with a `loss(model, batches, ref)` method and
-three class attributes: `description`, `needs` (forget / retain / reference / refusal) and
-`paper`. No implementation inheritance between methods (DESIGN.md rule 1): shared math is in
-objectives.py.
+A method is a dataclass of hyper-parameters with a `loss(model, batches, ctx)` method and
+class attributes: `description`, `needs` (what data and reference it uses, see NEEDS), `paper`
+and `default_lr`. Optional hooks, found by name: `setup(model, ctx)` before training,
+`target_modules(model)` (which modules train), `finish(model, ctx)` after training, and an
+`optimizer` attribute. No implementation inheritance between methods (DESIGN.md rule 1):
+shared math is in objectives.py, shared plumbing is here.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
 
 import torch
 
+from ..encoding import Encoded, collate
 from ..registry import Registry
-from .objectives import mean_nll, sequence_nll
+from .objectives import answer_logits, kl_to_reference, mean_nll, sequence_nll
+
+NEEDS = {
+    "forget": "forget set",
+    "retain": "retain set",
+    "refusal": "refusal texts (shipped with the package)",
+    "reference": "reference quantities on the forget set, computed once and cached (no model copy)",
+    "reference_model": "live reference activations on changing inputs: a frozen copy of the "
+                       "trained weights, or the base with the LoRA adapter disabled",
+}
 
 
 class Method(Protocol):
     description: ClassVar[str]
     needs: ClassVar[tuple[str, ...]]
     paper: ClassVar[str]
+    default_lr: ClassVar[float]
 
     def loss(self, model, batches: dict[str, dict[str, torch.Tensor]],
-             ref: ReferenceCache) -> tuple[torch.Tensor, dict[str, float]]: ...
+             ctx: Context) -> tuple[torch.Tensor, dict[str, float]]: ...
 
 
 METHODS: Registry[type] = Registry("method")
 
 
 @dataclass
-class ReferenceCache:
-    """Reference-model quantities over the fixed forget set, computed once before training.
+class Context:
+    """Everything a method may use besides the model and the current batches.
 
-    `forget_seq_nll[i]` is the summed answer NLL of forget item i under the model as it was
-    before unlearning: NPO-style methods need no frozen copy of the model in memory.
+    `items[name]` holds encoded items aligned with the forget set ('forget' itself, and 'idk':
+    the forget questions with refusal answers): `ctx.pair(name, batch)` builds the batch of
+    those items matching a forget batch.
+    `cache` holds reference quantities computed before training; `state` is scratch space a
+    method may update across steps (e.g. a dual variable). `reference_model()` gives the model
+    as it was before unlearning, without holding a second model when that can be avoided.
     """
 
-    forget_seq_nll: torch.Tensor | None = None  # [n_forget]
+    pad_id: int = 0
+    items: dict[str, list[Encoded]] = field(default_factory=dict)
+    cache: dict[str, Any] = field(default_factory=dict)
+    state: dict[str, Any] = field(default_factory=dict)
+    grad_masks: dict[torch.nn.Parameter, torch.Tensor] = field(default_factory=dict)
+    lora: bool = False
+    seed: int = 0
+    _snapshot: list[tuple[torch.nn.Parameter, torch.Tensor]] | None = None
 
-    def seq_nll(self, index: torch.Tensor) -> torch.Tensor:
-        if self.forget_seq_nll is None:
-            raise RuntimeError("reference cache was not computed for this method")
-        return self.forget_seq_nll.to(index.device)[index]
+    def batch_of(self, name: str, index: list[int], device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
+        """A collated batch of items `index` of stream `name`."""
+        items = self.items[name]
+        return {k: v.to(device) for k, v in collate([items[i] for i in index], self.pad_id).items()}
+
+    def pair(self, name: str, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The `name` items for the forget items of `batch`, in the same order."""
+        return self.batch_of(name, batch["index"].tolist(), batch["input_ids"].device)
+
+    def cached(self, key: str) -> Any:
+        if key not in self.cache:
+            raise RuntimeError(f"reference quantity '{key}' was not computed before training")
+        return self.cache[key]
+
+    def snapshot_reference(self, model) -> None:
+        """Keep a copy of the trainable weights so `reference_model()` can swap them back in.
+        Costs one copy of what trains (all weights for a full run, a few matrices for RMU);
+        not needed under LoRA, where disabling the adapter gives the reference."""
+        if not self.lora:
+            self._snapshot = [(p, p.detach().clone()) for p in model.parameters() if p.requires_grad]
+
+    @contextlib.contextmanager
+    def reference_model(self, model) -> Iterator[Any]:
+        """`model` computing as the reference (no grad), restored on exit even on error."""
+        if self.lora:
+            with torch.no_grad(), model.disable_adapter():
+                yield model
+            return
+        if self._snapshot is None:
+            raise RuntimeError("this method needs 'reference_model' but no snapshot was taken")
+        current = [p.data for p, _ in self._snapshot]
+        try:
+            for p, ref in self._snapshot:
+                p.data = ref.to(p.device)
+            with torch.no_grad():
+                yield model
+        finally:
+            for (p, _), data in zip(self._snapshot, current, strict=True):
+                p.data = data
 
 
 def forward(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -60,7 +121,93 @@ def batch_seq_nll(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     return sequence_nll(forward(model, batch), batch["labels"])[0]
 
 
+def label_mask(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """[batch, seq-1] True where position t predicts a labelled token t+1."""
+    return batch["labels"][:, 1:] != -100
+
+
+def retain_term(model, batch: dict[str, torch.Tensor], kind: str, ctx: Context) -> torch.Tensor:
+    """The retain loss shared by GradDiff-style methods: 'nll' (descend on retain answers) or
+    'kl' (KL(p_ref || p_model) on retain answer positions; needs the reference model live,
+    because the retain batches change every step)."""
+    if kind == "nll":
+        return batch_nll(model, batch)
+    if kind == "kl":
+        logits = forward(model, batch)
+        with ctx.reference_model(model) as ref:
+            ref_logits = forward(ref, batch)
+        mask = label_mask(batch)
+        return kl_to_reference(logits[:, :-1], ref_logits[:, :-1], mask)
+    raise ValueError(f"unknown retain loss '{kind}' (nll or kl)")
+
+
+def check_retain_kind(kind: str) -> None:
+    if kind not in ("nll", "kl"):
+        from ..errors import ObliviateError
+
+        raise ObliviateError(f"retain_loss must be 'nll' or 'kl' (got '{kind}')")
+
+
+def _batched_logits(model, items: list[Encoded], pad_id: int, batch_size: int) -> Iterator[
+        tuple[dict[str, torch.Tensor], torch.Tensor]]:
+    device = next(model.parameters()).device
+    with torch.no_grad():
+        for start in range(0, len(items), batch_size):
+            batch = {k: v.to(device) for k, v in collate(items[start:start + batch_size], pad_id).items()}
+            yield batch, forward(model, batch)
+
+
+def cache_seq_nll(model, items: list[Encoded], pad_id: int, batch_size: int = 32) -> torch.Tensor:
+    """Summed answer NLL of each item [n_items] under `model` as it is now (one no-grad pass)."""
+    out = [sequence_nll(logits, batch["labels"])[0].float().cpu()
+           for batch, logits in _batched_logits(model, items, pad_id, batch_size)]
+    return torch.cat(out)
+
+
+def mean_answer_prob(model, items: list[Encoded], pad_id: int, batch_size: int = 32) -> float:
+    """Mean over items of exp(-token-averaged answer NLL): TOFU's normalised probability."""
+    probs = []
+    for batch, logits in _batched_logits(model, items, pad_id, batch_size):
+        total, count = sequence_nll(logits, batch["labels"])
+        probs.append(torch.exp(-total / count.clamp(min=1)).float().cpu())
+    return float(torch.cat(probs).mean())
+
+
+def cache_answer_logits(model, items: list[Encoded], pad_id: int, batch_size: int = 16) -> list[torch.Tensor]:
+    """Logits at each item's labelled positions, [n_labels_i, vocab] per item, on CPU.
+    The forget set is fixed, so one pass replaces a frozen model copy (UNDIAL)."""
+    out: list[torch.Tensor] = []
+    for batch, logits in _batched_logits(model, items, pad_id, batch_size):
+        for row in range(logits.size(0)):
+            sel, _ = answer_logits(logits[row:row + 1], batch["labels"][row:row + 1])
+            out.append(sel.float().cpu())
+    return out
+
+
+def needs_of(method) -> tuple[str, ...]:
+    """What an instance needs: its class's needs, plus the live reference when its retain term
+    is KL, or what its base method needs for wrappers (SOUL, sparsity-aware, WAGLE)."""
+    inner = getattr(method, "inner", None)
+    needs = list(type(method).needs) if inner is None else list(needs_of(inner))
+    if getattr(method, "retain_loss", "nll") == "kl" and "reference_model" not in needs:
+        needs.append("reference_model")
+    return tuple(needs)
+
+
 def describe(name: str) -> dict[str, Any]:
     cls = METHODS.get(name)
-    return {"name": name, "description": cls.description, "needs": list(cls.needs),
-            "paper": cls.paper}
+    return {"name": name, "description": cls.description, "needs": list(needs_of(cls())),
+            "paper": cls.paper, "default_lr": cls.default_lr}
+
+
+def build(name: str, params: dict[str, Any] | None = None, prefix: str = "params."):
+    """An instance of method `name` from a dict of hyper-parameters (strict keys)."""
+    from ..config import from_dict
+
+    return from_dict(METHODS.get(name), params or {}, prefix=prefix)
+
+
+def hook(method, name: str, *args: Any) -> Any:
+    """Call an optional hook (setup, target_modules, finish) if the method defines it."""
+    fn = getattr(method, name, None)
+    return fn(*args) if fn is not None else None

@@ -5,19 +5,21 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from .base import METHODS, ReferenceCache, batch_nll
+from .base import METHODS, Context, batch_nll
 from .objectives import gradient_ascent
 
 
 @METHODS.register("ga")
 @dataclass
 class GradAscent:
-    """Maximise the forget-set NLL; no retain term, so utility usually collapses with it."""
+    """Maximise the forget-set NLL. No retain term: utility falls with it, so the default
+    learning rate is small and the collapse guard watches the retain set when one is given."""
 
     description: ClassVar[str] = "gradient ascent: raise the loss on the forget set"
     needs: ClassVar[tuple[str, ...]] = ("forget",)
     paper: ClassVar[str] = "Jang et al. 2023, Knowledge Unlearning for Mitigating Privacy Risks"
+    default_lr: ClassVar[float] = 2e-4
 
-    def loss(self, model, batches, ref: ReferenceCache):
+    def loss(self, model, batches, ctx: Context):
         forget = batch_nll(model, batches["forget"])
         return gradient_ascent(forget), {"forget_nll": float(forget.detach())}

@@ -1,28 +1,35 @@
-"""Gradient difference: ascend on the forget set, descend on the retain set."""
+"""Gradient difference: ascend on the forget set, descend on (or stay close to) the retain set."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import ClassVar
 
-from .base import METHODS, ReferenceCache, batch_nll
+from .base import METHODS, Context, batch_nll, check_retain_kind, retain_term
 from .objectives import grad_diff
 
 
 @METHODS.register("graddiff")
 @dataclass
 class GradDiff:
-    """-gamma * NLL(forget) + alpha * NLL(retain)."""
+    """-gamma * NLL(forget) + alpha * retain term. `retain_loss='kl'` uses KL to the reference
+    on retain batches, which needs the reference live (a weight snapshot, or the adapter
+    disabled under LoRA) because the retain batches change every step."""
 
     alpha: float = 1.0  # retain weight
     gamma: float = 1.0  # forget weight
+    retain_loss: str = "nll"  # nll | kl
 
-    description: ClassVar[str] = "gradient difference: ascend on forget, descend on retain"
+    description: ClassVar[str] = "gradient difference: ascend on forget, descend on retain (NLL or KL)"
     needs: ClassVar[tuple[str, ...]] = ("forget", "retain")
     paper: ClassVar[str] = "Liu et al. 2022, Continual Learning and Private Unlearning"
+    default_lr: ClassVar[float] = 3e-4
 
-    def loss(self, model, batches, ref: ReferenceCache):
+    def __post_init__(self) -> None:
+        check_retain_kind(self.retain_loss)
+
+    def loss(self, model, batches, ctx: Context):
         forget = batch_nll(model, batches["forget"])
-        retain = batch_nll(model, batches["retain"])
+        retain = retain_term(model, batches["retain"], self.retain_loss, ctx)
         loss = grad_diff(forget, retain, self.alpha, self.gamma)
-        return loss, {"forget_nll": float(forget.detach()), "retain_nll": float(retain.detach())}
+        return loss, {"forget_nll": float(forget.detach()), "retain": float(retain.detach())}

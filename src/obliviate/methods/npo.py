@@ -1,34 +1,41 @@
-"""Negative preference optimisation with a retain NLL term."""
+"""Negative preference optimisation with a retain term."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import ClassVar
 
-from .base import METHODS, ReferenceCache, batch_nll, batch_seq_nll
+from .base import METHODS, Context, batch_seq_nll, check_retain_kind, retain_term
 from .objectives import npo
 
 
 @METHODS.register("npo")
 @dataclass
 class NPO:
-    """NPO loss on forget (reference NLLs cached before training) + alpha * NLL(retain)."""
+    """NPO on the forget set + alpha * retain term. The reference model's forget NLLs are
+    computed once before training and cached: no second model in memory (unless
+    `retain_loss='kl'`, which needs live reference logits on the changing retain batches)."""
 
     beta: float = 0.1
     alpha: float = 1.0  # retain weight; 0 gives plain NPO
+    retain_loss: str = "nll"  # nll | kl
 
     description: ClassVar[str] = ("negative preference optimisation: push forget likelihood "
                                   "below the reference model's, bounded, plus a retain term")
     needs: ClassVar[tuple[str, ...]] = ("forget", "retain", "reference")
     paper: ClassVar[str] = "Zhang et al. 2024, Negative Preference Optimization"
+    default_lr: ClassVar[float] = 5e-4
 
-    def loss(self, model, batches, ref: ReferenceCache):
+    def __post_init__(self) -> None:
+        check_retain_kind(self.retain_loss)
+
+    def loss(self, model, batches, ctx: Context):
         f = batches["forget"]
-        seq = batch_seq_nll(model, f)
-        forget_loss = npo(seq, ref.seq_nll(f["index"]), self.beta)
+        ref = ctx.cached("seq_nll:forget").to(f["index"].device)[f["index"]]
+        forget_loss = npo(batch_seq_nll(model, f), ref, self.beta)
         info = {"npo": float(forget_loss.detach())}
         if self.alpha == 0:
             return forget_loss, info
-        retain = batch_nll(model, batches["retain"])
-        info["retain_nll"] = float(retain.detach())
+        retain = retain_term(model, batches["retain"], self.retain_loss, ctx)
+        info["retain"] = float(retain.detach())
         return forget_loss + self.alpha * retain, info

@@ -5,6 +5,8 @@ Shapes: logits [batch, seq, vocab]; labels [batch, seq] with -100 where no loss 
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -56,3 +58,156 @@ def npo(seq_nll: torch.Tensor, ref_seq_nll: torch.Tensor, beta: float) -> torch.
     it falls towards 0 as the model's likelihood of the forget answer drops below ref's.
     """
     return -(2.0 / beta) * F.logsigmoid(beta * (seq_nll - ref_seq_nll)).mean()
+
+
+# ---------------------------------------------------------------------------- token-level helpers
+def answer_logits(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(logits [n_tokens, vocab], targets [n_tokens]) at the labelled positions, causal shift applied.
+
+    Rows come in row-major batch order, so one item always yields its tokens in the same order
+    (what cached per-token reference quantities rely on)."""
+    shifted = logits[:, :-1, :]
+    target = labels[:, 1:]
+    mask = target != IGNORE
+    return shifted[mask], target[mask]
+
+
+def kl_to_reference(logits: torch.Tensor, ref_logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """KL(p_ref || p_model) per position, averaged over `mask` (the KL retain term of TOFU's
+    GradDiff-KL and NPO-KL; Maini et al. 2024, "TOFU"). logits, ref_logits [..., vocab]."""
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    ref_logp = torch.log_softmax(ref_logits.float(), dim=-1)
+    kl = (ref_logp.exp() * (ref_logp - logp)).sum(-1)
+    return (kl * mask).sum() / mask.sum().clamp(min=1)
+
+
+# ---------------------------------------------------------------------------- sequence-level losses
+def simnpo(seq_nll: torch.Tensor, lengths: torch.Tensor, beta: float, gamma: float) -> torch.Tensor:
+    """SimNPO (Fan et al. 2024, "Simplicity Prevails: Rethinking Negative Preference Optimization
+    for LLM Unlearning"), eq. 4: NPO with the reference replaced by a length-normalised margin,
+    L = -(2/beta) * mean log sigmoid(beta * nll_seq / |y| - gamma). Reference-free."""
+    return -(2.0 / beta) * F.logsigmoid(beta * seq_nll / lengths.clamp(min=1) - gamma).mean()
+
+
+def dpo(win_nll: torch.Tensor, lose_nll: torch.Tensor, ref_win_nll: torch.Tensor,
+        ref_lose_nll: torch.Tensor, beta: float) -> torch.Tensor:
+    """DPO (Rafailov et al. 2023) in the 2/beta scaling TOFU's IdkPO uses (Maini et al. 2024):
+    L = -(2/beta) * mean log sigmoid(beta * [(ref_win - win) - (ref_lose - lose)])
+    with nll summed sequence NLLs; the preferred ("win") answer is the refusal."""
+    margin = (ref_win_nll - win_nll) - (ref_lose_nll - lose_nll)
+    return -(2.0 / beta) * F.logsigmoid(beta * margin).mean()
+
+
+# ---------------------------------------------------------------------------- token-reweighted ascent
+def weighted_ascent(logp: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """Mean of weight * log p over labelled tokens [n_tokens]: minimising it is gradient ascent
+    on the NLL with each token's step scaled by a (detached) weight."""
+    return (weight.detach() * logp).mean()
+
+
+def wga_weights(logp: torch.Tensor, beta: float) -> torch.Tensor:
+    """WGA (Wang et al. 2025, "Rethinking LLM Unlearning Objectives: A Gradient Perspective and
+    Go Beyond"): w = p^beta. Tokens the model already finds unlikely get small steps, which
+    stops ascent from running away on tokens that are already forgotten."""
+    return logp.detach().exp() ** beta
+
+
+def satimp_weights(logp: torch.Tensor, beta1: float, beta2: float) -> torch.Tensor:
+    """SatImp (Yang et al. 2025, "Exploring Criteria of Loss Reweighting to Enhance LLM
+    Unlearning"): w = p^beta1 * (1 - p)^beta2, saturation times importance."""
+    p = logp.detach().exp()
+    return p ** beta1 * (1.0 - p) ** beta2
+
+
+# ---------------------------------------------------------------------------- distribution targets
+def undial(logits: torch.Tensor, ref_logits: torch.Tensor, targets: torch.Tensor,
+           strength: float) -> torch.Tensor:
+    """UNDIAL (Dong et al. 2024, "UNDIAL: Self-Distillation with Adjusted Logits for Robust
+    Unlearning"): distil from the reference with the true token's logit lowered by `strength`,
+    L = mean_t CE(softmax(ref_logits_t - strength * onehot(y_t)), p_model_t).
+    logits, ref_logits [n_tokens, vocab]; targets [n_tokens]."""
+    adjusted = ref_logits.float().scatter_add(
+        -1, targets.unsqueeze(-1), torch.full_like(targets, -strength, dtype=torch.float).unsqueeze(-1))
+    soft = torch.softmax(adjusted, dim=-1)
+    return -(soft * torch.log_softmax(logits.float(), dim=-1)).sum(-1).mean()
+
+
+def cross_entropy_unlearning(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """CE-U (Yang et al. 2025, "CE-U: Cross Entropy Unlearning"): cross-entropy against the
+    model's own detached distribution with the true token removed (its logit set to -inf).
+    The gradient w.r.t. the logits is p - q: it lowers the true token and keeps the rest of the
+    distribution's shape, with no runaway as p(true) -> 0. logits [n_tokens, vocab]."""
+    q_logits = logits.detach().float().scatter(-1, targets.unsqueeze(-1), float("-inf"))
+    q = torch.softmax(q_logits, dim=-1)
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    return -(q * logp.masked_fill(q == 0, 0.0)).sum(-1).mean()
+
+
+def logit_flatness(logits: torch.Tensor) -> torch.Tensor:
+    """PDU's forget loss (Entesari et al. 2025, "Constrained Entropic Unlearning: A Primal-Dual
+    Framework for Large Language Models"): mean over tokens of (max logit - mean logit)^2, zero
+    exactly when the next-token distribution is uniform. logits [n_tokens, vocab]."""
+    lf = logits.float()
+    return ((lf.max(-1).values - lf.mean(-1)) ** 2).mean()
+
+
+def dual_ascent(lam: float, constraint: float, step: float) -> float:
+    """Projected dual ascent for a constraint g <= 0: lam <- max(0, lam + step * g)."""
+    return max(0.0, lam + step * constraint)
+
+
+# ---------------------------------------------------------------------------- FLAT
+# (activation g*, conjugate f*) pairs of the variational f-divergence bound (Nowozin et al. 2016,
+# "f-GAN", table 2) for the divergences FLAT evaluates.
+F_DIVERGENCES = {
+    "kl": (lambda v: v, lambda t: torch.exp(t - 1.0)),
+    "tv": (lambda v: 0.5 * torch.tanh(v), lambda t: t),
+    "js": (lambda v: math.log(2.0) - F.softplus(-v), lambda t: -torch.log(2.0 - torch.exp(t))),
+    "pearson": (lambda v: v, lambda t: t * t / 4.0 + t),
+}
+
+
+def flat(good_score: torch.Tensor, bad_score: torch.Tensor, divergence: str = "kl") -> torch.Tensor:
+    """FLAT (Wang et al. 2025, "LLM Unlearning via Loss Adjustment with Only Forget Data"):
+    maximise the variational f-divergence between template answers ("good") and forget answers
+    ("bad"), L = -mean g*(s_good) + mean f*(g*(s_bad)), with s the mean token probability of
+    an answer. Its per-sample gradient weights come from f*'s slope. Scores [batch]."""
+    if divergence not in F_DIVERGENCES:
+        raise ValueError(f"unknown divergence '{divergence}' (one of {sorted(F_DIVERGENCES)})")
+    act, conj = F_DIVERGENCES[divergence]
+    return -act(good_score).mean() + conj(act(bad_score)).mean()
+
+
+def mean_token_prob(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean probability of the labelled tokens of each sequence [batch] (FLAT's answer score)."""
+    logp, mask = token_logprobs(logits, labels)
+    return (logp.exp() * mask).sum(-1) / mask.sum(-1).clamp(min=1)
+
+
+# ---------------------------------------------------------------------------- representations
+def rmu_forget(hidden: torch.Tensor, control: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """RMU (Li et al. 2024, "The WMDP Benchmark"), forget term: mean squared distance of the
+    layer's hidden states [batch, seq, d] to the scaled random control vector c*u [d], over
+    `mask` [batch, seq]."""
+    sq = ((hidden.float() - control.float()) ** 2).mean(-1)
+    return (sq * mask).sum() / mask.sum().clamp(min=1)
+
+
+def rmu_retain(hidden: torch.Tensor, ref_hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """RMU retain term: mean squared distance to the reference model's hidden states."""
+    sq = ((hidden.float() - ref_hidden.float()) ** 2).mean(-1)
+    return (sq * mask).sum() / mask.sum().clamp(min=1)
+
+
+# ---------------------------------------------------------------------------- parameters
+def l1_penalty(params: list[torch.Tensor]) -> torch.Tensor:
+    """Sum of absolute weights (Jia et al. 2023, "Model Sparsity Can Simplify Machine
+    Unlearning"): its subgradient sign(w) shrinks every weight by the same amount per step."""
+    return sum(p.abs().sum() for p in params)
+
+
+def negate_task_vector(base: torch.Tensor, finetuned: torch.Tensor, scale: float) -> torch.Tensor:
+    """Task arithmetic (Ilharco et al. 2023, "Editing Models with Task Arithmetic"):
+    w = base - scale * (finetuned - base), the model moved away from what fine-tuning on the
+    forget set added."""
+    return base - scale * (finetuned - base)

@@ -1,0 +1,213 @@
+"""Leaderboard: every registered method on the built-in benchmark, against the retrain oracle.
+
+    python benchmarks/leaderboard.py [--entities 40] [--work DIR] [--methods a,b] [--no-lora]
+
+Trains the target and the oracle once (forget10), then runs each method with its defaults and
+a small learning-rate sweep, full weights and LoRA, each run in its own process so its wall
+time and peak memory (max RSS) are its own. Every run is evaluated with the TOFU suite against
+the oracle. Writes benchmarks/results/leaderboard.{md,json}: the best run per method and
+variant (highest forget quality among runs keeping >= 90% of the oracle's model utility; when
+none does, the highest utility), plus every run in the JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+KEYS = ("forget_quality", "model_utility", "forget_prob", "forget_rougeL_recall", "retain_prob")
+LR_MULTS = (0.5, 1.0, 2.0)  # x the method's default lr (x LORA_LR_SCALE under LoRA)
+UTILITY_FLOOR = 0.9  # fraction of the oracle's model utility a run must keep
+
+
+def _quiet() -> None:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+
+
+def worker(args: argparse.Namespace) -> None:
+    """One run: unlearn + evaluate, row written to args.row (runs in a child process)."""
+    _quiet()
+    import obliviate as ob
+    from obliviate.evaluation import load_results
+    from obliviate.train import OptimConfig
+
+    work = Path(args.work)
+    cfg = ob.UnlearnConfig(model=str(work / "target"), method=args.method, benchmark=str(work / "bench"),
+                           optim=OptimConfig(lr=args.lr, steps=args.steps, batch_size=32,
+                                             warmup_ratio=0.0, schedule="constant"))
+    cfg.lora.enabled = args.variant == "lora"
+    out = work / "runs" / Path(args.row).stem
+    row = {"method": args.method, "variant": args.variant, "lr": args.lr}
+    t = time.perf_counter()
+    try:
+        ob.unlearn(cfg, out, progress=False)
+        row["unlearn_seconds"] = round(time.perf_counter() - t, 2)
+        res = ob.evaluate(ob.EvalConfig(model=str(out), benchmark=str(work / "bench")),
+                          name=args.method, reference=load_results(work / "oracle.json"), progress=False)
+        row.update({k: res["metrics"][k] for k in KEYS})
+    except ob.ObliviateError as exc:  # a guarded collapse is a result too
+        row["error"] = str(exc).split(". ")[0]
+    Path(args.row).write_text(json.dumps(row))
+
+
+def _run_child(argv: list[str]) -> tuple[float, float]:
+    """(wall seconds, peak RSS MiB) of a child process."""
+    start = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, __file__, *argv])
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode:
+        raise RuntimeError(f"child failed ({proc.returncode}): {argv}")
+    return time.perf_counter() - start, usage.ru_maxrss / 1024
+
+
+def prepare(work: Path, entities: int, seed: int) -> dict:
+    _quiet()
+    import obliviate as ob
+    from obliviate.evaluation import derive, load_results, save_results
+
+    if not (work / "bench").exists():
+        ob.generate(work / "bench", seed=seed, entities=entities)
+    for role in ("target", "oracle"):
+        if not (work / role).exists():
+            ob.finetune(ob.FinetuneConfig(benchmark=str(work / "bench"), role=role, seed=seed),
+                        work / role, progress=False)
+    if not (work / "oracle.json").exists():
+        res = ob.evaluate(ob.EvalConfig(model=str(work / "oracle"), benchmark=str(work / "bench")),
+                          name="oracle", progress=False)
+        res["metrics"] = derive(res, res)
+        save_results(res, work / "oracle.json")
+    oracle = load_results(work / "oracle.json")
+    target = ob.evaluate(ob.EvalConfig(model=str(work / "target"), benchmark=str(work / "bench")),
+                         name="target", reference=oracle, progress=False)
+    return {name: {k: r["metrics"][k] for k in KEYS} for name, r in
+            (("oracle", oracle), ("target", target))}
+
+
+def best(runs: list[dict], oracle_mu: float) -> dict:
+    ok = [r for r in runs if "error" not in r]
+    if not ok:
+        return runs[0]
+    kept = [r for r in ok if r["model_utility"] >= UTILITY_FLOOR * oracle_mu]
+    if kept:
+        return max(kept, key=lambda r: (r["forget_quality"], r["model_utility"]))
+    return max(ok, key=lambda r: r["model_utility"])
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.2e}" if v and abs(v) < 1e-2 else f"{v:.3f}"
+    return str(v)
+
+
+def write(out_dir: Path, refs: dict, rows: list[dict], meta: dict) -> None:
+    oracle_mu = refs["oracle"]["model_utility"]
+    lines = ["# Leaderboard: built-in benchmark, forget10", "",
+             f"{meta['entities']} fictitious people, 4-layer tiny Llama, {meta['steps']} unlearning "
+             f"steps of batch 32, 2-core CPU. Best run per method and variant: highest forget "
+             f"quality among runs keeping >= {UTILITY_FLOOR:.0%} of the oracle's model utility "
+             "(else the highest utility). lr: the chosen learning rate; MU %: model utility "
+             "relative to the oracle's. Time: unlearning alone; peak memory: the run's max RSS.", "",
+             "| method | variant | lr | forget quality | model utility | MU % | forget prob | "
+             "forget ROUGE-L | retain prob | time s | peak MiB |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for name in ("oracle", "target"):
+        r = refs[name]
+        lines.append(f"| **{name}** | | | {_fmt(r['forget_quality'])} | {_fmt(r['model_utility'])} | "
+                     f"{100 * r['model_utility'] / oracle_mu:.0f} | {_fmt(r['forget_prob'])} | "
+                     f"{_fmt(r['forget_rougeL_recall'])} | {_fmt(r['retain_prob'])} | | |")
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["method"], r["variant"]), []).append(r)
+    chosen = sorted((best(g, oracle_mu) for g in groups.values()),
+                    key=lambda r: (r.get("model_utility", 0) >= UTILITY_FLOOR * oracle_mu,
+                                   r.get("forget_quality", -1)), reverse=True)
+    for r in chosen:
+        if "error" in r:
+            lines.append(f"| {r['method']} | {r['variant']} | {r['lr']:.0e} | every lr stopped: "
+                         f"{r['error']} | | | | | | | |")
+            continue
+        lines.append(f"| {r['method']} | {r['variant']} | {r['lr']:.0e} | {_fmt(r['forget_quality'])} | "
+                     f"{_fmt(r['model_utility'])} | {100 * r['model_utility'] / oracle_mu:.0f} | "
+                     f"{_fmt(r['forget_prob'])} | {_fmt(r['forget_rougeL_recall'])} | "
+                     f"{_fmt(r['retain_prob'])} | {r['unlearn_seconds']:.1f} | {r['peak_mib']:.0f} |")
+    hits = [r for r in chosen if "error" not in r and r["forget_quality"] >= 0.05
+            and r["model_utility"] >= UTILITY_FLOOR * oracle_mu]
+    names = ", ".join(f"{r['method']} ({r['variant']})" for r in hits) or "none"
+    lines += ["", f"Runs reaching forget quality >= 0.05 at >= {UTILITY_FLOOR:.0%} of the oracle's "
+              f"utility: {names}.",
+              f"Total wall time {meta['seconds']:.0f} s for {len(rows)} runs."]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "leaderboard.md").write_text("\n".join(lines) + "\n")
+    (out_dir / "leaderboard.json").write_text(json.dumps(
+        {"meta": meta, "reference": refs, "best": chosen, "runs": rows}, indent=1) + "\n")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--work", default=str(HERE / ".work" / "leaderboard"))
+    ap.add_argument("--out", default=str(HERE / "results"))
+    ap.add_argument("--entities", type=int, default=40)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--steps", type=int, default=60)
+    ap.add_argument("--methods", default="")
+    ap.add_argument("--no-lora", action="store_true")
+    # worker mode (internal)
+    ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--method", help=argparse.SUPPRESS)
+    ap.add_argument("--variant", help=argparse.SUPPRESS)
+    ap.add_argument("--lr", type=float, help=argparse.SUPPRESS)
+    ap.add_argument("--row", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.worker:
+        return worker(args)
+
+    start = time.perf_counter()
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    refs = prepare(work, args.entities, args.seed)
+    from obliviate.methods import METHODS
+    from obliviate.unlearning import LORA_LR_SCALE
+
+    methods = args.methods.split(",") if args.methods else METHODS.names()
+    variants = ("full",) if args.no_lora else ("full", "lora")
+    rows = []
+    for method in methods:
+        for variant in variants:
+            for mult in LR_MULTS:
+                lr = METHODS.get(method).default_lr * mult * (LORA_LR_SCALE if variant == "lora" else 1)
+                row_path = work / "rows" / f"{method}-{variant}-{lr:.1e}.json"
+                row_path.parent.mkdir(exist_ok=True)
+                if row_path.exists():
+                    row_path.unlink()
+                run_dir = work / "runs" / row_path.stem
+                for d in (run_dir, run_dir.with_name(run_dir.name + ".last-good")):
+                    if d.exists():
+                        import shutil
+
+                        shutil.rmtree(d)
+                wall, peak = _run_child(["--worker", "--work", str(work), "--method", method,
+                                         "--variant", variant, "--lr", str(lr), "--steps",
+                                         str(args.steps), "--row", str(row_path)])
+                row = json.loads(row_path.read_text()) | {"wall_seconds": round(wall, 1),
+                                                           "peak_mib": round(peak, 1)}
+                rows.append(row)
+                print(json.dumps(row), flush=True)
+    meta = {"entities": args.entities, "seed": args.seed, "steps": args.steps,
+            "lr_multipliers": LR_MULTS, "seconds": time.perf_counter() - start}
+    write(Path(args.out), refs, rows, meta)
+    print((Path(args.out) / "leaderboard.md").read_text())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,37 @@
+"""WGA: gradient ascent with each token weighted by its probability."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+from .base import METHODS, Context, check_retain_kind, forward, retain_term
+from .objectives import token_logprobs, weighted_ascent, wga_weights
+
+
+@METHODS.register("wga")
+@dataclass
+class WGA:
+    """gamma * weighted ascent on forget tokens (w = p^beta) + alpha * retain term."""
+
+    beta: float = 1.0
+    gamma: float = 1.0
+    alpha: float = 1.0
+    retain_loss: str = "nll"
+
+    description: ClassVar[str] = "weighted gradient ascent: token steps scaled by p^beta, plus a retain term"
+    needs: ClassVar[tuple[str, ...]] = ("forget", "retain")
+    paper: ClassVar[str] = "Wang et al. 2025, Rethinking LLM Unlearning Objectives: A Gradient Perspective and Go Beyond"
+    default_lr: ClassVar[float] = 5e-4
+
+    def __post_init__(self) -> None:
+        check_retain_kind(self.retain_loss)
+
+    def loss(self, model, batches, ctx: Context):
+        f = batches["forget"]
+        logp, mask = token_logprobs(forward(model, f), f["labels"])
+        logp = logp[mask]
+        forget = weighted_ascent(logp, wga_weights(logp, self.beta))
+        retain = retain_term(model, batches["retain"], self.retain_loss, ctx)
+        return self.gamma * forget + self.alpha * retain, {"wga": float(forget.detach()),
+                                                           "retain": float(retain.detach())}

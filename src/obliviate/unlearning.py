@@ -1,0 +1,261 @@
+"""Apply an unlearning method to a model: data, reference, LoRA, guards, then save.
+
+The order of a run: load the model (never modified on disk) -> encode the forget set (and the
+refusal pairs, the retain set) -> compute cached reference quantities on the untouched model
+-> the method's `setup` -> choose what trains (all weights, a few modules, or LoRA adapters)
+-> snapshot the reference weights only if the method needs live reference activations ->
+train with the collapse guard -> the method's `finish` -> merge LoRA -> save atomically.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .config import to_dict
+from .data import Benchmark, Example, load_examples, validate_split
+from .encoding import DEFAULT_TEMPLATE, Encoded, encode
+from .errors import ObliviateError
+from .methods import Context, build, needs_of
+from .methods.base import cache_seq_nll, hook, mean_answer_prob
+from .models import load_model, save_model
+from .train import OptimConfig, make_loader, set_seed, train
+
+# Adapters start at zero and see a low-rank slice of each update: the usual LoRA learning rate
+# is several times the full-weight one, so a method's default is scaled by this under LoRA.
+LORA_LR_SCALE = 5.0
+
+
+@dataclass
+class LoraSettings:
+    """Train low-rank adapters instead of the weights (peft); merged into the saved model."""
+
+    enabled: bool = False
+    r: int = 8
+    alpha: int = 16
+    dropout: float = 0.0
+    target_modules: list[str] = field(default_factory=list)  # empty: the method's, or all linear
+
+
+@dataclass
+class GuardConfig:
+    """Stop a run whose model collapses: every `every` steps the mean answer probability of
+    `probe_items` retain items is measured; below `retain_floor` x its starting value the run
+    stops, and the last state that passed is saved beside the output as `<out>.last-good`."""
+
+    retain_floor: float = 0.3  # relative to the starting retain probability; 0 disables
+    every: int = 10
+    probe_items: int = 32
+    keep_last_good: bool = True  # keeps a CPU copy of the trainable weights at each check
+
+
+@dataclass
+class UnlearnConfig:
+    """Apply an unlearning method to a model for a forget set (and a retain set)."""
+
+    model: str = ""
+    method: str = "npo"
+    params: dict[str, Any] = field(default_factory=dict)  # the method's hyper-parameters
+    benchmark: str = ""  # either a benchmark folder + split ...
+    forget_split: str = "forget10"
+    forget: str = ""  # ... or JSONL files / hub ids
+    retain: str = ""
+    # lr None: the method's own default (`obliviate ls methods` lists them)
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(
+        lr=None, steps=60, batch_size=32, warmup_ratio=0.0, schedule="constant"))
+    lora: LoraSettings = field(default_factory=LoraSettings)
+    guard: GuardConfig = field(default_factory=GuardConfig)
+    template: str = DEFAULT_TEMPLATE
+    trust_remote_code: bool = False
+    seed: int = 0
+
+
+class CollapseError(ObliviateError):
+    """The retain set's probability fell below the guard's floor."""
+
+
+def load_refusals() -> list[str]:
+    """The refusal answers shipped with the package (IdkNLL, IdkPO, FLAT templates)."""
+    text = resources.files("obliviate").joinpath("resources/refusals.txt").read_text()
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def resolve_data(benchmark: str, split: str, forget: str, retain: str) -> tuple[list[Example], list[Example]]:
+    """(forget, retain) examples from a benchmark folder + split, or from files / hub ids."""
+    if benchmark:
+        if forget or retain:
+            raise ObliviateError("give either benchmark=... or forget=/retain= files, not both")
+        bench = Benchmark.load(benchmark)
+        return bench.qa_of(split), bench.qa_of(Benchmark.retain_split(split))
+    if not forget:
+        raise ObliviateError("no forget data: give benchmark=<folder> or forget=<file.jsonl>")
+    return load_examples(forget), (load_examples(retain) if retain else [])
+
+
+def _context(tok, forget: list[Example], retain: list[Example], needs: tuple[str, ...],
+             template: str, lora: bool, seed: int) -> Context:
+    ctx = Context(pad_id=tok.pad_token_id, lora=lora, seed=seed)
+    ctx.items["forget"] = [encode(tok, ex, i, template) for i, ex in enumerate(forget)]
+    if retain:
+        ctx.items["retain"] = [encode(tok, ex, i, template) for i, ex in enumerate(retain)]
+    if "refusal" in needs:
+        refusals = load_refusals()
+        # a fixed, seed-dependent refusal per forget item, so reference caches stay valid
+        gen = torch.Generator().manual_seed(seed)
+        pick = torch.randint(len(refusals), (len(forget),), generator=gen).tolist()
+        ctx.items["idk"] = [encode(tok, dataclasses.replace(ex, answer=refusals[pick[i]]), i, template)
+                            for i, ex in enumerate(forget)]
+    return ctx
+
+
+def _select_trainable(model, lora: LoraSettings, targets: list[str] | None):
+    """Wrap with LoRA adapters, or freeze everything but `targets` (all weights if None)."""
+    if lora.enabled:
+        from peft import LoraConfig, get_peft_model
+
+        modules = lora.target_modules or targets or "all-linear"
+        config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                            target_modules=modules, task_type="CAUSAL_LM")
+        return get_peft_model(model, config)
+    if targets is not None:
+        wanted = set(targets)
+        for name, module in model.named_modules():
+            for p in module.parameters(recurse=False):
+                p.requires_grad_(name in wanted)
+    return model
+
+
+class RetainGuard:
+    """The collapse guard of GuardConfig, called after each optimiser step."""
+
+    def __init__(self, model, ctx: Context, cfg: GuardConfig):
+        self.model, self.cfg, self.pad_id = model, cfg, ctx.pad_id
+        self.probe: list[Encoded] = ctx.items.get("retain", [])[:cfg.probe_items]
+        self.active = cfg.retain_floor > 0 and bool(self.probe)
+        self.start = self.last = self.measure() if self.active else None
+        self.good: dict[str, torch.Tensor] | None = None
+        self.good_step = 0
+        self._keep()
+
+    def measure(self) -> float:
+        with eval_mode(self.model):
+            return mean_answer_prob(self.model, self.probe, self.pad_id)
+
+    def _keep(self) -> None:
+        if self.active and self.cfg.keep_last_good:
+            self.good = {n: p.detach().to("cpu", copy=True)
+                         for n, p in self.model.named_parameters() if p.requires_grad}
+
+    def check(self, step: int, final: bool = False) -> None:
+        if not self.active or (not final and (step + 1) % self.cfg.every):
+            return
+        self.last = self.measure()
+        if self.last < self.cfg.retain_floor * self.start:
+            raise CollapseError(
+                f"retain probability fell to {self.last:.3g} at step {step + 1} (started at "
+                f"{self.start:.3g}; floor {self.cfg.retain_floor} x start): the model is "
+                "collapsing. Lower optim.lr or optim.steps, or raise the method's retain weight")
+        self.good_step = step + 1
+        self._keep()
+
+    @torch.no_grad()
+    def restore(self) -> bool:
+        if self.good is None:
+            return False
+        for n, p in self.model.named_parameters():
+            if n in self.good:
+                p.copy_(self.good[n].to(p.device))
+        return True
+
+
+@contextlib.contextmanager
+def eval_mode(model) -> Iterator[None]:
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
+
+
+def _mask_gradients(masks: dict[torch.nn.Parameter, torch.Tensor]):
+    def apply() -> None:
+        for p, m in masks.items():
+            if p.grad is not None:
+                p.grad.mul_(m.to(p.grad.device))
+    return apply
+
+
+def _finalise(model, lora: bool):
+    return model.merge_and_unload() if lora else model
+
+
+def unlearn(cfg: UnlearnConfig, out: str | Path, progress: bool = True) -> Path:
+    """Run `cfg.method` on `cfg.model` and save the result to `out` (a new folder).
+
+    The input model is never modified. A NaN loss or a collapse stops the run with a clear
+    error; the last state that passed the guard is saved as `<out>.last-good`."""
+    method = build(cfg.method, cfg.params)
+    needs = needs_of(method)
+    out = Path(out)
+    if out.exists():
+        raise ObliviateError(f"output {out} already exists; choose a new path or remove it")
+    forget, retain = resolve_data(cfg.benchmark, cfg.forget_split, cfg.forget, cfg.retain)
+    validate_split(forget, retain)
+    if "retain" in needs and not retain:
+        raise ObliviateError(f"method '{cfg.method}' needs a retain set (retain=<file.jsonl>)")
+    default_lr = type(method).default_lr * (LORA_LR_SCALE if cfg.lora.enabled else 1.0)
+    optim = dataclasses.replace(cfg.optim, lr=cfg.optim.lr or default_lr,
+                                **getattr(method, "optimizer", {}))
+    set_seed(cfg.seed)
+    model, tok = load_model(cfg.model, trust_remote_code=cfg.trust_remote_code)
+    ctx = _context(tok, forget, retain, needs, cfg.template, cfg.lora.enabled, cfg.seed)
+    if "reference" in needs:  # on the untouched model: the reference, with no copy kept
+        for name in ("forget", "idk"):
+            if name in ctx.items:
+                ctx.cache[f"seq_nll:{name}"] = cache_seq_nll(model, ctx.items[name], ctx.pad_id)
+    hook(method, "setup", model, ctx)
+    model = _select_trainable(model, cfg.lora, hook(method, "target_modules", model, ctx))
+    if "reference_model" in needs:
+        ctx.snapshot_reference(model)
+    streams = {"forget": make_loader(ctx.items["forget"], optim.batch_size, ctx.pad_id, cfg.seed)}
+    if "retain" in needs:
+        streams["retain"] = make_loader(ctx.items["retain"], optim.batch_size, ctx.pad_id, cfg.seed + 1)
+    guard = RetainGuard(model, ctx, cfg.guard)
+    start = time.perf_counter()
+    try:
+        logs = train(model, lambda m, b: method.loss(m, b, ctx), streams, optim,
+                     desc=f"unlearn {cfg.method}", progress=progress,
+                     on_step=lambda step, _: guard.check(step),
+                     after_backward=_mask_gradients(ctx.grad_masks) if ctx.grad_masks else None)
+    except ObliviateError as exc:
+        raise ObliviateError(f"{exc}{_save_last_good(model, tok, cfg, out, guard, str(exc))}") from None
+    hook(method, "finish", model, ctx)
+    guard.check(optim.steps - 1, final=True)
+    prov = {"produced_by": "obliviate unlearn", "config": to_dict(cfg),
+            "method_params": dataclasses.asdict(method), "needs": list(needs),
+            "optim": dataclasses.asdict(optim), "n_forget": len(forget), "n_retain": len(retain),
+            "train_seconds": round(time.perf_counter() - start, 2), "final_loss": logs[-1]["loss"],
+            "retain_prob": {"start": guard.start, "end": guard.last}}
+    return save_model(_finalise(model, cfg.lora.enabled), tok, out, prov, inputs=(cfg.model,))
+
+
+def _save_last_good(model, tok, cfg: UnlearnConfig, out: Path, guard: RetainGuard, reason: str) -> str:
+    """Save the guard's last passing state beside `out`; returns a sentence for the error."""
+    if not guard.restore():
+        return ". Nothing was saved."
+    dest = out.with_name(out.name + ".last-good")
+    if dest.exists():
+        return f". The last good state was not saved: {dest} already exists."
+    prov = {"produced_by": "obliviate unlearn (stopped)", "config": to_dict(cfg),
+            "stopped": reason, "last_good_step": guard.good_step}
+    save_model(_finalise(model, cfg.lora.enabled), tok, dest, prov, inputs=(cfg.model,))
+    return f". The last good state (step {guard.good_step}) is saved in {dest}."
