@@ -1,13 +1,14 @@
 """Leaderboard: every registered method on the built-in benchmark, against the retrain oracle.
 
-    python benchmarks/leaderboard.py [--entities 40] [--work DIR] [--methods a,b] [--no-lora]
+    python benchmarks/leaderboard.py [--entities 40] [--work DIR] [--methods a,b] [--no-lora] [--fresh]
 
 Trains the target and the oracle once (forget10), then runs each method with its defaults and
 a small learning-rate sweep, full weights and LoRA, each run in its own process so its wall
 time and peak memory (max RSS) are its own. Every run is evaluated with the TOFU suite against
 the oracle. Writes benchmarks/results/leaderboard.{md,json}: the best run per method and
 variant (highest forget quality among runs keeping >= 90% of the oracle's model utility; when
-none does, the highest utility), plus every run in the JSON.
+none does, the highest utility), plus every run in the JSON. Finished runs are kept in the
+work folder and reused by the next invocation unless --fresh.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import subprocess
 import sys
 import time
@@ -22,7 +24,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 KEYS = ("forget_quality", "model_utility", "forget_prob", "forget_rougeL_recall", "retain_prob")
-LR_MULTS = (0.5, 1.0, 2.0)  # x the method's default lr (x LORA_LR_SCALE under LoRA)
+LR_MULTS = (0.5, 1.0, 2.0)  # x the method's default lr (its LoRA default under LoRA)
 UTILITY_FLOOR = 0.9  # fraction of the oracle's model utility a run must keep
 
 
@@ -53,6 +55,8 @@ def worker(args: argparse.Namespace) -> None:
     try:
         ob.unlearn(cfg, out, progress=False)
         row["unlearn_seconds"] = round(time.perf_counter() - t, 2)
+        # peak RSS of this process so far: loading + unlearning, before evaluation adds its own
+        row["unlearn_peak_mib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
         res = ob.evaluate(ob.EvalConfig(model=str(out), benchmark=str(work / "bench")),
                           name=args.method, reference=load_results(work / "oracle.json"), progress=False)
         row.update({k: res["metrics"][k] for k in KEYS})
@@ -118,7 +122,9 @@ def write(out_dir: Path, refs: dict, rows: list[dict], meta: dict) -> None:
              f"steps of batch 32, 2-core CPU. Best run per method and variant: highest forget "
              f"quality among runs keeping >= {UTILITY_FLOOR:.0%} of the oracle's model utility "
              "(else the highest utility). lr: the chosen learning rate; MU %: model utility "
-             "relative to the oracle's. Time: unlearning alone; peak memory: the run's max RSS.", "",
+             "relative to the oracle's. Time: unlearning alone (load to save); peak memory: "
+             "max RSS of the process through unlearning (Python, torch and the model included; "
+             "evaluation comes after).", "",
              "| method | variant | lr | forget quality | model utility | MU % | forget prob | "
              "forget ROUGE-L | retain prob | time s | peak MiB |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for name in ("oracle", "target"):
@@ -140,7 +146,7 @@ def write(out_dir: Path, refs: dict, rows: list[dict], meta: dict) -> None:
         lines.append(f"| {r['method']} | {r['variant']} | {r['lr']:.0e} | {_fmt(r['forget_quality'])} | "
                      f"{_fmt(r['model_utility'])} | {100 * r['model_utility'] / oracle_mu:.0f} | "
                      f"{_fmt(r['forget_prob'])} | {_fmt(r['forget_rougeL_recall'])} | "
-                     f"{_fmt(r['retain_prob'])} | {r['unlearn_seconds']:.1f} | {r['peak_mib']:.0f} |")
+                     f"{_fmt(r['retain_prob'])} | {r['unlearn_seconds']:.1f} | {r['unlearn_peak_mib']:.0f} |")
     hits = [r for r in chosen if "error" not in r and r["forget_quality"] >= 0.05
             and r["model_utility"] >= UTILITY_FLOOR * oracle_mu]
     names = ", ".join(f"{r['method']} ({r['variant']})" for r in hits) or "none"
@@ -162,6 +168,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=60)
     ap.add_argument("--methods", default="")
     ap.add_argument("--no-lora", action="store_true")
+    ap.add_argument("--fresh", action="store_true", help="rerun runs whose results exist")
     # worker mode (internal)
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--method", help=argparse.SUPPRESS)
@@ -177,7 +184,7 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     refs = prepare(work, args.entities, args.seed)
     from obliviate.methods import METHODS
-    from obliviate.unlearning import LORA_LR_SCALE
+    from obliviate.unlearning import default_lr
 
     methods = args.methods.split(",") if args.methods else METHODS.names()
     variants = ("full",) if args.no_lora else ("full", "lora")
@@ -185,11 +192,12 @@ def main() -> None:
     for method in methods:
         for variant in variants:
             for mult in LR_MULTS:
-                lr = METHODS.get(method).default_lr * mult * (LORA_LR_SCALE if variant == "lora" else 1)
+                lr = default_lr(METHODS.get(method)(), variant == "lora") * mult
                 row_path = work / "rows" / f"{method}-{variant}-{lr:.1e}.json"
                 row_path.parent.mkdir(exist_ok=True)
-                if row_path.exists():
-                    row_path.unlink()
+                if row_path.exists() and not args.fresh:  # resume: keep finished runs
+                    rows.append(json.loads(row_path.read_text()))
+                    continue
                 run_dir = work / "runs" / row_path.stem
                 for d in (run_dir, run_dir.with_name(run_dir.name + ".last-good")):
                     if d.exists():
@@ -201,6 +209,7 @@ def main() -> None:
                                          str(args.steps), "--row", str(row_path)])
                 row = json.loads(row_path.read_text()) | {"wall_seconds": round(wall, 1),
                                                            "peak_mib": round(peak, 1)}
+                row_path.write_text(json.dumps(row))
                 rows.append(row)
                 print(json.dumps(row), flush=True)
     meta = {"entities": args.entities, "seed": args.seed, "steps": args.steps,

@@ -11,14 +11,20 @@ import obliviate as ob
 from obliviate.data import Benchmark
 from obliviate.encoding import encode
 from obliviate.methods import METHODS, Context, build, describe, needs_of
-from obliviate.methods.base import batch_seq_nll, cache_seq_nll, mean_answer_prob
-from obliviate.methods.objectives import npo
+from obliviate.methods.base import (
+    batch_seq_nll,
+    cache_answer_logits,
+    cache_seq_nll,
+    forward,
+    mean_answer_prob,
+)
+from obliviate.methods.objectives import answer_logits, npo
 from obliviate.models import load_model
 from obliviate.train import OptimConfig
 from obliviate.unlearning import load_refusals
 
 pytestmark = pytest.mark.slow
-STEPS = 20
+STEPS = 40
 
 
 def _probs(path, bench):
@@ -48,8 +54,8 @@ def start(memorised):
 @pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
 @pytest.mark.parametrize("method", METHODS.names())
 def test_every_method_forgets_and_keeps_the_retain_set(memorised, start, tmp_path, method, lora):
-    """With its defaults and 20 steps, each method lowers forget probability by at least a
-    fifth and keeps retain probability above half its starting value."""
+    """With its defaults and 40 steps of 16 items, each method lowers forget probability by at
+    least a fifth and keeps retain probability above half its starting value."""
     bench, (f0, r0) = start
     assert f0 > 0.9 and r0 > 0.9  # the subject really memorised both sets
     out = _unlearn(memorised, tmp_path / "out", method, lora=lora)
@@ -92,10 +98,12 @@ def _subject(memorised, n=8):
 
 def test_cached_reference_equals_a_live_reference_model(memorised):
     """NPO's loss with the reference NLLs cached before training equals the loss computed with
-    a frozen copy of the starting model, after the weights have moved."""
+    a frozen copy of the starting model, after the weights have moved; so do UNDIAL's cached
+    teacher logits."""
     model, tok, items = _subject(memorised)
     ref_copy = copy.deepcopy(model).eval()
     cached = cache_seq_nll(model, items, tok.pad_token_id)
+    teacher = cache_answer_logits(model, items, tok.pad_token_id, batch_size=3)
     with torch.no_grad():  # move the weights as a few unlearning steps would
         for p in model.parameters():
             p.add_(0.01 * torch.randn_like(p))
@@ -108,6 +116,9 @@ def test_cached_reference_equals_a_live_reference_model(memorised):
     assert npo(seq, cached[batch["index"]], 0.1).item() == pytest.approx(
         npo(seq, live, 0.1).item(), rel=1e-6)
     assert not torch.allclose(seq.detach(), live, atol=1e-3)  # the weights did move
+    with torch.no_grad():
+        live_logits, _ = answer_logits(forward(ref_copy, batch), batch["labels"])
+    assert torch.allclose(torch.cat(teacher), live_logits, atol=1e-4)
 
 
 def test_reference_model_without_a_copy_full_and_lora(memorised):

@@ -17,6 +17,8 @@ def _cmd_demo(args) -> None:
     from .demo import DemoConfig, run_demo
 
     cfg = DemoConfig(out=args.out, seed=args.seed, entities=args.entities)
+    if args.methods:
+        cfg.methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     report = run_demo(cfg)
     print(f"\nReport: {report.resolve()}")
     print(f"Results JSON: {(Path(args.out) / 'results').resolve()}")
@@ -91,6 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--out", default="obliviate-demo")
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--entities", type=int, default=40)
+    d.add_argument("--methods", default="", help="comma-separated methods (default: graddiff,npo)")
     d.set_defaults(func=_cmd_demo)
 
     g = sub.add_parser("generate", help="write the built-in benchmark")

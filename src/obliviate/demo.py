@@ -40,6 +40,10 @@ def _say(msg: str, progress: bool) -> None:
 
 def run_demo(cfg: DemoConfig) -> Path:
     """Run every stage (skipping finished ones); returns the report path."""
+    from .methods import METHODS
+
+    for method in cfg.methods:  # an unknown name fails now, not after training two models
+        METHODS.get(method)
     root = Path(cfg.out)
     t0 = time.perf_counter()
     timings: dict[str, float] = {}

@@ -99,12 +99,13 @@ def _update_curvature(model, optimizer, batch: dict[str, torch.Tensor], accelera
 
 def train(model, loss_fn: LossFn, loaders: dict[str, DataLoader], cfg: OptimConfig,
           desc: str = "training", params: list[torch.nn.Parameter] | None = None,
-          on_step: Callable[[int, dict[str, float]], None] | None = None,
+          on_step: Callable[[int, dict[str, float]], bool | None] | None = None,
           progress: bool = True,
           after_backward: Callable[[], None] | None = None) -> list[dict[str, float]]:
     """Optimise `loss_fn` for cfg.steps steps; returns per-step logs. Raises on a NaN/inf loss
     (before the step, so the weights are still those of the last finite step).
-    `after_backward` may edit gradients (masks) before clipping and the step."""
+    `after_backward` may edit gradients (masks) before clipping and the step; `on_step`
+    returning True ends training early."""
     from accelerate import Accelerator
     from tqdm.auto import tqdm
 
@@ -148,8 +149,8 @@ def train(model, loss_fn: LossFn, loaders: dict[str, DataLoader], cfg: OptimConf
             logs.append(info)
             if step % 10 == 0:
                 bar.set_postfix(loss=f"{info['loss']:.3f}")
-            if on_step is not None:
-                on_step(step, info)
+            if on_step is not None and on_step(step, info):
+                break  # the caller's stopping rule is met
     finally:
         bar.close()
         model.eval()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import time
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from importlib import resources
@@ -52,7 +53,11 @@ class GuardConfig:
     stops, and the last state that passed is saved beside the output as `<out>.last-good`."""
 
     retain_floor: float = 0.3  # relative to the starting retain probability; 0 disables
-    every: int = 10
+    # Stop (successfully) once the forget set's probability is at or below this x its start.
+    # None: the method's recommendation (forget-only objectives such as GA stop at 0.5, as
+    # Jang et al. stop once the targets are no longer memorised); 0: never.
+    forget_stop: float | None = None
+    every: int = 5
     probe_items: int = 32
     keep_last_good: bool = True  # keeps a CPU copy of the trainable weights at each check
 
@@ -76,6 +81,13 @@ class UnlearnConfig:
     template: str = DEFAULT_TEMPLATE
     trust_remote_code: bool = False
     seed: int = 0
+
+
+def default_lr(method, lora: bool) -> float:
+    """The method's default learning rate; under LoRA times LORA_LR_SCALE (or the method's own
+    `lora_lr_scale`, e.g. WAGLE, whose adapters sit on a few modules only)."""
+    scale = getattr(type(method), "lora_lr_scale", LORA_LR_SCALE) if lora else 1.0
+    return type(method).default_lr * scale
 
 
 class CollapseError(ObliviateError):
@@ -124,7 +136,9 @@ def _select_trainable(model, lora: LoraSettings, targets: list[str] | None):
         modules = lora.target_modules or targets or "all-linear"
         config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
                             target_modules=modules, task_type="CAUSAL_LM")
-        return get_peft_model(model, config)
+        with warnings.catch_warnings():  # peft calls a transformers 5 deprecated alias
+            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
+            return get_peft_model(model, config)
     if targets is not None:
         wanted = set(targets)
         for name, module in model.named_modules():
@@ -136,28 +150,40 @@ def _select_trainable(model, lora: LoraSettings, targets: list[str] | None):
 class RetainGuard:
     """The collapse guard of GuardConfig, called after each optimiser step."""
 
-    def __init__(self, model, ctx: Context, cfg: GuardConfig):
+    def __init__(self, model, ctx: Context, cfg: GuardConfig, forget_stop: float):
         self.model, self.cfg, self.pad_id = model, cfg, ctx.pad_id
         self.probe: list[Encoded] = ctx.items.get("retain", [])[:cfg.probe_items]
+        self.forget_probe: list[Encoded] = ctx.items["forget"][:cfg.probe_items]
         self.active = cfg.retain_floor > 0 and bool(self.probe)
-        self.start = self.last = self.measure() if self.active else None
+        self.forget_stop = forget_stop
+        self.start = self.last = self.measure(self.probe) if self.active else None
+        self.forget_start = self.forget_last = (self.measure(self.forget_probe)
+                                                if forget_stop > 0 else None)
+        self.stopped_at: int | None = None
         self.good: dict[str, torch.Tensor] | None = None
         self.good_step = 0
         self._keep()
 
-    def measure(self) -> float:
+    def measure(self, items: list[Encoded]) -> float:
         with eval_mode(self.model):
-            return mean_answer_prob(self.model, self.probe, self.pad_id)
+            return mean_answer_prob(self.model, items, self.pad_id)
 
     def _keep(self) -> None:
         if self.active and self.cfg.keep_last_good:
             self.good = {n: p.detach().to("cpu", copy=True)
                          for n, p in self.model.named_parameters() if p.requires_grad}
 
-    def check(self, step: int, final: bool = False) -> None:
-        if not self.active or (not final and (step + 1) % self.cfg.every):
-            return
-        self.last = self.measure()
+    def check(self, step: int, final: bool = False) -> bool:
+        """Raise CollapseError on a collapse; return True when the forget target is reached."""
+        if not final and (step + 1) % self.cfg.every:
+            return False
+        if self.forget_stop > 0 and not final:
+            self.forget_last = self.measure(self.forget_probe)
+            if self.forget_last <= self.forget_stop * self.forget_start:
+                self.stopped_at = step + 1
+        if not self.active:
+            return self.stopped_at is not None
+        self.last = self.measure(self.probe)
         if self.last < self.cfg.retain_floor * self.start:
             raise CollapseError(
                 f"retain probability fell to {self.last:.3g} at step {step + 1} (started at "
@@ -165,6 +191,7 @@ class RetainGuard:
                 "collapsing. Lower optim.lr or optim.steps, or raise the method's retain weight")
         self.good_step = step + 1
         self._keep()
+        return self.stopped_at is not None
 
     @torch.no_grad()
     def restore(self) -> bool:
@@ -212,8 +239,7 @@ def unlearn(cfg: UnlearnConfig, out: str | Path, progress: bool = True) -> Path:
     validate_split(forget, retain)
     if "retain" in needs and not retain:
         raise ObliviateError(f"method '{cfg.method}' needs a retain set (retain=<file.jsonl>)")
-    default_lr = type(method).default_lr * (LORA_LR_SCALE if cfg.lora.enabled else 1.0)
-    optim = dataclasses.replace(cfg.optim, lr=cfg.optim.lr or default_lr,
+    optim = dataclasses.replace(cfg.optim, lr=cfg.optim.lr or default_lr(method, cfg.lora.enabled),
                                 **getattr(method, "optimizer", {}))
     set_seed(cfg.seed)
     model, tok = load_model(cfg.model, trust_remote_code=cfg.trust_remote_code)
@@ -229,7 +255,10 @@ def unlearn(cfg: UnlearnConfig, out: str | Path, progress: bool = True) -> Path:
     streams = {"forget": make_loader(ctx.items["forget"], optim.batch_size, ctx.pad_id, cfg.seed)}
     if "retain" in needs:
         streams["retain"] = make_loader(ctx.items["retain"], optim.batch_size, ctx.pad_id, cfg.seed + 1)
-    guard = RetainGuard(model, ctx, cfg.guard)
+    forget_stop = cfg.guard.forget_stop
+    if forget_stop is None:
+        forget_stop = getattr(method, "forget_stop", 0.0)
+    guard = RetainGuard(model, ctx, cfg.guard, forget_stop)
     start = time.perf_counter()
     try:
         logs = train(model, lambda m, b: method.loss(m, b, ctx), streams, optim,
@@ -244,7 +273,9 @@ def unlearn(cfg: UnlearnConfig, out: str | Path, progress: bool = True) -> Path:
             "method_params": dataclasses.asdict(method), "needs": list(needs),
             "optim": dataclasses.asdict(optim), "n_forget": len(forget), "n_retain": len(retain),
             "train_seconds": round(time.perf_counter() - start, 2), "final_loss": logs[-1]["loss"],
-            "retain_prob": {"start": guard.start, "end": guard.last}}
+            "retain_prob": {"start": guard.start, "end": guard.last},
+            "forget_prob_probe": {"start": guard.forget_start, "end": guard.forget_last},
+            "steps_run": guard.stopped_at or optim.steps}
     return save_model(_finalise(model, cfg.lora.enabled), tok, out, prov, inputs=(cfg.model,))
 
 

@@ -21,7 +21,11 @@ class CEU:
     description: ClassVar[str] = "cross-entropy unlearning: move mass off the true token, keep the rest"
     needs: ClassVar[tuple[str, ...]] = ("forget",)
     paper: ClassVar[str] = "Yang et al. 2025, CE-U: Cross Entropy Unlearning"
-    default_lr: ClassVar[float] = 1e-4
+    default_lr: ClassVar[float] = 5e-5
+    # Forget-only: on data that shares its answer format with the retain set, retain
+    # probability falls with forget probability, so the run stops once the forget set's
+    # probability has halved (Jang et al. likewise stop once the targets are forgotten).
+    forget_stop: ClassVar[float] = 0.5
 
     def loss(self, model, batches, ctx: Context):
         f = batches["forget"]

@@ -21,7 +21,11 @@ class FLAT:
     description: ClassVar[str] = "forget-data-only f-divergence between template and forget answers"
     needs: ClassVar[tuple[str, ...]] = ("forget", "refusal")
     paper: ClassVar[str] = "Wang et al. 2025, LLM Unlearning via Loss Adjustment with Only Forget Data"
-    default_lr: ClassVar[float] = 2e-4
+    default_lr: ClassVar[float] = 1e-4
+    # Forget-only: on data that shares its answer format with the retain set, retain
+    # probability falls with forget probability, so the run stops once the forget set's
+    # probability has halved (Jang et al. likewise stop once the targets are forgotten).
+    forget_stop: ClassVar[float] = 0.5
 
     def __post_init__(self) -> None:
         if self.divergence not in F_DIVERGENCES:

@@ -18,7 +18,11 @@ class GradAscent:
     description: ClassVar[str] = "gradient ascent: raise the loss on the forget set"
     needs: ClassVar[tuple[str, ...]] = ("forget",)
     paper: ClassVar[str] = "Jang et al. 2023, Knowledge Unlearning for Mitigating Privacy Risks"
-    default_lr: ClassVar[float] = 2e-4
+    default_lr: ClassVar[float] = 1e-4
+    # Forget-only: on data that shares its answer format with the retain set, retain
+    # probability falls with forget probability, so the run stops once the forget set's
+    # probability has halved (Jang et al. likewise stop once the targets are forgotten).
+    forget_stop: ClassVar[float] = 0.5
 
     def loss(self, model, batches, ctx: Context):
         forget = batch_nll(model, batches["forget"])

@@ -23,7 +23,7 @@ class GradDiff:
     description: ClassVar[str] = "gradient difference: ascend on forget, descend on retain (NLL or KL)"
     needs: ClassVar[tuple[str, ...]] = ("forget", "retain")
     paper: ClassVar[str] = "Liu et al. 2022, Continual Learning and Private Unlearning"
-    default_lr: ClassVar[float] = 3e-4
+    default_lr: ClassVar[float] = 1.5e-4
 
     def __post_init__(self) -> None:
         check_retain_kind(self.retain_loss)

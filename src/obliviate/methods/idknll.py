@@ -19,7 +19,7 @@ class IdkNLL:
     description: ClassVar[str] = "fine-tune forget questions towards refusal answers, plus a retain term"
     needs: ClassVar[tuple[str, ...]] = ("forget", "retain", "refusal")
     paper: ClassVar[str] = "Maini et al. 2024, TOFU: A Task of Fictitious Unlearning for LLMs"
-    default_lr: ClassVar[float] = 5e-4
+    default_lr: ClassVar[float] = 2.5e-4
 
     def __post_init__(self) -> None:
         check_retain_kind(self.retain_loss)

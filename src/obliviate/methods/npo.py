@@ -24,7 +24,7 @@ class NPO:
                                   "below the reference model's, bounded, plus a retain term")
     needs: ClassVar[tuple[str, ...]] = ("forget", "retain", "reference")
     paper: ClassVar[str] = "Zhang et al. 2024, Negative Preference Optimization"
-    default_lr: ClassVar[float] = 5e-4
+    default_lr: ClassVar[float] = 2.5e-4
 
     def __post_init__(self) -> None:
         check_retain_kind(self.retain_loss)

@@ -17,7 +17,7 @@ class PDU:
     constraint is violated, falls back to 0 while it holds. eps = retain NLL at the first step
     + `retain_slack` unless given."""
 
-    gamma: float = 1.0
+    gamma: float = 0.01  # flatness is in squared logits (hundreds at the start): a small weight
     lam: float = 1.0  # initial dual variable (the retain weight)
     dual_step: float = 1.0
     retain_eps: float | None = None

@@ -23,7 +23,7 @@ class SatImp:
     description: ClassVar[str] = "saturation-importance re-weighted gradient ascent, plus a retain term"
     needs: ClassVar[tuple[str, ...]] = ("forget", "retain")
     paper: ClassVar[str] = "Yang et al. 2025, Exploring Criteria of Loss Reweighting to Enhance LLM Unlearning"
-    default_lr: ClassVar[float] = 1e-3
+    default_lr: ClassVar[float] = 5e-4
 
     def __post_init__(self) -> None:
         check_retain_kind(self.retain_loss)

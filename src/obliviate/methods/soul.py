@@ -23,7 +23,10 @@ class SOUL:
     description: ClassVar[str] = "second-order unlearning: a base method stepped by the Sophia optimiser"
     needs: ClassVar[tuple[str, ...]] = ("forget", "retain", "reference")
     paper: ClassVar[str] = "Jia et al. 2024, SOUL: Unlocking the Power of Second-Order Optimization for LLM Unlearning"
-    default_lr: ClassVar[float] = 1e-4
+    default_lr: ClassVar[float] = 5e-5
+    # On a memorised set the curvature estimate is near zero and Sophia's clipped steps act
+    # like sign descent: stop once the forget set's probability has halved.
+    forget_stop: ClassVar[float] = 0.5
 
     def __post_init__(self) -> None:
         self.inner = build(self.base, self.base_params, prefix="params.base_params.")

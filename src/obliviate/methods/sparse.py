@@ -34,7 +34,7 @@ class SparseUnlearn:
     description: ClassVar[str] = "sparsity-aware unlearning: l1 on weights, optional prune-then-unlearn"
     needs: ClassVar[tuple[str, ...]] = ("forget", "retain")
     paper: ClassVar[str] = "Jia et al. 2023, Model Sparsity Can Simplify Machine Unlearning"
-    default_lr: ClassVar[float] = 3e-4
+    default_lr: ClassVar[float] = 1.5e-4
 
     def __post_init__(self) -> None:
         self.inner = build(self.base, self.base_params, prefix="params.base_params.")
@@ -60,6 +60,10 @@ class SparseUnlearn:
 
     def target_modules(self, model, ctx: Context):
         return hook(self.inner, "target_modules", model, ctx)
+
+    @property
+    def forget_stop(self) -> float:
+        return getattr(self.inner, "forget_stop", 0.0)
 
     def loss(self, model, batches, ctx: Context):
         loss, info = self.inner.loss(model, batches, ctx)

@@ -19,12 +19,12 @@ class TaskVector:
     subtraction. Under LoRA the delta is the adapter's B A, so negating it is scaling B by
     -scale: no copy at all."""
 
-    scale: float = 2.0
+    scale: float = 3.0  # a memorised forget set gives a small delta: amplify it
 
     description: ClassVar[str] = "task-vector negation: fine-tune on forget, subtract the scaled delta"
     needs: ClassVar[tuple[str, ...]] = ("forget",)
     paper: ClassVar[str] = "Ilharco et al. 2023, Editing Models with Task Arithmetic; Eldan & Russinovich 2023, Who's Harry Potter?"
-    default_lr: ClassVar[float] = 1e-3
+    default_lr: ClassVar[float] = 2.5e-4
 
     def setup(self, model, ctx: Context) -> None:
         if not ctx.lora:

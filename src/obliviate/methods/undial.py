@@ -26,7 +26,7 @@ class UNDIAL:
     description: ClassVar[str] = "self-distillation with the answer logit lowered (robust, bounded)"
     needs: ClassVar[tuple[str, ...]] = ("forget", "retain", "reference")
     paper: ClassVar[str] = "Dong et al. 2024, UNDIAL: Self-Distillation with Adjusted Logits for Robust Unlearning"
-    default_lr: ClassVar[float] = 1e-3
+    default_lr: ClassVar[float] = 5e-4
 
     def __post_init__(self) -> None:
         check_retain_kind(self.retain_loss)

@@ -22,7 +22,7 @@ class WGA:
     description: ClassVar[str] = "weighted gradient ascent: token steps scaled by p^beta, plus a retain term"
     needs: ClassVar[tuple[str, ...]] = ("forget", "retain")
     paper: ClassVar[str] = "Wang et al. 2025, Rethinking LLM Unlearning Objectives: A Gradient Perspective and Go Beyond"
-    default_lr: ClassVar[float] = 5e-4
+    default_lr: ClassVar[float] = 2.5e-4
 
     def __post_init__(self) -> None:
         check_retain_kind(self.retain_loss)
