@@ -248,3 +248,20 @@ def test_kl_retain_term_needs_and_uses_the_live_reference(memorised, tmp_path):
     assert dataclasses.asdict(method)["retain_loss"] == "kl"
     out = _unlearn(memorised, tmp_path / "kl", "graddiff", params={"retain_loss": "kl"}, steps=5)
     assert ob.models.read_provenance(out)["needs"][-1] == "reference_model"
+
+
+def test_forget_only_methods_stop_once_the_forget_set_has_halved(memorised, tmp_path):
+    """GA recommends forget_stop = 0.5: the run ends at the first check where the forget
+    probe's probability is at most half its start, before the step budget; 0 turns it off."""
+    out = _unlearn(memorised, tmp_path / "ga", "ga", steps=200)
+    prov = ob.models.read_provenance(out)
+    probe = prov["forget_prob_probe"]
+    assert prov["steps_run"] < 200 and prov["steps_run"] % 5 == 0
+    assert probe["end"] <= 0.5 * probe["start"]
+    cfg = ob.UnlearnConfig(model=str(memorised / "target"), method="ga",
+                           benchmark=str(memorised / "bench"),
+                           optim=OptimConfig(lr=None, steps=10, batch_size=16, warmup_ratio=0.0,
+                                             schedule="constant"))
+    cfg.guard.forget_stop = 0.0
+    prov = ob.models.read_provenance(ob.unlearn(cfg, tmp_path / "ga-all", progress=False))
+    assert prov["steps_run"] == 10 and prov["forget_prob_probe"]["start"] is None

@@ -85,7 +85,7 @@ class UnlearnConfig:
 
 def default_lr(method, lora: bool) -> float:
     """The method's default learning rate; under LoRA times LORA_LR_SCALE (or the method's own
-    `lora_lr_scale`, e.g. WAGLE, whose adapters sit on a few modules only)."""
+    `lora_lr_scale`, where one is declared)."""
     scale = getattr(type(method), "lora_lr_scale", LORA_LR_SCALE) if lora else 1.0
     return type(method).default_lr * scale
 
@@ -217,7 +217,9 @@ def _mask_gradients(masks: dict[torch.nn.Parameter, torch.Tensor]):
     def apply() -> None:
         for p, m in masks.items():
             if p.grad is not None:
-                p.grad.mul_(m.to(p.grad.device))
+                if m.device != p.grad.device:  # once: the model may have moved to a GPU
+                    m = masks[p] = m.to(p.grad.device)
+                p.grad.mul_(m)
     return apply
 
 

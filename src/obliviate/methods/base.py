@@ -95,10 +95,13 @@ class Context:
             return
         if self._snapshot is None:
             raise RuntimeError("this method needs 'reference_model' but no snapshot was taken")
+        # the snapshot follows the weights to their device once (accelerate moves the model)
+        self._snapshot = [(p, ref if ref.device == p.device else ref.to(p.device))
+                          for p, ref in self._snapshot]
         current = [p.data for p, _ in self._snapshot]
         try:
             for p, ref in self._snapshot:
-                p.data = ref.to(p.device)
+                p.data = ref
             with torch.no_grad():
                 yield model
         finally:

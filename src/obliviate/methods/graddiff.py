@@ -16,7 +16,7 @@ class GradDiff:
     on retain batches, which needs the reference live (a weight snapshot, or the adapter
     disabled under LoRA) because the retain batches change every step."""
 
-    alpha: float = 1.0  # retain weight
+    alpha: float = 5.0  # retain weight
     gamma: float = 1.0  # forget weight
     retain_loss: str = "nll"  # nll | kl
 

@@ -17,7 +17,7 @@ class NPO:
     `retain_loss='kl'`, which needs live reference logits on the changing retain batches)."""
 
     beta: float = 0.1
-    alpha: float = 1.0  # retain weight; 0 gives plain NPO
+    alpha: float = 5.0  # retain weight; 0 gives plain NPO
     retain_loss: str = "nll"  # nll | kl
 
     description: ClassVar[str] = ("negative preference optimisation: push forget likelihood "

@@ -31,8 +31,6 @@ class WAGLE:
     needs: ClassVar[tuple[str, ...]] = ("forget", "retain")
     paper: ClassVar[str] = "Jia et al. 2024, WAGLE: Strategic Weight Attribution for Effective and Modular Unlearning in LLMs"
     default_lr: ClassVar[float] = 3e-4
-    # under LoRA the adapters sit on a fifth of the modules, so each takes larger steps
-    lora_lr_scale: ClassVar[float] = 2.0
 
     def __post_init__(self) -> None:
         self.inner = build(self.base, self.base_params, prefix="params.base_params.")
