@@ -140,10 +140,10 @@ def write(out_dir: Path, refs: dict, rows: list[dict], meta: dict) -> None:
                                    r.get("forget_quality", -1)), reverse=True)
     for r in chosen:
         if "error" in r:
-            lines.append(f"| {r['method']} | {r['variant']} | {r['lr']:.0e} | every lr stopped: "
+            lines.append(f"| {r['method']} | {r['variant']} | {r['lr']:.3g} | every lr stopped: "
                          f"{r['error']} | | | | | | | |")
             continue
-        lines.append(f"| {r['method']} | {r['variant']} | {r['lr']:.0e} | {_fmt(r['forget_quality'])} | "
+        lines.append(f"| {r['method']} | {r['variant']} | {r['lr']:.3g} | {_fmt(r['forget_quality'])} | "
                      f"{_fmt(r['model_utility'])} | {100 * r['model_utility'] / oracle_mu:.0f} | "
                      f"{_fmt(r['forget_prob'])} | {_fmt(r['forget_rougeL_recall'])} | "
                      f"{_fmt(r['retain_prob'])} | {r['unlearn_seconds']:.1f} | {r['unlearn_peak_mib']:.0f} |")
@@ -152,7 +152,8 @@ def write(out_dir: Path, refs: dict, rows: list[dict], meta: dict) -> None:
     names = ", ".join(f"{r['method']} ({r['variant']})" for r in hits) or "none"
     lines += ["", f"Runs reaching forget quality >= 0.05 at >= {UTILITY_FLOOR:.0%} of the oracle's "
               f"utility: {names}.",
-              f"Total wall time {meta['seconds']:.0f} s for {len(rows)} runs."]
+              f"{len(rows)} runs, {sum(r['wall_seconds'] for r in rows):.0f} s of wall time in all "
+              "(each run: process start, unlearning, evaluation)."]
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "leaderboard.md").write_text("\n".join(lines) + "\n")
     (out_dir / "leaderboard.json").write_text(json.dumps(
@@ -162,7 +163,8 @@ def write(out_dir: Path, refs: dict, rows: list[dict], meta: dict) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--work", default=str(HERE / ".work" / "leaderboard"))
-    ap.add_argument("--out", default=str(HERE / "results"))
+    ap.add_argument("--out", default=None, help="default: benchmarks/results for a full run, "
+                    "the work folder for a --methods subset (the recorded board stays whole)")
     ap.add_argument("--entities", type=int, default=40)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--steps", type=int, default=60)
@@ -214,8 +216,9 @@ def main() -> None:
                 print(json.dumps(row), flush=True)
     meta = {"entities": args.entities, "seed": args.seed, "steps": args.steps,
             "lr_multipliers": LR_MULTS, "seconds": time.perf_counter() - start}
-    write(Path(args.out), refs, rows, meta)
-    print((Path(args.out) / "leaderboard.md").read_text())
+    out = Path(args.out or (work / "partial" if args.methods else HERE / "results"))
+    write(out, refs, rows, meta)
+    print((out / "leaderboard.md").read_text())
 
 
 if __name__ == "__main__":

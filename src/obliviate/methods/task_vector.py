@@ -24,7 +24,7 @@ class TaskVector:
     description: ClassVar[str] = "task-vector negation: fine-tune on forget, subtract the scaled delta"
     needs: ClassVar[tuple[str, ...]] = ("forget",)
     paper: ClassVar[str] = "Ilharco et al. 2023, Editing Models with Task Arithmetic; Eldan & Russinovich 2023, Who's Harry Potter?"
-    default_lr: ClassVar[float] = 2.5e-4
+    default_lr: ClassVar[float] = 1e-4
 
     def setup(self, model, ctx: Context) -> None:
         if not ctx.lora:
