@@ -68,6 +68,33 @@ def _cmd_report(args) -> None:
     print(f"report written to {write_report(rows, args.out)}")
 
 
+def _cmd_import(args) -> None:
+    from .evaluation import save_results
+    from .evaluation.interop import import_openunlearning, import_tofu
+
+    reader = import_tofu if args.format == "tofu" else import_openunlearning
+    res = reader(args.source, name=args.name)
+    print(f"results written to {save_results(res, args.out)} "
+          f"(datasets: {', '.join(res['datasets'])})")
+
+
+def _cmd_score(args) -> None:
+    from .evaluation import derive
+    from .evaluation.interop import load_any_results
+    from .io import write_json_atomic
+
+    res = load_any_results(args.results)
+    ref = load_any_results(args.reference) if args.reference else None
+    scores = derive(res, ref)
+    head = ("model_utility", "forget_quality", "forget_quality_ks")
+    for key in [*[k for k in head if k in scores], *sorted(k for k in scores if k not in head)]:
+        value = scores[key]
+        print(f"{key:32s} {value:.10g}" if isinstance(value, float) else f"{key:32s} {value}")
+    if args.json:
+        write_json_atomic(args.json, {"results": res["name"], "reference": ref["name"] if ref else None,
+                                      "scores": scores})
+
+
 def _cmd_ls(args) -> None:
     if args.what == "methods":
         from .methods import METHODS, describe
@@ -119,6 +146,21 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("results", nargs="+")
     r.add_argument("--out", required=True, help="folder for report.html and report.md")
     r.set_defaults(func=_cmd_report)
+
+    im = sub.add_parser("import", help="convert another tool's evaluation logs to a results JSON")
+    im.add_argument("format", choices=["tofu", "openunlearning"],
+                    help="tofu: a folder of TOFU eval logs; openunlearning: a *_EVAL.json file")
+    im.add_argument("source")
+    im.add_argument("--out", required=True)
+    im.add_argument("--name", help="label for this model in reports (default: the folder/file name)")
+    im.set_defaults(func=_cmd_import)
+
+    sc = sub.add_parser("score", help="model utility, forget quality and component scores of a "
+                        "results file (or TOFU log folder / OpenUnlearning *_EVAL.json)")
+    sc.add_argument("results")
+    sc.add_argument("--reference", help="the oracle's results, for forget quality")
+    sc.add_argument("--json", help="also write the scores to this JSON file")
+    sc.set_defaults(func=_cmd_score)
 
     ls = sub.add_parser("ls", help="list registered components")
     ls.add_argument("what", choices=["methods", "metrics"])

@@ -47,7 +47,7 @@ def git_sha() -> str | None:
 
 
 def make_results(name: str, model: str, datasets: dict[str, Any], config: dict[str, Any],
-                 seed: int, timing: dict[str, float] | None = None) -> dict[str, Any]:
+                 seed: int | None, timing: dict[str, float] | None = None) -> dict[str, Any]:
     return {
         "schema": SCHEMA, "name": name, "model": model, "suite": "tofu",
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
