@@ -22,6 +22,7 @@ from .data import Benchmark, generate_benchmark
 from .encoding import DEFAULT_TEMPLATE, encode
 from .errors import ObliviateError
 from .evaluation import Engine, EvalSet, derive, evaluate_tofu, make_results
+from .evaluation.suite import evaluate_mia
 from .methods.base import batch_nll
 from .models import (
     TinyModelConfig,
@@ -64,6 +65,9 @@ class EvalConfig:
     forget: str = ""
     retain: str = ""
     utility: list[str] = field(default_factory=list)  # extra utility files
+    suites: list[str] = field(default_factory=lambda: ["tofu"])  # tofu, mia
+    holdout: str = ""  # non-members for the mia suite (a benchmark's holdout split by default)
+    mia_k: float = 0.4  # Min-K% / Min-K%++ fraction
     reference: str = ""  # results JSON of the oracle, for forget quality
     max_retain: int = 200  # retain items scored (TOFU scores a fixed subset too)
     max_new_tokens: int = 48
@@ -147,6 +151,16 @@ def _eval_sets(cfg: EvalConfig) -> list[EvalSet]:
     return sets
 
 
+def _holdout(cfg: EvalConfig) -> EvalSet:
+    from .data import load_examples
+
+    if cfg.holdout:
+        return EvalSet("holdout", "holdout", load_examples(cfg.holdout))
+    if cfg.benchmark:
+        return EvalSet("holdout", "holdout", Benchmark.load(cfg.benchmark).qa_of("holdout"))
+    raise ObliviateError("the mia suite needs non-members: holdout=<file.jsonl> (or a benchmark)")
+
+
 def evaluate(cfg: EvalConfig, name: str | None = None, reference: dict[str, Any] | None = None,
              progress: bool = True) -> dict[str, Any]:
     """TOFU-suite Results for one model (per-item values, aggregates, derived metrics)."""
@@ -158,7 +172,14 @@ def evaluate(cfg: EvalConfig, name: str | None = None, reference: dict[str, Any]
     model.eval()
     engine = Engine(model, tok, cfg.template, batch_size=cfg.batch_size)
     start = time.perf_counter()
-    datasets = evaluate_tofu(engine, sets, cfg.max_new_tokens, progress=progress)
+    unknown = sorted(set(cfg.suites) - {"tofu", "mia"})
+    if unknown:
+        raise ObliviateError(f"unknown suite(s) {', '.join(unknown)} (available: tofu, mia)")
+    datasets = (evaluate_tofu(engine, sets, cfg.max_new_tokens, progress=progress)
+                if "tofu" in cfg.suites else {})
+    if "mia" in cfg.suites:
+        forget = next(s for s in sets if s.role == "forget")
+        datasets["mia"] = evaluate_mia(engine, forget, _holdout(cfg), cfg.mia_k)
     res = make_results(name or Path(cfg.model).name, str(cfg.model), datasets, to_dict(cfg),
                        cfg.seed, {"eval_seconds": round(time.perf_counter() - start, 2)})
     if reference is None and cfg.reference:

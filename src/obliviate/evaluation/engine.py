@@ -14,8 +14,7 @@ import numpy as np
 import torch
 
 from ..data.examples import Example
-from ..encoding import DEFAULT_TEMPLATE, Encoded, collate, encode, prompt_text
-from ..methods.objectives import token_logprobs
+from ..encoding import DEFAULT_TEMPLATE, IGNORE, Encoded, collate, encode, prompt_text
 
 
 @dataclass
@@ -27,6 +26,7 @@ class ItemStats:
     em: np.ndarray  # exact memorization: share of target tokens the argmax gets right
     es: np.ndarray  # extraction strength: 1 - k/|y|, k = first index of a fully-right suffix
     token_logprobs: list[np.ndarray]
+    token_z: list[np.ndarray]  # (log p(y_t) - mu_t) / sigma_t under the model's own distribution
 
     @property
     def nll_mean(self) -> np.ndarray:
@@ -35,6 +35,21 @@ class ItemStats:
     @property
     def prob(self) -> np.ndarray:
         return np.exp(-self.nll_mean)
+
+
+def _token_stats(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """(log p(label) [batch, seq-1], label mask, Min-K%++ z) from one log-softmax of the logits.
+    z_t = (log p(y_t) - mu_t) / sigma_t, mu_t and sigma_t^2 the mean and variance of log p(v)
+    with v drawn from the model's own next-token distribution (Zhang et al. 2024)."""
+    target = labels[:, 1:]
+    mask = target != IGNORE
+    logsm = torch.log_softmax(logits[:, :-1, :].float(), dim=-1)  # [batch, seq-1, vocab]
+    logp = logsm.gather(-1, target.masked_fill(~mask, 0).unsqueeze(-1)).squeeze(-1) * mask
+    p = logsm.exp()
+    mu = (p * logsm).sum(-1)
+    var = (p * logsm * logsm).sum(-1) - mu * mu
+    z = (logp - mu) / var.clamp(min=1e-12).sqrt()
+    return logp, mask, z * mask
 
 
 def extraction_strength(correct: np.ndarray) -> float:
@@ -78,7 +93,7 @@ class Engine:
                 self._stats[(name, v)] = ItemStats(
                     nll_sum=np.array([r[0] for r in rows]), n_tokens=np.array([r[1] for r in rows]),
                     em=np.array([r[2] for r in rows]), es=np.array([r[3] for r in rows]),
-                    token_logprobs=[r[4] for r in rows],
+                    token_logprobs=[r[4] for r in rows], token_z=[r[5] for r in rows],
                 )
         return {v: self._stats[(name, v)] for v in variants}
 
@@ -94,7 +109,7 @@ class Engine:
             logits = self.model(input_ids=ids, attention_mask=batch["attention_mask"].to(self.device)).logits  # [batch, seq, vocab]
             self.forward_passes += 1
             labels = batch["labels"].to(self.device)
-            logp, mask = token_logprobs(logits, labels)  # [batch, seq-1]
+            logp, mask, z = _token_stats(logits, labels)  # each [batch, seq-1]
             correct = (logits[:, :-1, :].argmax(-1) == labels[:, 1:]) & mask
             for row, i in enumerate(idx):
                 m = mask[row]
@@ -102,7 +117,7 @@ class Engine:
                 ok = correct[row][m].cpu().numpy()
                 n = int(m.sum())
                 out[i] = (float(-lp.sum()), n, float(ok.mean()) if n else 0.0,
-                          extraction_strength(ok), lp)
+                          extraction_strength(ok), lp, z[row][m].cpu().numpy().astype(np.float64))
         return out
 
     @torch.no_grad()

@@ -88,7 +88,26 @@ def derive(res: dict[str, Any], reference: dict[str, Any] | None = None) -> dict
             p, ks = forget_quality(np.array(mine["per_item"]["truth_ratio"]),
                                    np.array(theirs["per_item"]["truth_ratio"]))
             out["forget_quality"], out["forget_quality_ks"] = p, ks
+    out["privleak"] = _privleak(res, reference)
     return out
+
+
+def _privleak(res: dict[str, Any], reference: dict[str, Any] | None) -> float | str:
+    """MUSE's PrivLeak from the Min-K% AUCs of the model's and the reference's MIA suites."""
+    from .mia import privleak
+
+    mine = [d for d in res["datasets"].values() if d["role"] == "mia"]
+    if not mine:
+        return "not computed: no mia suite in these results"
+    if reference is None:
+        return NOT_COMPUTED
+    theirs = [d for d in reference["datasets"].values() if d["role"] == "mia"]
+    if not theirs:
+        return "not computed: the reference has no mia suite"
+    ref_auc = theirs[0]["aggregate"]["auc_min_k"]
+    if ref_auc >= 1.0:  # MUSE divides by the reference's AUC in its orientation: 1 - ref_auc
+        return "not computed: the reference separates members perfectly (AUC 1), PrivLeak is undefined"
+    return privleak(mine[0]["aggregate"]["auc_min_k"], ref_auc)
 
 
 def save_results(res: dict[str, Any], path: str | Path) -> Path:

@@ -78,3 +78,28 @@ def evaluate_tofu(engine: Engine, sets: list[EvalSet], max_new_tokens: int = 48,
     for es in tqdm(sets, desc="evaluating", disable=not progress, leave=False):
         out[es.name] = evaluate_set(engine, es, max_new_tokens)
     return out
+
+
+def evaluate_mia(engine: Engine, members: EvalSet, nonmembers: EvalSet, k: float = 0.4) -> dict[str, Any]:
+    """The MIA suite: LOSS, ZLib, Min-K% and Min-K%++ scores of members (the forget set) and
+    non-members (a holdout set never trained on), from the engine's shared pass (the answer
+    variant is usually already cached by the TOFU suite), and each attack's AUC."""
+    from . import mia
+
+    scores: dict[str, dict[str, np.ndarray]] = {}
+    for side, es in (("member", members), ("nonmember", nonmembers)):
+        st = engine.stats(es.name, es.examples, ["answer"])["answer"]
+        texts = [ex.answer for ex in es.examples]
+        scores[side] = {
+            "loss": mia.loss_score(st.nll_mean),
+            "zlib": mia.zlib_score(st.nll_mean, texts),
+            "min_k": mia.min_k_score(st.token_logprobs, k),
+            "min_k_pp": mia.min_k_pp_score(st.token_z, k),
+        }
+    agg = {f"auc_{a}": mia.auc(scores["member"][a], scores["nonmember"][a]) for a in mia.ATTACKS}
+    per_item = {f"{side}_{a}": v.tolist() for side, d in scores.items() for a, v in d.items()}
+    per_item.update(member_id=[ex.id for ex in members.examples],
+                    nonmember_id=[ex.id for ex in nonmembers.examples])
+    return {"role": "mia", "n": len(members.examples) + len(nonmembers.examples), "k": k,
+            "members": members.name, "nonmembers": nonmembers.name, "aggregate": agg,
+            "per_item": per_item}

@@ -1,0 +1,84 @@
+"""Membership-inference scores, AUC orientation and PrivLeak by hand; the mia suite on a model
+that memorised its forget set."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from obliviate.evaluation import mia
+from obliviate.evaluation.engine import _token_stats
+
+
+def test_scores_are_higher_for_member_like_samples():
+    """LOSS: nll 0.5 -> -0.5. ZLib: nll / zlib length; 'aaaa' compresses to 12 bytes, so
+    -0.6 / 12 = -0.05. Reference: -(1.0 - 3.0) = 2.0 (much likelier than under the reference).
+    GradNorm: norm 2 -> -2."""
+    assert mia.loss_score(np.array([0.5])).tolist() == [-0.5]
+    assert mia.zlib_score(np.array([0.6]), ["aaaa"]).tolist() == pytest.approx([-0.05])
+    assert mia.reference_score(np.array([1.0]), np.array([3.0])).tolist() == [2.0]
+    assert mia.gradnorm_score(np.array([2.0])).tolist() == [-2.0]
+
+
+def test_min_k_takes_the_lowest_fraction():
+    """Log-probs (-1, -2, -3, -4, -5), k = 0.4: ceil(0.4 * 5) = 2 lowest, (-5 - 4)/2 = -4.5.
+    k small still takes one token: -5. The same rule applies to Min-K%++'s z values."""
+    lp = [np.array([-1.0, -2.0, -3.0, -4.0, -5.0])]
+    assert mia.min_k_score(lp, 0.4).tolist() == [-4.5]
+    assert mia.min_k_score(lp, 0.01).tolist() == [-5.0]
+    assert mia.min_k_pp_score([np.array([0.5, -1.5, 2.0])], 0.4).tolist() == [-0.5]
+
+
+def test_min_k_pp_z_from_the_models_own_distribution():
+    """Logits (0, ln 3): p = (1/4, 3/4). Label 1: log p = ln 3/4.
+    mu = 1/4 ln 1/4 + 3/4 ln 3/4, E[(log p)^2] = 1/4 ln^2 1/4 + 3/4 ln^2 3/4,
+    var = E - mu^2; for a two-point distribution z = (ln(3/4) - mu) / sigma = sqrt(p0/p1)
+    = 1/sqrt(3). The label -100 position is masked (z = 0)."""
+    logits = torch.tensor([[[0.0, math.log(3)], [0.0, math.log(3)], [0.0, 0.0]]])
+    logp, mask, z = _token_stats(logits, torch.tensor([[-100, 1, -100]]))
+    assert mask.tolist() == [[True, False]]
+    assert logp[0, 0].item() == pytest.approx(math.log(0.75))
+    assert z[0, 0].item() == pytest.approx(1 / math.sqrt(3), rel=1e-5)
+    assert z[0, 1].item() == 0.0
+
+
+def test_auc_orientation_and_privleak_sign():
+    """Members scored above every non-member: AUC 1 (our convention); below: 0; identical: 0.5.
+    PrivLeak = (auc_oracle - auc_model) / (1 - auc_oracle) * 100: a model that still separates
+    the forget set perfectly (1.0) against an oracle at 0.5 gives -100 (leaks); the oracle
+    itself 0; a model at 0.4 gives +20 (over-unlearned: forget set looks *less* familiar than
+    never-seen data)."""
+    assert mia.auc([3.0, 4.0], [1.0, 2.0]) == 1.0
+    assert mia.auc([1.0, 2.0], [3.0, 4.0]) == 0.0
+    assert mia.auc([1.0, 1.0], [1.0, 1.0]) == 0.5
+    assert mia.privleak(1.0, 0.5) == -100.0
+    assert mia.privleak(0.5, 0.5) == 0.0
+    assert mia.privleak(0.4, 0.5) == pytest.approx(20.0)
+
+
+@pytest.mark.slow
+def test_mia_suite_separates_a_memorised_forget_set(memorised):
+    import obliviate as ob
+
+    cfg = ob.EvalConfig(model=str(memorised / "target"), benchmark=str(memorised / "bench"),
+                        suites=["tofu", "mia"])
+    res = ob.evaluate(cfg, name="target", progress=False)
+    m = res["datasets"]["mia"]
+    assert m["aggregate"]["auc_loss"] > 0.9 and m["aggregate"]["auc_min_k"] > 0.9
+    assert set(m["aggregate"]) == {f"auc_{a}" for a in mia.ATTACKS}
+    assert len(m["per_item"]["member_min_k_pp"]) == res["datasets"]["forget"]["n"]
+    assert res["metrics"]["privleak"] == "not computed: needs a reference"
+    import copy
+
+    from obliviate.evaluation import derive
+
+    oracle_like = copy.deepcopy(res)
+    oracle_like["datasets"]["mia"]["aggregate"]["auc_min_k"] = 0.5
+    expected = (0.5 - m["aggregate"]["auc_min_k"]) / 0.5 * 100  # near -100: still leaks
+    assert derive(res, oracle_like)["privleak"] == pytest.approx(expected)
+    assert expected < -80
+    assert "undefined" in derive(oracle_like, res)["privleak"]
+    with pytest.raises(ob.ObliviateError, match="unknown suite"):
+        ob.evaluate(ob.EvalConfig(model=str(memorised / "target"), benchmark=str(memorised / "bench"),
+                                  suites=["muse2"]), progress=False)
