@@ -82,3 +82,28 @@ def test_mia_suite_separates_a_memorised_forget_set(memorised):
     with pytest.raises(ob.ObliviateError, match="unknown suite"):
         ob.evaluate(ob.EvalConfig(model=str(memorised / "target"), benchmark=str(memorised / "bench"),
                                   suites=["muse2"]), progress=False)
+
+
+@pytest.mark.slow
+def test_muse_and_memorization_suites(memorised):
+    """The target memorised its forget people's passages: VerbMem is high. It learned forget and
+    retain people alike, so KnowMem (few-shot prompts, a format the tiny model never trained
+    on) is clearly non-zero and similar on both. The memorization suite generates nothing."""
+    import obliviate as ob
+    from obliviate.evaluation import Engine
+    from obliviate.evaluation.suite import evaluate_memorization
+    from obliviate.models import load_model
+
+    res = ob.evaluate(ob.EvalConfig(model=str(memorised / "target"), benchmark=str(memorised / "bench"),
+                                    suites=["muse"]), progress=False)
+    muse = res["datasets"]["muse"]["aggregate"]
+    assert muse["verbmem_forget"] > 0.5
+    assert muse["knowmem_forget"] > 0.2 and muse["knowmem_retain"] > 0.2
+    assert abs(muse["knowmem_forget"] - muse["knowmem_retain"]) < 0.25
+    assert "forget" not in res["datasets"]  # only the suites asked for
+    model, tok = load_model(memorised / "target")
+    engine = Engine(model, tok)
+    sets = ob.tofu_sets(memorised / "bench")
+    out = evaluate_memorization(engine, sets)
+    assert set(out) == {"forget", "retain"} and out["forget"]["aggregate"]["exact_memorization"] > 0.9
+    assert engine._gens == {} and engine.forward_passes > 0

@@ -22,7 +22,7 @@ from .data import Benchmark, generate_benchmark
 from .encoding import DEFAULT_TEMPLATE, encode
 from .errors import ObliviateError
 from .evaluation import Engine, EvalSet, derive, evaluate_tofu, make_results
-from .evaluation.suite import evaluate_mia
+from .evaluation.suite import evaluate_memorization, evaluate_mia, evaluate_muse
 from .methods.base import batch_nll
 from .models import (
     TinyModelConfig,
@@ -65,7 +65,7 @@ class EvalConfig:
     forget: str = ""
     retain: str = ""
     utility: list[str] = field(default_factory=list)  # extra utility files
-    suites: list[str] = field(default_factory=lambda: ["tofu"])  # tofu, mia
+    suites: list[str] = field(default_factory=lambda: ["tofu"])  # tofu, mia, memorization, muse
     holdout: str = ""  # non-members for the mia suite (a benchmark's holdout split by default)
     mia_k: float = 0.4  # Min-K% / Min-K%++ fraction
     reference: str = ""  # results JSON of the oracle, for forget quality
@@ -151,6 +151,24 @@ def _eval_sets(cfg: EvalConfig) -> list[EvalSet]:
     return sets
 
 
+SUITES = ("tofu", "mia", "memorization", "muse")
+
+
+def _forget_retain(sets: list[EvalSet]) -> tuple[EvalSet, EvalSet]:
+    roles = {s.role: s for s in sets}
+    if "retain" not in roles:
+        raise ObliviateError("the muse suite needs a retain set (its KnowMem demos and utility)")
+    return roles["forget"], roles["retain"]
+
+
+def _passages(cfg: EvalConfig, sets: list[EvalSet]) -> EvalSet:
+    """Forget-set passages for VerbMem: the benchmark's, or the forget file's text items."""
+    if cfg.benchmark:
+        return EvalSet("forget_passages", "muse", Benchmark.load(cfg.benchmark).passages_of(cfg.forget_split))
+    forget = _forget_retain(sets)[0]
+    return EvalSet("forget_passages", "muse", [ex for ex in forget.examples if ex.is_text])
+
+
 def _holdout(cfg: EvalConfig) -> EvalSet:
     from .data import load_examples
 
@@ -172,11 +190,15 @@ def evaluate(cfg: EvalConfig, name: str | None = None, reference: dict[str, Any]
     model.eval()
     engine = Engine(model, tok, cfg.template, batch_size=cfg.batch_size)
     start = time.perf_counter()
-    unknown = sorted(set(cfg.suites) - {"tofu", "mia"})
+    unknown = sorted(set(cfg.suites) - set(SUITES))
     if unknown:
-        raise ObliviateError(f"unknown suite(s) {', '.join(unknown)} (available: tofu, mia)")
+        raise ObliviateError(f"unknown suite(s) {', '.join(unknown)} (available: {', '.join(SUITES)})")
     datasets = (evaluate_tofu(engine, sets, cfg.max_new_tokens, progress=progress)
                 if "tofu" in cfg.suites else {})
+    if "memorization" in cfg.suites and "tofu" not in cfg.suites:  # tofu reports EM/ES already
+        datasets.update(evaluate_memorization(engine, sets))
+    if "muse" in cfg.suites:
+        datasets["muse"] = evaluate_muse(engine, _passages(cfg, sets), *_forget_retain(sets))
     if "mia" in cfg.suites:
         forget = next(s for s in sets if s.role == "forget")
         datasets["mia"] = evaluate_mia(engine, forget, _holdout(cfg), cfg.mia_k)

@@ -120,14 +120,18 @@ class Engine:
                           extraction_strength(ok), lp, z[row][m].cpu().numpy().astype(np.float64))
         return out
 
-    @torch.no_grad()
     def generate(self, name: str, examples: list[Example], max_new_tokens: int = 48) -> list[str]:
         """Greedy, batched, left-padded continuations of each item's prompt (cached)."""
+        prompts = [prompt_text(ex.question, self.template) if not ex.is_text else "" for ex in examples]
+        return self.complete(name, prompts, max_new_tokens)
+
+    @torch.no_grad()
+    def complete(self, name: str, prompts: list[str], max_new_tokens: int = 48) -> list[str]:
+        """Greedy continuations of raw prompts, batched and left-padded, cached under `name`."""
         key = (name, max_new_tokens)
         if key in self._gens:
             return self._gens[key]
         tok = self.tokenizer
-        prompts = [prompt_text(ex.question, self.template) if not ex.is_text else "" for ex in examples]
         bos = [tok.bos_token_id] if tok.bos_token_id is not None else []
         encoded = []
         for i, p in enumerate(prompts):

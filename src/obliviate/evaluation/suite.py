@@ -103,3 +103,59 @@ def evaluate_mia(engine: Engine, members: EvalSet, nonmembers: EvalSet, k: float
     return {"role": "mia", "n": len(members.examples) + len(nonmembers.examples), "k": k,
             "members": members.name, "nonmembers": nonmembers.name, "aggregate": agg,
             "per_item": per_item}
+
+
+def evaluate_memorization(engine: Engine, sets: list[EvalSet]) -> dict[str, dict[str, Any]]:
+    """The memorization suite alone (no generation): exact memorization and extraction
+    strength of each forget/retain set's answers, from the shared pass."""
+    out = {}
+    for es in sets:
+        if es.role not in ("forget", "retain"):
+            continue
+        st = engine.stats(es.name, es.examples, ["answer"])["answer"]
+        out[es.name] = {"role": es.role, "n": len(es.examples),
+                        "aggregate": {"exact_memorization": float(st.em.mean()),
+                                      "extraction_strength": float(st.es.mean())},
+                        "per_item": {"id": [ex.id for ex in es.examples],
+                                     "exact_memorization": st.em.tolist(),
+                                     "extraction_strength": st.es.tolist()}}
+    return out
+
+
+def _first_answer(text: str) -> str:
+    """A few-shot continuation runs on into the next demo: keep the first answer."""
+    for stop in ("\n\n", "\nQuestion:"):
+        text = text.split(stop, 1)[0]
+    return text.strip()
+
+
+def evaluate_muse(engine: Engine, passages: EvalSet, forget: EvalSet, retain: EvalSet,
+                  shots: int = 3, verbmem_tokens: int = 128, knowmem_tokens: int = 32) -> dict[str, Any]:
+    """MUSE's VerbMem and KnowMem (Shi et al. 2024), ROUGE-L F1 without stemming.
+
+    VerbMem: each forget passage's first half (by words) is the prompt, the greedy continuation
+    is scored against the true second half. KnowMem: `shots` retain QA pairs as
+    "Question: q\\nAnswer: a\\n\\n" demos, then the question; forget (lower is better) and
+    retain (higher is better, utility). Demo items are not scored."""
+    halves = []
+    for ex in passages.examples:
+        words = ex.answer.split()
+        cut = max(1, len(words) // 2)
+        halves.append((" ".join(words[:cut]), " ".join(words[cut:])))
+    gens = engine.complete(f"{passages.name}/verbmem", [p for p, _ in halves], verbmem_tokens)
+    verbmem = [rouge_l(truth, g, stemmer=False)[1] for (_, truth), g in zip(halves, gens, strict=True)]
+    demos, scored_retain = retain.examples[:shots], retain.examples[shots:]
+    context = "".join(f"Question: {d.question}\nAnswer: {d.answer}\n\n" for d in demos)
+    knowmem: dict[str, list[float]] = {}
+    for es, items in (("forget", forget.examples), ("retain", scored_retain)):
+        prompts = [f"{context}Question: {ex.question}\nAnswer: " for ex in items]
+        outs = engine.complete(f"{es}/knowmem", prompts, knowmem_tokens)
+        knowmem[es] = [rouge_l(ex.answer, _first_answer(o), stemmer=False)[1]
+                       for ex, o in zip(items, outs, strict=True)]
+    agg = {"verbmem_forget": (float(np.mean(verbmem)) if verbmem
+                              else "not computed: no forget passages (text items)"),
+           "knowmem_forget": float(np.mean(knowmem["forget"])),
+           "knowmem_retain": float(np.mean(knowmem["retain"]))}
+    return {"role": "muse", "n": len(passages.examples), "shots": shots, "aggregate": agg,
+            "per_item": {"verbmem_forget": verbmem, "verbmem_generation": gens,
+                         "knowmem_forget": knowmem["forget"], "knowmem_retain": knowmem["retain"]}}
