@@ -62,11 +62,15 @@ def test_mia_suite_separates_a_memorised_forget_set(memorised):
     import obliviate as ob
 
     cfg = ob.EvalConfig(model=str(memorised / "target"), benchmark=str(memorised / "bench"),
-                        suites=["tofu", "mia"])
+                        suites=["tofu", "mia"], mia_gradnorm=True,
+                        mia_reference=str(memorised / "target"))
     res = ob.evaluate(cfg, name="target", progress=False)
     m = res["datasets"]["mia"]
     assert m["aggregate"]["auc_loss"] > 0.9 and m["aggregate"]["auc_min_k"] > 0.9
-    assert set(m["aggregate"]) == {f"auc_{a}" for a in mia.ATTACKS}
+    assert m["aggregate"]["auc_gradnorm"] > 0.9  # memorised items sit at a minimum
+    # the model as its own reference: every score is 0, no signal at all
+    assert m["aggregate"]["auc_reference"] == 0.5
+    assert set(m["aggregate"]) == {f"auc_{a}" for a in (*mia.ATTACKS, "reference", "gradnorm")}
     assert len(m["per_item"]["member_min_k_pp"]) == res["datasets"]["forget"]["n"]
     assert res["metrics"]["privleak"] == "not computed: needs a reference"
     import copy

@@ -68,6 +68,8 @@ class EvalConfig:
     suites: list[str] = field(default_factory=lambda: ["tofu"])  # tofu, mia, memorization, muse
     holdout: str = ""  # non-members for the mia suite (a benchmark's holdout split by default)
     mia_k: float = 0.4  # Min-K% / Min-K%++ fraction
+    mia_reference: str = ""  # a reference model (e.g. the base before fine-tuning): Reference attack
+    mia_gradnorm: bool = False  # GradNorm attack (a backward pass per item)
     reference: str = ""  # results JSON of the oracle, for forget quality
     max_retain: int = 200  # retain items scored (TOFU scores a fixed subset too)
     max_new_tokens: int = 48
@@ -201,7 +203,12 @@ def evaluate(cfg: EvalConfig, name: str | None = None, reference: dict[str, Any]
         datasets["muse"] = evaluate_muse(engine, _passages(cfg, sets), *_forget_retain(sets))
     if "mia" in cfg.suites:
         forget = next(s for s in sets if s.role == "forget")
-        datasets["mia"] = evaluate_mia(engine, forget, _holdout(cfg), cfg.mia_k)
+        ref_engine = None
+        if cfg.mia_reference:
+            ref_model, ref_tok = load_model(cfg.mia_reference, trust_remote_code=cfg.trust_remote_code)
+            ref_engine = Engine(ref_model.eval(), ref_tok, cfg.template, batch_size=cfg.batch_size)
+        datasets["mia"] = evaluate_mia(engine, forget, _holdout(cfg), cfg.mia_k, ref_engine,
+                                       cfg.mia_gradnorm)
     res = make_results(name or Path(cfg.model).name, str(cfg.model), datasets, to_dict(cfg),
                        cfg.seed, {"eval_seconds": round(time.perf_counter() - start, 2)})
     if reference is None and cfg.reference:

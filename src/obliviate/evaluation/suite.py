@@ -80,10 +80,33 @@ def evaluate_tofu(engine: Engine, sets: list[EvalSet], max_new_tokens: int = 48,
     return out
 
 
-def evaluate_mia(engine: Engine, members: EvalSet, nonmembers: EvalSet, k: float = 0.4) -> dict[str, Any]:
+def grad_norms(engine: Engine, examples: list[Example]) -> np.ndarray:
+    """Per-item norm of the gradient of the answer NLL w.r.t. all trainable parameters: one
+    forward and backward per item (the only MIA statistic the shared pass cannot give)."""
+    import torch
+
+    from ..encoding import collate, encode
+    from ..methods.objectives import mean_nll
+
+    model, out = engine.model, []
+    params = [p for p in model.parameters() if p.requires_grad]
+    for i, ex in enumerate(examples):
+        batch = collate([encode(engine.tokenizer, ex, i, engine.template)], engine.tokenizer.pad_token_id)
+        logits = model(input_ids=batch["input_ids"].to(engine.device),
+                       attention_mask=batch["attention_mask"].to(engine.device)).logits
+        grads = torch.autograd.grad(mean_nll(logits, batch["labels"].to(engine.device)), params,
+                                    allow_unused=True)
+        out.append(float(torch.sqrt(sum((g.float() ** 2).sum() for g in grads if g is not None))))
+    return np.array(out)
+
+
+def evaluate_mia(engine: Engine, members: EvalSet, nonmembers: EvalSet, k: float = 0.4,
+                 reference: Engine | None = None, gradnorm: bool = False) -> dict[str, Any]:
     """The MIA suite: LOSS, ZLib, Min-K% and Min-K%++ scores of members (the forget set) and
     non-members (a holdout set never trained on), from the engine's shared pass (the answer
-    variant is usually already cached by the TOFU suite), and each attack's AUC."""
+    variant is usually already cached by the TOFU suite), and each attack's AUC. With a
+    `reference` engine (e.g. the base model before fine-tuning) the Reference attack too;
+    `gradnorm` adds GradNorm, which costs a backward pass per item."""
     from . import mia
 
     scores: dict[str, dict[str, np.ndarray]] = {}
@@ -96,7 +119,13 @@ def evaluate_mia(engine: Engine, members: EvalSet, nonmembers: EvalSet, k: float
             "min_k": mia.min_k_score(st.token_logprobs, k),
             "min_k_pp": mia.min_k_pp_score(st.token_z, k),
         }
-    agg = {f"auc_{a}": mia.auc(scores["member"][a], scores["nonmember"][a]) for a in mia.ATTACKS}
+        if reference is not None:
+            ref = reference.stats(es.name, es.examples, ["answer"])["answer"]
+            scores[side]["reference"] = mia.reference_score(st.nll_mean, ref.nll_mean)
+        if gradnorm:
+            scores[side]["gradnorm"] = mia.gradnorm_score(grad_norms(engine, es.examples))
+    agg = {f"auc_{a}": mia.auc(scores["member"][a], scores["nonmember"][a])
+           for a in scores["member"]}
     per_item = {f"{side}_{a}": v.tolist() for side, d in scores.items() for a, v in d.items()}
     per_item.update(member_id=[ex.id for ex in members.examples],
                     nonmember_id=[ex.id for ex in nonmembers.examples])
