@@ -34,13 +34,12 @@ def test_min_k_pp_z_from_the_models_own_distribution():
     """Logits (0, ln 3): p = (1/4, 3/4). Label 1: log p = ln 3/4.
     mu = 1/4 ln 1/4 + 3/4 ln 3/4, E[(log p)^2] = 1/4 ln^2 1/4 + 3/4 ln^2 3/4,
     var = E - mu^2; for a two-point distribution z = (ln(3/4) - mu) / sigma = sqrt(p0/p1)
-    = 1/sqrt(3). The label -100 position is masked (z = 0)."""
+    = 1/sqrt(3). Only the labelled position is returned; its argmax (token 1) is right."""
     logits = torch.tensor([[[0.0, math.log(3)], [0.0, math.log(3)], [0.0, 0.0]]])
-    logp, mask, z = _token_stats(logits, torch.tensor([[-100, 1, -100]]))
-    assert mask.tolist() == [[True, False]]
-    assert logp[0, 0].item() == pytest.approx(math.log(0.75))
-    assert z[0, 0].item() == pytest.approx(1 / math.sqrt(3), rel=1e-5)
-    assert z[0, 1].item() == 0.0
+    logp, z, correct, counts = _token_stats(logits, torch.tensor([[-100, 1, -100]]))
+    assert counts.tolist() == [1] and correct.tolist() == [True]  # only position 0 is labelled
+    assert logp.tolist() == pytest.approx([math.log(0.75)])
+    assert z.tolist() == pytest.approx([1 / math.sqrt(3)], rel=1e-5)
 
 
 def test_auc_orientation_and_privleak_sign():

@@ -201,7 +201,7 @@ def evaluate(cfg: EvalConfig, name: str | None = None, reference: dict[str, Any]
         datasets.update(evaluate_memorization(engine, sets))
     if "muse" in cfg.suites:
         datasets["muse"] = evaluate_muse(engine, _passages(cfg, sets), *_forget_retain(sets))
-    if "mia" in cfg.suites:
+    if "mia" in cfg.suites or "muse" in cfg.suites:  # MUSE's PrivLeak reads the MIA AUCs
         forget = next(s for s in sets if s.role == "forget")
         ref_engine = None
         if cfg.mia_reference:

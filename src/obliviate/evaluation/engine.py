@@ -38,18 +38,22 @@ class ItemStats:
 
 
 def _token_stats(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """(log p(label) [batch, seq-1], label mask, Min-K%++ z) from one log-softmax of the logits.
+    """Statistics of the labelled tokens only, in row-major order: (log p(label) [n],
+    Min-K%++ z [n], argmax correct [n], labelled tokens per row [batch]). Vocabulary-wide work
+    is done at labelled positions alone (prompts and padding skipped).
     z_t = (log p(y_t) - mu_t) / sigma_t, mu_t and sigma_t^2 the mean and variance of log p(v)
     with v drawn from the model's own next-token distribution (Zhang et al. 2024)."""
     target = labels[:, 1:]
     mask = target != IGNORE
-    logsm = torch.log_softmax(logits[:, :-1, :].float(), dim=-1)  # [batch, seq-1, vocab]
-    logp = logsm.gather(-1, target.masked_fill(~mask, 0).unsqueeze(-1)).squeeze(-1) * mask
+    sel = logits[:, :-1, :][mask].float()  # [n, vocab]
+    t = target[mask]
+    logsm = torch.log_softmax(sel, dim=-1)
+    logp = logsm.gather(-1, t.unsqueeze(-1)).squeeze(-1)
     p = logsm.exp()
     mu = (p * logsm).sum(-1)
     var = (p * logsm * logsm).sum(-1) - mu * mu
     z = (logp - mu) / var.clamp(min=1e-12).sqrt()
-    return logp, mask, z * mask
+    return logp, z, sel.argmax(-1) == t, mask.sum(-1)
 
 
 def _greedy(model, ids: torch.Tensor, mask: torch.Tensor, max_new_tokens: int, eos: int | None,
@@ -125,16 +129,16 @@ class Engine:
             ids = batch["input_ids"].to(self.device)
             logits = self.model(input_ids=ids, attention_mask=batch["attention_mask"].to(self.device)).logits  # [batch, seq, vocab]
             self.forward_passes += 1
-            labels = batch["labels"].to(self.device)
-            logp, mask, z = _token_stats(logits, labels)  # each [batch, seq-1]
-            correct = (logits[:, :-1, :].argmax(-1) == labels[:, 1:]) & mask
+            logp, z, correct, counts = _token_stats(logits, batch["labels"].to(self.device))
+            # one device-to-host copy per batch, then split per row on the host
+            cuts = np.cumsum(counts.cpu().numpy())[:-1]
+            lps = np.split(logp.cpu().numpy().astype(np.float64), cuts)
+            zs = np.split(z.cpu().numpy().astype(np.float64), cuts)
+            oks = np.split(correct.cpu().numpy(), cuts)
             for row, i in enumerate(idx):
-                m = mask[row]
-                lp = logp[row][m].cpu().numpy().astype(np.float64)
-                ok = correct[row][m].cpu().numpy()
-                n = int(m.sum())
+                lp, ok, n = lps[row], oks[row], len(lps[row])
                 out[i] = (float(-lp.sum()), n, float(ok.mean()) if n else 0.0,
-                          extraction_strength(ok), lp, z[row][m].cpu().numpy().astype(np.float64))
+                          extraction_strength(ok), lp, zs[row])
         return out
 
     def generate(self, name: str, examples: list[Example], max_new_tokens: int = 48) -> list[str]:

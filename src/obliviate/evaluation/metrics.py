@@ -57,3 +57,11 @@ _metric("privleak", "0 is ideal", "(-100, +inf)",
         "(AUC_oracle - AUC_model) / (1 - AUC_oracle) x 100 on Min-K% (k=0.4) AUCs, MUSE's "
         "PrivLeak in our AUC orientation; negative = still leaks, positive = over-unlearned",
         "Shi et al. 2024, MUSE")
+MUSE = "Shi et al. 2024, MUSE"
+_metric("verbmem_forget", "lower", "[0, 1]",
+        "ROUGE-L F1 (no stemming) of the greedy continuation of each forget passage's first half "
+        "against its true second half", MUSE)
+_metric("knowmem_forget", "lower", "[0, 1]",
+        "ROUGE-L F1 (no stemming) of few-shot answers to forget questions", MUSE)
+_metric("knowmem_retain", "higher", "[0, 1]",
+        "ROUGE-L F1 (no stemming) of few-shot answers to retain questions (utility)", MUSE)

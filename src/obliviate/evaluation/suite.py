@@ -185,6 +185,8 @@ def evaluate_muse(engine: Engine, passages: EvalSet, forget: EvalSet, retain: Ev
                               else "not computed: no forget passages (text items)"),
            "knowmem_forget": float(np.mean(knowmem["forget"])),
            "knowmem_retain": float(np.mean(knowmem["retain"]))}
-    return {"role": "muse", "n": len(passages.examples), "shots": shots, "aggregate": agg,
+    return {"role": "muse", "n": len(passages.examples), "shots": shots,
+            "rouge": "rougeL F1, no stemming (MUSE); the tofu suite's is rougeL recall, stemmed",
+            "aggregate": agg,
             "per_item": {"verbmem_forget": verbmem, "verbmem_generation": gens,
                          "knowmem_forget": knowmem["forget"], "knowmem_retain": knowmem["retain"]}}

@@ -1,0 +1,125 @@
+"""Evaluation speed: the shared-pass engine against bare forward passes and per-metric passes.
+
+    python benchmarks/eval_speed.py [--work DIR] [--repeats 3]
+
+On the leaderboard's target model and benchmark (trained here if missing), prints:
+(a) throughput of the likelihood part of the tofu + mia + memorization evaluation (every
+    statistic those suites read) in tokens/s, divided by the throughput of bare forward passes
+    over the same token sequences in the same batches: the engine's overhead (target >= 0.7);
+(b) the speed-up of one shared pass per (dataset, variant) over computing each metric with its
+    own pass, as a framework without a shared engine does.
+Both sides of each ratio run in the same process, interleaved, best of --repeats.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from pathlib import Path
+
+import torch
+
+HERE = Path(__file__).resolve().parent
+# which (dataset, variants) each likelihood metric reads; a per-metric evaluator runs each alone
+METRIC_NEEDS = {
+    "prob": [("forget", "answer"), ("retain", "answer"), ("world_facts", "answer+perturbed")],
+    "truth_ratio": [(d, "paraphrase+perturbed") for d in ("forget", "retain", "world_facts")],
+    "exact_memorization": [("forget", "answer"), ("retain", "answer")],
+    "extraction_strength": [("forget", "answer"), ("retain", "answer")],
+    "mia_loss": [("forget", "answer"), ("holdout", "answer")],
+    "mia_zlib": [("forget", "answer"), ("holdout", "answer")],
+    "mia_min_k": [("forget", "answer"), ("holdout", "answer")],
+    "mia_min_k_pp": [("forget", "answer"), ("holdout", "answer")],
+}
+
+
+def _variants(spec: str, k: int) -> list[str]:
+    out = []
+    for part in spec.split("+"):
+        out += [f"perturbed:{i}" for i in range(k)] if part == "perturbed" else [part]
+    return out
+
+
+def main() -> None:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--work", default=str(HERE / ".work" / "leaderboard"))
+    ap.add_argument("--repeats", type=int, default=3)
+    args = ap.parse_args()
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    import obliviate as ob
+    from obliviate.data import Benchmark
+    from obliviate.encoding import collate, encode
+    from obliviate.evaluation import Engine
+    from obliviate.models import load_model
+
+    work = Path(args.work)
+    if not (work / "target").exists():
+        if not (work / "bench").exists():
+            ob.generate(work / "bench", seed=0, entities=40)
+        ob.finetune(ob.FinetuneConfig(benchmark=str(work / "bench")), work / "target", progress=False)
+    bench = Benchmark.load(work / "bench")
+    data = {"forget": bench.qa_of("forget10"), "retain": bench.qa_of("retain90")[:200],
+            "world_facts": bench.world_facts, "holdout": bench.qa_of("holdout")}
+    model, tok = load_model(work / "target")
+    model.eval()
+    torch.set_grad_enabled(False)
+    k = min(len(e.perturbed_answers) for e in data["forget"])
+    shared_plan = {d: sorted({v for needs in METRIC_NEEDS.values() for dd, spec in needs
+                              if dd == d for v in _variants(spec, k)}) for d in data}
+
+    def shared() -> Engine:
+        eng = Engine(model, tok, batch_size=64)
+        for d, vs in shared_plan.items():
+            eng.stats(d, data[d], vs)
+        return eng
+
+    def per_metric() -> int:
+        passes = 0
+        for needs in METRIC_NEEDS.values():
+            eng = Engine(model, tok, batch_size=64)  # a metric with its own pass and no cache
+            for d, spec in needs:
+                for v in _variants(spec, k):  # one pass per (dataset, variant), as metrics do
+                    eng.stats(d, data[d], [v])
+            passes += eng.forward_passes
+        return passes
+
+    # the bare baseline: the same sequences, sorted and batched as the engine does, forward only
+    seqs = [encode(tok, ex, i, variant=v) for d, vs in shared_plan.items()
+            for v in vs for i, ex in enumerate(data[d])]
+    seqs.sort(key=lambda s: len(s.input_ids))
+    batches = [collate(seqs[s:s + 64], tok.pad_token_id) for s in range(0, len(seqs), 64)]
+    tokens = sum(len(s.input_ids) for s in seqs)
+
+    def bare() -> None:
+        for b in batches:
+            model(input_ids=b["input_ids"], attention_mask=b["attention_mask"])
+
+    def best(fn) -> float:
+        times = []
+        for _ in range(args.repeats):
+            t = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t)
+        return min(times)
+
+    t_bare, t_shared = best(bare), best(shared)
+    t_bare = min(t_bare, best(bare))  # interleave so neither side gets a warmer machine
+    t_per = best(per_metric)
+    eng = shared()
+    n_per = per_metric()
+    print(f"model: {sum(p.numel() for p in model.parameters()):,} parameters; "
+          f"{len(seqs)} sequences, {tokens:,} tokens; torch threads {torch.get_num_threads()}")
+    print(f"(a) bare forward      {tokens / t_bare:12,.0f} tokens/s  ({t_bare:.2f} s)")
+    print(f"    shared engine     {tokens / t_shared:12,.0f} tokens/s  ({t_shared:.2f} s, "
+          f"{eng.forward_passes} forward passes)")
+    print(f"    throughput ratio engine / bare = {t_bare / t_shared:.2f}  (target >= 0.7)")
+    print(f"(b) per-metric passes {t_per:.2f} s ({n_per} forward passes) vs shared {t_shared:.2f} s "
+          f"({eng.forward_passes} passes): speed-up {t_per / t_shared:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
