@@ -53,7 +53,7 @@ _metric("mia_auc", "lower on forget", "[0, 1]",
         "ROC AUC of membership scores, forget set (members) vs holdout (non-members), per attack "
         "(auc_loss, auc_zlib, auc_min_k, auc_min_k_pp); 1 = members fully exposed, 0.5 = no "
         "signal; compare with the oracle's", "Shi et al. 2024 (MUSE); Zhang et al. 2024 (Min-K%++)")
-_metric("privleak", "0 is ideal", "(-100, +inf)",
+_metric("privleak", "0 is ideal", "[-100, +inf)",
         "(AUC_oracle - AUC_model) / (1 - AUC_oracle) x 100 on Min-K% (k=0.4) AUCs, MUSE's "
         "PrivLeak in our AUC orientation; negative = still leaks, positive = over-unlearned",
         "Shi et al. 2024, MUSE")
