@@ -35,3 +35,18 @@ def memorised(tmp_path_factory):
                                   epochs=100, optim=OptimConfig(lr=3e-3, batch_size=32)),
                 root / "target", progress=False)
     return root
+
+
+@pytest.fixture(scope="session")
+def memorised_oracle(memorised):
+    """The oracle of `memorised`: the same recipe without the forget10 people."""
+    import obliviate as ob
+    from obliviate.models import TinyModelConfig
+    from obliviate.train import OptimConfig
+
+    if not (memorised / "oracle").exists():
+        ob.finetune(ob.FinetuneConfig(benchmark=str(memorised / "bench"), role="oracle",
+                                      tiny=TinyModelConfig(layers=2, hidden=64, intermediate=128),
+                                      epochs=100, optim=OptimConfig(lr=3e-3, batch_size=32)),
+                    memorised / "oracle", progress=False)
+    return memorised

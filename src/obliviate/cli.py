@@ -95,6 +95,17 @@ def _cmd_score(args) -> None:
                                       "scores": scores})
 
 
+def _cmd_audit(args) -> None:
+    from .audits import AuditConfig, audit
+    from .config import load_config
+    from .io import write_json_atomic
+
+    cfg = load_config(AuditConfig, args.config, [f"model={args.model}", *args.overrides])
+    print(f"auditing {cfg.model} (residual knowledge: 1 = the target's, 0 = the oracle's)")
+    res = audit(cfg)
+    print(f"audit results written to {write_json_atomic(args.out, res)}")
+
+
 def _cmd_ls(args) -> None:
     if args.what == "methods":
         from .methods import METHODS, describe
@@ -103,6 +114,12 @@ def _cmd_ls(args) -> None:
             d = describe(name)
             print(f"{name:12s} {d['description']} (needs: {', '.join(d['needs'])}; "
                   f"default lr {d['default_lr']:g})\n{'':12s} {d['paper']}")
+    elif args.what == "audits":
+        from .audits import AUDITS
+
+        for name in AUDITS:
+            cls = AUDITS.get(name)
+            print(f"{name:14s} {cls.description} ({cls.paper})")
     else:
         from .evaluation import METRICS
 
@@ -162,14 +179,29 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("--json", help="also write the scores to this JSON file")
     sc.set_defaults(func=_cmd_score)
 
+    au = sub.add_parser("audit", help="robustness audits: is the forgotten knowledge gone or hidden?")
+    au.add_argument("model")
+    au.add_argument("--out", required=True)
+    au.add_argument("--config", help="YAML config file")
+    au.add_argument("overrides", nargs="*", help="target=DIR oracle=DIR benchmark=DIR "
+                    "[audits=rephrase,relearning ...] [params.relearning.lr=1e-4]")
+    au.set_defaults(func=_cmd_audit)
+
     ls = sub.add_parser("ls", help="list registered components")
-    ls.add_argument("what", choices=["methods", "metrics"])
+    ls.add_argument("what", choices=["methods", "metrics", "audits"])
     ls.set_defaults(func=_cmd_ls)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    # key=value overrides may follow options given after a positional argument, which
+    # argparse leaves unparsed ("audit MODEL --out X target=..."): collect them here
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        if not hasattr(args, "overrides") or any(e.startswith("-") or "=" not in e for e in extra):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.overrides = [*args.overrides, *extra]
     try:
         args.func(args)
     except ObliviateError as exc:

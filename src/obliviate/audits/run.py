@@ -1,0 +1,104 @@
+"""Run audits on a model, with the target and the oracle as the two ends of the scale."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..config import to_dict
+from ..data import Benchmark
+from ..encoding import DEFAULT_TEMPLATE
+from ..errors import ObliviateError
+from ..evaluation.results import git_sha, versions
+from ..models import load_model
+from .base import AUDITS, AuditData, NotApplicable, residual
+
+SCHEMA = "obliviate.audit/1"
+
+
+@dataclass
+class AuditConfig:
+    """Audit `model` against `target` (before unlearning) and `oracle` (never saw the forget set)."""
+
+    model: str = ""
+    target: str = ""
+    oracle: str = ""
+    benchmark: str = ""
+    forget_split: str = "forget10"
+    audits: list[str] = field(default_factory=lambda: sorted(AUDITS.names()))
+    params: dict[str, dict[str, Any]] = field(default_factory=dict)  # per-audit parameters
+    max_retain: int = 64
+    template: str = DEFAULT_TEMPLATE
+    trust_remote_code: bool = False
+
+
+def audit_data(cfg: AuditConfig) -> AuditData:
+    if not cfg.benchmark:
+        raise ObliviateError("audit needs benchmark=<folder> (its forget, retain and linked splits)")
+    bench = Benchmark.load(cfg.benchmark)
+    linked = f"{cfg.forget_split}_linked"
+    related = bench.qa_of(linked) if linked in bench.splits else []
+    return AuditData(forget=bench.qa_of(cfg.forget_split),
+                     retain=bench.qa_of(Benchmark.retain_split(cfg.forget_split))[:cfg.max_retain],
+                     template=cfg.template, related=related)
+
+
+def run_one(audit_obj, source, data: AuditData, trust_remote_code: bool = False) -> dict[str, Any]:
+    """Raw measurements of one audit on one model (a folder, or a (model, tokenizer) pair)."""
+    model, tok = (load_model(source, trust_remote_code=trust_remote_code)
+                  if isinstance(source, str | Path) else source)
+    try:
+        return audit_obj.run(model, tok, data)
+    except NotApplicable as exc:
+        return {"not_applicable": str(exc)}
+
+
+def audit(cfg: AuditConfig, ends: dict[str, dict[str, Any]] | None = None,
+          progress: bool = True) -> dict[str, Any]:
+    """Audit results: raw numbers for model, target and oracle, and residual scores.
+    `ends` may carry the target's and oracle's raw results from an earlier run (a benchmark
+    auditing many models measures them once)."""
+    for name in ("model", "target", "oracle"):
+        if not getattr(cfg, name):
+            raise ObliviateError(f"audit needs {name}=<model folder>")
+    data = audit_data(cfg)
+    ends = ends if ends is not None else {}
+    out: dict[str, Any] = {}
+    for name in cfg.audits:
+        obj = _build(name, cfg.params.get(name, {}))
+        start = time.perf_counter()
+        for end in ("target", "oracle"):
+            ends.setdefault(end, {}).setdefault(name, run_one(obj, getattr(cfg, end), data,
+                                                              cfg.trust_remote_code))
+        raw = run_one(obj, cfg.model, data, cfg.trust_remote_code)
+        t, o = ends["target"][name], ends["oracle"][name]
+        entry: dict[str, Any] = {"description": type(obj).description, "paper": type(obj).paper,
+                                 "model": raw, "target": t, "oracle": o,
+                                 "seconds": round(time.perf_counter() - start, 2)}
+        if "not_applicable" in raw:
+            entry["residual"] = f"not applicable: {raw['not_applicable']}"
+        else:
+            entry["residual"] = {k: residual(raw[k], t[k], o[k]) for k in raw if k in t and k in o}
+        out[name] = entry
+        if progress:
+            score = entry["residual"] if isinstance(entry["residual"], str) else entry["residual"]["score"]
+            print(f"  {name:14s} residual {score if isinstance(score, str) else f'{score:.3f}'}", flush=True)
+    return {"schema": SCHEMA, "name": Path(cfg.model).name, "config": to_dict(cfg),
+            "versions": versions(), "git_sha": git_sha(), "audits": out, "ends": ends}
+
+
+def _build(name: str, params: dict[str, Any]):
+    from ..config import from_dict
+
+    return from_dict(AUDITS.get(name), params, prefix=f"params.{name}.")
+
+
+def scores(res: dict[str, Any]) -> dict[str, float | str]:
+    """The headline residual score of each audit (1 = target's knowledge, 0 = oracle's)."""
+    return {n: (e["residual"] if isinstance(e["residual"], str) else e["residual"]["score"])
+            for n, e in res["audits"].items()}
+
+
+__all__ = ["SCHEMA", "AuditConfig", "audit", "audit_data", "scores"]

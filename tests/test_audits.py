@@ -1,0 +1,99 @@
+"""Robustness audits on the tiny benchmark: each separates the target from the oracle, GA's
+forgetting partly comes back under relearning, wrappers get prompt audits only."""
+
+import json
+import types
+
+import pytest
+import torch
+
+import obliviate as ob
+from obliviate.audits import AUDITS, AuditConfig, audit
+from obliviate.audits.run import scores
+from obliviate.audits.weights import round_weights
+
+pytestmark = pytest.mark.slow
+
+
+def test_four_bit_rounding_by_hand():
+    """Row (1, -0.6, 0.3), 4 bits: 7 levels a side, scale = 1/7; w/scale = (7, -4.2, 2.1)
+    rounds to (7, -4, 2), so the row becomes (1, -4/7, 2/7)."""
+    lin = torch.nn.Linear(3, 1, bias=False)
+    with torch.no_grad():
+        lin.weight.copy_(torch.tensor([[1.0, -0.6, 0.3]]))
+    round_weights(torch.nn.Sequential(lin), bits=4)
+    assert lin.weight[0].tolist() == pytest.approx([1.0, -4 / 7, 2 / 7], rel=1e-6)
+
+
+@pytest.fixture(scope="module")
+def ends(memorised_oracle):
+    root = memorised_oracle
+    cfg = AuditConfig(model=str(root / "target"), target=str(root / "target"),
+                      oracle=str(root / "oracle"), benchmark=str(root / "bench"))
+    cache = {}
+    res = audit(cfg, ends=cache, progress=False)
+    return root, cache, res
+
+
+def test_every_audit_separates_target_from_oracle(ends):
+    """The raw headline number of each audit is far higher for the target (which learned the
+    forget people) than for the oracle (which never did); the target audited against itself
+    scores exactly 1."""
+    _, cache, res = ends
+    assert set(res["audits"]) == set(AUDITS.names())
+    for name in AUDITS.names():
+        t, o = cache["target"][name]["score"], cache["oracle"][name]["score"]
+        assert t - o > 0.15, f"{name}: target {t:.3f} vs oracle {o:.3f}"
+    assert all(v == pytest.approx(1.0) for v in scores(res).values())
+
+
+def test_relearning_brings_back_what_gradient_ascent_hid(ends, tmp_path):
+    """GA with its defaults (stopped once the forget set's probability halved), then 20 steps
+    on a quarter of the forget set: the other three quarters come back measurably."""
+    root, cache, _ = ends
+    ga = ob.unlearn(ob.UnlearnConfig(model=str(root / "target"), method="ga",
+                                     benchmark=str(root / "bench")), tmp_path / "ga", progress=False)
+    res = audit(AuditConfig(model=str(ga), target=str(root / "target"), oracle=str(root / "oracle"),
+                            benchmark=str(root / "bench"), audits=["relearning"]),
+                ends=cache, progress=False)
+    raw = res["audits"]["relearning"]["model"]
+    assert raw["forget_k20"] > raw["before"] + 0.05
+    assert 0 < res["audits"]["relearning"]["residual"]["score"]
+
+
+def test_wrappers_get_prompt_audits_and_a_reason_for_the_rest(ends):
+    from obliviate.audits.run import audit_data, run_one
+    from obliviate.models import load_model
+
+    root, _, _ = ends
+    model, tok = load_model(root / "target")
+
+    class Wrapper(torch.nn.Module):  # forward-only, as an inference-time method
+        def __init__(self):
+            super().__init__()
+            self.inner = model
+
+        def forward(self, input_ids, attention_mask):
+            return types.SimpleNamespace(logits=self.inner(input_ids=input_ids,
+                                                           attention_mask=attention_mask).logits)
+
+    data = audit_data(AuditConfig(benchmark=str(root / "bench")))
+    assert "score" in run_one(AUDITS.get("rephrase")(), (Wrapper(), tok), data)
+    out = run_one(AUDITS.get("quantization")(), (Wrapper(), tok), data)
+    assert "forward() only" in out["not_applicable"]
+
+
+def test_audit_cli(ends, tmp_path, capsys):
+    from obliviate.cli import main
+
+    root, _, _ = ends
+    out = tmp_path / "audit.json"
+    assert main(["audit", str(root / "oracle"), "--out", str(out), f"target={root / 'target'}",
+                 f"oracle={root / 'oracle'}", f"benchmark={root / 'bench'}",
+                 "audits=rephrase,few_shot"]) == 0
+    res = json.loads(out.read_text())
+    assert res["schema"] == "obliviate.audit/1" and set(res["audits"]) == {"rephrase", "few_shot"}
+    assert scores(res) == {"rephrase": 0.0, "few_shot": 0.0}
+    assert "residual" in capsys.readouterr().out
+    assert main(["audit", str(root / "oracle"), "--out", str(out), "audits=rephrase"]) == 2
+    assert main(["ls", "audits"]) == 0 and "relearning" in capsys.readouterr().out
