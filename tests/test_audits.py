@@ -61,6 +61,19 @@ def test_relearning_brings_back_what_gradient_ascent_hid(ends, tmp_path):
     assert 0 < res["audits"]["relearning"]["residual"]["score"]
 
 
+def test_logit_lens_and_parametric_trace_read_the_internals(ends):
+    """The target read against itself: every value vector unmoved (cosine 1, norm ratio 1);
+    the logit lens's last layer is the model's own output, so it equals the plain answer
+    probability the rephrase audit reports as 'original'."""
+    _, cache, _ = ends
+    trace = cache["target"]["parametric_trace"]
+    assert trace["cosine"] == pytest.approx(1.0) and trace["norm_ratio"] == pytest.approx(1.0)
+    lens = cache["target"]["logit_lens"]
+    last = max(int(k.split("_")[1]) for k in lens if k.startswith("layer_"))
+    assert lens[f"layer_{last}"] == pytest.approx(cache["target"]["rephrase"]["original"], rel=1e-4)
+    assert cache["oracle"]["parametric_trace"]["cosine"] < 0.9  # trained apart: vectors differ
+
+
 def test_wrappers_get_prompt_audits_and_a_reason_for_the_rest(ends):
     from obliviate.audits.run import audit_data, run_one
     from obliviate.models import load_model

@@ -67,7 +67,7 @@ def audit(cfg: AuditConfig, ends: dict[str, dict[str, Any]] | None = None,
     ends = ends if ends is not None else {}
     out: dict[str, Any] = {}
     for name in cfg.audits:
-        obj = _build(name, cfg.params.get(name, {}))
+        obj = _build(name, cfg.params.get(name, {}), cfg.target)
         start = time.perf_counter()
         for end in ("target", "oracle"):
             ends.setdefault(end, {}).setdefault(name, run_one(obj, getattr(cfg, end), data,
@@ -89,10 +89,16 @@ def audit(cfg: AuditConfig, ends: dict[str, dict[str, Any]] | None = None,
             "versions": versions(), "git_sha": git_sha(), "audits": out, "ends": ends}
 
 
-def _build(name: str, params: dict[str, Any]):
+def _build(name: str, params: dict[str, Any], target: str = ""):
+    """An audit from its parameters; audits that compare with the target get its path."""
+    import dataclasses
+
     from ..config import from_dict
 
-    return from_dict(AUDITS.get(name), params, prefix=f"params.{name}.")
+    cls = AUDITS.get(name)
+    if "target" in {f.name for f in dataclasses.fields(cls)} and "target" not in params:
+        params = {**params, "target": target}
+    return from_dict(cls, params, prefix=f"params.{name}.")
 
 
 def scores(res: dict[str, Any]) -> dict[str, float | str]:
