@@ -110,3 +110,26 @@ def test_audit_cli(ends, tmp_path, capsys):
     assert "residual" in capsys.readouterr().out
     assert main(["audit", str(root / "oracle"), "--out", str(out), "audits=rephrase"]) == 2
     assert main(["ls", "audits"]) == 0 and "relearning" in capsys.readouterr().out
+
+
+def test_report_gains_an_audit_section(ends, tmp_path):
+    """Results and audit files together: the table, the residual bar chart and the relearning
+    curves, with model names escaped."""
+    from obliviate.cli import main
+    from obliviate.evaluation import save_results
+
+    root, cache, _ = ends
+    res = audit(AuditConfig(model=str(root / "oracle"), target=str(root / "target"),
+                            oracle=str(root / "oracle"), benchmark=str(root / "bench"),
+                            audits=["rephrase", "relearning"]), ends=cache, progress=False)
+    res["name"] = "<oracle>"
+    (tmp_path / "audit.json").write_text(json.dumps(res))
+    ev = ob.evaluate(ob.EvalConfig(model=str(root / "oracle"), benchmark=str(root / "bench")),
+                     name="oracle", progress=False)
+    save_results(ev, tmp_path / "oracle.json")
+    assert main(["report", str(tmp_path / "oracle.json"), str(tmp_path / "audit.json"),
+                 "--out", str(tmp_path / "report")]) == 0
+    page = (tmp_path / "report" / "report.html").read_text()
+    assert "Robustness audits" in page and page.count("<svg") == 3  # scatter, bars, relearning
+    assert "&lt;oracle&gt;" in page and "<oracle>" not in page
+    assert "## Robustness audits" in (tmp_path / "report" / "report.md").read_text()

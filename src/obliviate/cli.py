@@ -61,11 +61,20 @@ def _cmd_eval(args) -> None:
 
 
 def _cmd_report(args) -> None:
+    import json
+
+    from .audits.run import SCHEMA as AUDIT_SCHEMA
     from .evaluation import load_results
     from .report import write_report
 
-    rows = [load_results(p) for p in args.results]
-    print(f"report written to {write_report(rows, args.out)}")
+    rows, audits = [], []
+    for p in args.results:  # results and audit files may be mixed
+        try:
+            is_audit = json.loads(Path(p).read_text()).get("schema") == AUDIT_SCHEMA
+        except (OSError, ValueError, AttributeError):
+            is_audit = False
+        (audits.append(json.loads(Path(p).read_text())) if is_audit else rows.append(load_results(p)))
+    print(f"report written to {write_report(rows, args.out, audits=audits or None)}")
 
 
 def _cmd_import(args) -> None:
