@@ -101,8 +101,8 @@ def test_audit_cli(ends, tmp_path, capsys):
 
     root, _, _ = ends
     out = tmp_path / "audit.json"
-    assert main(["audit", str(root / "oracle"), "--out", str(out), f"target={root / 'target'}",
-                 f"oracle={root / 'oracle'}", f"benchmark={root / 'bench'}",
+    assert main(["audit", str(root / "oracle"), "--out", str(out), "--target", str(root / "target"),
+                 "--oracle", str(root / "oracle"), f"benchmark={root / 'bench'}",
                  "audits=rephrase,few_shot"]) == 0
     res = json.loads(out.read_text())
     assert res["schema"] == "obliviate.audit/1" and set(res["audits"]) == {"rephrase", "few_shot"}

@@ -109,7 +109,8 @@ def _cmd_audit(args) -> None:
     from .config import load_config
     from .io import write_json_atomic
 
-    cfg = load_config(AuditConfig, args.config, [f"model={args.model}", *args.overrides])
+    flags = [f"{k}={getattr(args, k)}" for k in ("target", "oracle", "benchmark") if getattr(args, k)]
+    cfg = load_config(AuditConfig, args.config, [f"model={args.model}", *flags, *args.overrides])
     print(f"auditing {cfg.model} (residual knowledge: 1 = the target's, 0 = the oracle's)")
     res = audit(cfg)
     print(f"audit results written to {write_json_atomic(args.out, res)}")
@@ -192,6 +193,9 @@ def build_parser() -> argparse.ArgumentParser:
     au.add_argument("model")
     au.add_argument("--out", required=True)
     au.add_argument("--config", help="YAML config file")
+    au.add_argument("--target", help="the model before unlearning (residual 1)")
+    au.add_argument("--oracle", help="the model never trained on the forget set (residual 0)")
+    au.add_argument("--benchmark", help="the benchmark folder (forget, retain, linked splits)")
     au.add_argument("overrides", nargs="*", help="target=DIR oracle=DIR benchmark=DIR "
                     "[audits=rephrase,relearning ...] [params.relearning.lr=1e-4]")
     au.set_defaults(func=_cmd_audit)
