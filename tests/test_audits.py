@@ -61,7 +61,7 @@ def test_relearning_brings_back_what_gradient_ascent_hid(ends, tmp_path):
     assert 0 < res["audits"]["relearning"]["residual"]["score"]
 
 
-def test_logit_lens_and_parametric_trace_read_the_internals(ends):
+def test_logit_lens_probe_and_parametric_trace_read_the_internals(ends):
     """The target read against itself: every value vector unmoved (cosine 1, norm ratio 1);
     the logit lens's last layer is the model's own output, so it equals the plain answer
     probability the rephrase audit reports as 'original'."""
@@ -72,6 +72,9 @@ def test_logit_lens_and_parametric_trace_read_the_internals(ends):
     last = max(int(k.split("_")[1]) for k in lens if k.startswith("layer_"))
     assert lens[f"layer_{last}"] == pytest.approx(cache["target"]["rephrase"]["original"], rel=1e-4)
     assert cache["oracle"]["parametric_trace"]["cosine"] < 0.9  # trained apart: vectors differ
+    # the tuned-lens probe, trained on the target's retain states, reads the first layer
+    # better than the untrained logit lens does
+    assert cache["target"]["latent_probe"]["layer_1"] > cache["target"]["logit_lens"]["layer_1"]
 
 
 def test_wrappers_get_prompt_audits_and_a_reason_for_the_rest(ends):

@@ -110,3 +110,88 @@ def _load_cached(path: str):
         _CACHE.clear()  # keep one: a benchmark audits many models against one target
         _CACHE[key] = (model.eval(), tok)
     return _CACHE[key]
+
+
+def _states_and_logits(model, tokenizer, examples, template: str, batch_size: int = 32):
+    """(hidden states per layer [layers+1] of [n_answer_tokens, d], final logits [n, vocab])
+    at the answer positions, in item order."""
+    device = next(model.parameters()).device
+    hs_all, logits_all = [], []
+    model.eval()
+    with torch.no_grad():
+        for s in range(0, len(examples), batch_size):
+            items = [encode(tokenizer, ex, i, template) for i, ex in enumerate(examples[s:s + batch_size])]
+            b = collate(items, tokenizer.pad_token_id)
+            out = model(input_ids=b["input_ids"].to(device), attention_mask=b["attention_mask"].to(device),
+                        output_hidden_states=True)
+            mask = (b["labels"][:, 1:] != -100).to(device)
+            hs_all.append([h[:, :-1][mask].float() for h in out.hidden_states])
+            logits_all.append(out.logits[:, :-1][mask].float())
+    layers = len(hs_all[0])
+    return [torch.cat([h[layer] for h in hs_all]) for layer in range(layers)], torch.cat(logits_all)
+
+
+@AUDITS.register("latent_probe")
+@dataclass
+class LatentProbe:
+    """A tuned lens: per layer, a linear map of the hidden state, trained on the *target's*
+    retain answers so that the output head reads the target's final prediction from that layer
+    (Belrose et al. 2023). Applied to the audited model's hidden states on forget answers, it
+    reports the answer probability each layer still encodes, through a probe the unlearning
+    never saw. The score is the best layer."""
+
+    target: str = ""  # set by the runner: the probe is trained on the target's states
+    steps: int = 200
+    lr: float = 1e-2
+
+    description: ClassVar[str] = "linear probe (tuned lens) from the target's hidden states, layer by layer"
+    paper: ClassVar[str] = "Belrose et al. 2023, Eliciting Latent Predictions with the Tuned Lens"
+
+    def _train(self, states: torch.Tensor, final: torch.Tensor, norm, head) -> torch.nn.Linear:
+        d = states.shape[1]
+        probe = torch.nn.Linear(d, d).to(states.device)
+        with torch.no_grad():  # start as the plain logit lens
+            probe.weight.copy_(torch.eye(d))
+            probe.bias.zero_()
+        opt = torch.optim.Adam(probe.parameters(), lr=self.lr)
+        target_logp = torch.log_softmax(final, -1)
+        gen = torch.Generator().manual_seed(0)
+        for _ in range(self.steps):
+            idx = torch.randint(len(states), (min(256, len(states)),), generator=gen)
+            logp = torch.log_softmax(head(norm(probe(states[idx]))).float(), -1)
+            loss = (target_logp[idx].exp() * (target_logp[idx] - logp)).sum(-1).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        return probe.eval()
+
+    def run(self, model, tokenizer, data: AuditData) -> dict[str, float]:
+        if not hasattr(model, "config") or getattr(getattr(model, "model", None), "norm", None) is None:
+            raise NotApplicable("needs hidden states, a final norm and an output head")
+        if not self.target:
+            raise NotApplicable("needs the target model (the runner passes it)")
+        target, ttok = _load_cached(self.target)
+        norm, head = target.model.norm, target.get_output_embeddings()
+        for p in (*norm.parameters(), *head.parameters()):
+            p.requires_grad_(False)
+        train_states, train_logits = _states_and_logits(target, ttok, data.retain, data.template)
+        states, _ = _states_and_logits(model, tokenizer, data.forget, data.template)
+        labels = torch.cat([torch.tensor([t for t in encode(tokenizer, ex, i, data.template).labels[1:]
+                                          if t != -100]) for i, ex in enumerate(data.forget)])
+        counts = [sum(t != -100 for t in encode(tokenizer, ex, i, data.template).labels[1:])
+                  for i, ex in enumerate(data.forget)]
+        out = {}
+        try:
+            for layer in range(1, len(states) - 1):  # the last layer is the model's own output
+                with torch.enable_grad():
+                    probe = self._train(train_states[layer], train_logits, norm, head)
+                with torch.no_grad():
+                    logp = torch.log_softmax(head(norm(probe(states[layer]))).float(), -1)
+                    tok_lp = logp.gather(-1, labels.to(logp.device).unsqueeze(-1)).squeeze(-1)
+                    per_item = [float(torch.exp(c.mean())) for c in torch.split(tok_lp, counts)]
+                out[f"layer_{layer}"] = float(np.mean(per_item))
+        finally:
+            for p in (*norm.parameters(), *head.parameters()):
+                p.requires_grad_(True)
+        out["score"] = max(out.values())
+        return out
