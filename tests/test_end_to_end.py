@@ -107,8 +107,13 @@ def test_report_and_resumable_demo(run, tmp_path):
     assert "<svg" in html and "Forget quality" in html and "npo" in html
     oracle = json.loads((demo / "results" / "oracle.json").read_text())
     assert oracle["metrics"]["forget_quality"] == 1.0
-    md = (demo / "report.md").read_text()
+    md, audit_md = (demo / "report.md").read_text().split("## Robustness audits")
     assert md.count("\n| ") == 1 + 2 + len(METHODS)  # header + oracle, target + methods
+    assert audit_md.count("\n| ") == 1 + len(METHODS)  # header + one row per unlearned model
+    assert "Robustness audits" in html and html.count("<svg") == 3  # scatter, bars, relearning
+    for name in METHODS:
+        audit = json.loads((demo / "results" / f"audit-{name}.json").read_text())
+        assert audit["schema"] == "obliviate.audit/1" and "relearning" in audit["audits"]
     timings = json.loads((demo / "demo.json").read_text())["seconds"]
     assert not any(k.startswith(("finetune", "unlearn")) for k in timings)  # all reused
 

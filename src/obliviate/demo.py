@@ -50,7 +50,7 @@ def run_demo(cfg: DemoConfig) -> Path:
     bench = root / "benchmark"
     if not bench.exists():
         generate(bench, seed=cfg.seed, entities=cfg.entities)
-    _say(f"[1/4] benchmark: {bench} ({cfg.entities} people, split {cfg.forget_split})", cfg.progress)
+    _say(f"[1/5] benchmark: {bench} ({cfg.entities} people, split {cfg.forget_split})", cfg.progress)
 
     models = {}
     for role in ("target", "oracle"):
@@ -61,7 +61,7 @@ def run_demo(cfg: DemoConfig) -> Path:
                                     epochs=cfg.epochs, seed=cfg.seed), path, progress=cfg.progress)
             timings[f"finetune_{role}"] = time.perf_counter() - t
         models[role] = path
-    _say(f"[2/4] target and oracle models: {root / 'models'}", cfg.progress)
+    _say(f"[2/5] target and oracle models: {root / 'models'}", cfg.progress)
 
     for method in cfg.methods:
         path = root / "models" / f"target-{method}"
@@ -75,7 +75,7 @@ def run_demo(cfg: DemoConfig) -> Path:
                     path, progress=cfg.progress)
             timings[f"unlearn_{method}"] = time.perf_counter() - t
         models[method] = path
-    _say(f"[3/4] unlearned with: {', '.join(cfg.methods)}", cfg.progress)
+    _say(f"[3/5] unlearned with: {', '.join(cfg.methods)}", cfg.progress)
 
     results_dir = root / "results"
     rows = []
@@ -96,8 +96,34 @@ def run_demo(cfg: DemoConfig) -> Path:
         if name == "oracle":
             oracle_res = res
         rows.append(res)
-    report = write_report(rows, root, title="obliviate demo: unlearning the built-in benchmark")
+    audits = _audits(cfg, root, bench, models, timings)
+    report = write_report(rows, root, title="obliviate demo: unlearning the built-in benchmark",
+                          audits=audits)
     timings["total"] = time.perf_counter() - t0
     write_json_atomic(root / "demo.json", {"config": to_dict(cfg), "seconds": timings})
-    _say(f"[4/4] evaluated {len(rows)} models; results in {results_dir}", cfg.progress)
+    _say(f"[5/5] evaluated {len(rows)} models and audited {len(audits)}; results in "
+         f"{results_dir}", cfg.progress)
     return report
+
+
+def _audits(cfg: DemoConfig, root: Path, bench: Path, models: dict[str, Path],
+            timings: dict[str, float]) -> list[dict]:
+    """Robustness audits of each unlearned model (target and oracle measured once)."""
+    import json
+
+    from .audits import AuditConfig, audit
+
+    out, ends = [], {}
+    for method in cfg.methods:
+        path = root / "results" / f"audit-{method}.json"
+        if path.exists():
+            out.append(json.loads(path.read_text()))
+            continue
+        t = time.perf_counter()
+        res = audit(AuditConfig(model=str(models[method]), target=str(models["target"]),
+                                oracle=str(models["oracle"]), benchmark=str(bench),
+                                forget_split=cfg.forget_split), ends=ends, progress=False)
+        timings[f"audit_{method}"] = time.perf_counter() - t
+        write_json_atomic(path, res)
+        out.append(res)
+    return out
