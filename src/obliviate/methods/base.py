@@ -19,7 +19,7 @@ import torch
 
 from ..encoding import Encoded, collate
 from ..registry import Registry
-from .objectives import answer_logits, kl_to_reference, mean_nll, sequence_nll
+from .objectives import answer_logits, kl_to_reference, mean_nll, sequence_nll, token_logprobs
 
 NEEDS = {
     "forget": "forget set",
@@ -122,6 +122,12 @@ def batch_nll(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
 def batch_seq_nll(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """Summed answer NLL per sequence [batch]."""
     return sequence_nll(forward(model, batch), batch["labels"])[0]
+
+
+def answer_token_logprobs(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Log-probs of the labelled tokens of a batch, flattened [n_tokens] (token-weighted losses)."""
+    logp, mask = token_logprobs(forward(model, batch), batch["labels"])
+    return logp[mask]
 
 
 def label_mask(batch: dict[str, torch.Tensor]) -> torch.Tensor:

@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from .base import METHODS, Context, check_retain_kind, forward, retain_term
-from .objectives import satimp_weights, token_logprobs, weighted_ascent
+from .base import METHODS, Context, answer_token_logprobs, check_retain_kind, retain_term
+from .objectives import satimp_weights, weighted_ascent
 
 
 @METHODS.register("satimp")
@@ -29,9 +29,7 @@ class SatImp:
         check_retain_kind(self.retain_loss)
 
     def loss(self, model, batches, ctx: Context):
-        f = batches["forget"]
-        logp, mask = token_logprobs(forward(model, f), f["labels"])
-        logp = logp[mask]
+        logp = answer_token_logprobs(model, batches["forget"])
         forget = weighted_ascent(logp, satimp_weights(logp, self.beta1, self.beta2))
         retain = retain_term(model, batches["retain"], self.retain_loss, ctx)
         return self.gamma * forget + self.alpha * retain, {"satimp": float(forget.detach()),

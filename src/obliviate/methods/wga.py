@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from .base import METHODS, Context, check_retain_kind, forward, retain_term
-from .objectives import token_logprobs, weighted_ascent, wga_weights
+from .base import METHODS, Context, answer_token_logprobs, check_retain_kind, retain_term
+from .objectives import weighted_ascent, wga_weights
 
 
 @METHODS.register("wga")
@@ -28,9 +28,7 @@ class WGA:
         check_retain_kind(self.retain_loss)
 
     def loss(self, model, batches, ctx: Context):
-        f = batches["forget"]
-        logp, mask = token_logprobs(forward(model, f), f["labels"])
-        logp = logp[mask]
+        logp = answer_token_logprobs(model, batches["forget"])
         forget = weighted_ascent(logp, wga_weights(logp, self.beta))
         retain = retain_term(model, batches["retain"], self.retain_loss, ctx)
         return self.gamma * forget + self.alpha * retain, {"wga": float(forget.detach()),
