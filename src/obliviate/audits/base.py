@@ -11,7 +11,7 @@ weight quantization of a forward-only wrapper) says why instead.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import ClassVar, Protocol
 
 import torch
 
@@ -64,7 +64,9 @@ def residual(value: float, target: float, oracle: float) -> float | str:
     return (value - oracle) / (target - oracle)
 
 
-class Audit:  # documentation of the protocol; audits do not inherit from it
+class Audit(Protocol):
+    """What the runner calls; audits are dataclasses and do not inherit from this."""
+
     description: ClassVar[str]
     paper: ClassVar[str]
 
