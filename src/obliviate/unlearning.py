@@ -232,12 +232,22 @@ def unlearn(cfg: UnlearnConfig, out: str | Path, progress: bool = True) -> Path:
 
     The input model is never modified. A NaN loss or a collapse stops the run with a clear
     error; the last state that passed the guard is saved as `<out>.last-good`."""
+    build(cfg.method, cfg.params)  # a bad method name fails before any data is read
+    if Path(out).exists():
+        raise ObliviateError(f"output {out} already exists; choose a new path or remove it")
+    forget, retain = resolve_data(cfg.benchmark, cfg.forget_split, cfg.forget, cfg.retain)
+    return unlearn_examples(cfg, forget, retain, out, progress)
+
+
+def unlearn_examples(cfg: UnlearnConfig, forget: list[Example], retain: list[Example],
+                     out: str | Path, progress: bool = True) -> Path:
+    """`unlearn` on examples already in memory (cfg's data fields are ignored): the deletion
+    ledger filters its retain set before training."""
     method = build(cfg.method, cfg.params)
     needs = needs_of(method)
     out = Path(out)
     if out.exists():
         raise ObliviateError(f"output {out} already exists; choose a new path or remove it")
-    forget, retain = resolve_data(cfg.benchmark, cfg.forget_split, cfg.forget, cfg.retain)
     validate_split(forget, retain)
     if "retain" in needs and not retain:
         raise ObliviateError(f"method '{cfg.method}' needs a retain set (retain=<file.jsonl>)")
