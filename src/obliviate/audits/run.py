@@ -55,30 +55,41 @@ def run_one(audit_obj, source, data: AuditData, trust_remote_code: bool = False)
         return {"not_applicable": str(exc)}
 
 
+NO_ORACLE = "not computed: needs an oracle (a model never trained on the forget set)"
+
+
 def audit(cfg: AuditConfig, ends: dict[str, dict[str, Any]] | None = None,
-          progress: bool = True) -> dict[str, Any]:
+          progress: bool = True, data: AuditData | None = None) -> dict[str, Any]:
     """Audit results: raw numbers for model, target and oracle, and residual scores.
     `ends` may carry the target's and oracle's raw results from an earlier run (a benchmark
-    auditing many models measures them once)."""
-    for name in ("model", "target", "oracle"):
+    auditing many models measures them once). `data` replaces the benchmark's sets (the
+    deletion ledger audits a request's own forget file). Without an oracle the raw numbers
+    are still measured and compared with the target, and the residual says it needs one."""
+    for name in ("model", "target"):
         if not getattr(cfg, name):
             raise ObliviateError(f"audit needs {name}=<model folder>")
-    data = audit_data(cfg)
+    if data is None:
+        if not cfg.oracle:
+            raise ObliviateError("audit needs oracle=<model folder>")
+        data = audit_data(cfg)
+    sides = ("target", "oracle") if cfg.oracle else ("target",)
     ends = ends if ends is not None else {}
     out: dict[str, Any] = {}
     for name in cfg.audits:
         obj = _build(name, cfg.params.get(name, {}), cfg.target)
         start = time.perf_counter()
-        for end in ("target", "oracle"):
+        for end in sides:
             ends.setdefault(end, {}).setdefault(name, run_one(obj, getattr(cfg, end), data,
                                                               cfg.trust_remote_code))
         raw = run_one(obj, cfg.model, data, cfg.trust_remote_code)
-        t, o = ends["target"][name], ends["oracle"][name]
+        t, o = ends["target"][name], ends.get("oracle", {}).get(name)
         entry: dict[str, Any] = {"description": type(obj).description, "paper": type(obj).paper,
                                  "model": raw, "target": t, "oracle": o,
                                  "seconds": round(time.perf_counter() - start, 2)}
         if "not_applicable" in raw:
             entry["residual"] = f"not applicable: {raw['not_applicable']}"
+        elif o is None:
+            entry["residual"] = NO_ORACLE
         else:
             entry["residual"] = {k: residual(raw[k], t[k], o[k]) for k in raw if k in t and k in o}
         out[name] = entry

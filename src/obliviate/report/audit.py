@@ -61,8 +61,9 @@ def relearning_svg(audits: list[dict[str, Any]]) -> str | None:
         if not entry or "not_applicable" in entry["model"]:
             continue
         curves[a["name"]] = entry["model"]
-        curves.setdefault("target", entry["target"])
-        curves.setdefault("oracle", entry["oracle"])
+        for end in ("target", "oracle"):
+            if entry.get(end):  # an audit without an oracle has the target's curve only
+                curves.setdefault(end, entry[end])
     if not curves:
         return None
     fig, ax = plt.subplots(figsize=(6.4, 3.8), dpi=100)
