@@ -1,0 +1,115 @@
+"""What the ledger measures on a model version: forgetting of each past request, utility,
+membership inference. One Engine per model, so every request's forget set, the retain set and
+the utility sets share its cached passes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..data.examples import Example
+from ..encoding import DEFAULT_TEMPLATE
+from ..evaluation import Engine, EvalSet, derive, evaluate_tofu, make_results
+from ..evaluation.suite import evaluate_mia
+from ..evaluation.tofu_math import forget_quality
+from ..models import load_model
+
+# per-request numbers kept in the ledger (the dataset's aggregate key -> metric name)
+FORGET_KEYS = ("prob", "rougeL_recall", "truth_ratio", "exact_memorization", "extraction_strength")
+MIA_KEYS = ("auc_loss", "auc_zlib", "auc_min_k", "auc_min_k_pp")
+MODEL_LEVEL = 0  # the request id under which model-level numbers (utility) are stored
+
+
+@dataclass
+class Sets:
+    """The data one measurement reads: forget examples per request id, and shared sets."""
+
+    forget: dict[int, list[Example]]
+    retain: list[Example]
+    holdout: list[Example] = field(default_factory=list)
+    utility: dict[str, list[Example]] = field(default_factory=dict)
+    template: str = DEFAULT_TEMPLATE
+    max_new_tokens: int = 48
+    batch_size: int = 64
+    mia_k: float = 0.4
+
+
+def forget_name(rid: int) -> str:
+    return f"forget_r{rid}"
+
+
+def mia_name(rid: int) -> str:
+    return f"mia_r{rid}"
+
+
+def evaluate_version(model_dir: str | Path, sets: Sets, name: str, model_level: bool = True,
+                     trust_remote_code: bool = False) -> dict[str, Any]:
+    """A Results dict: TOFU suite on every request's forget set (and, with `model_level`, the
+    retain and utility sets), and the MIA suite per request against the holdout."""
+    model, tok = load_model(model_dir, trust_remote_code=trust_remote_code)
+    model.eval()
+    engine = Engine(model, tok, sets.template, batch_size=sets.batch_size)
+    evals = [EvalSet(forget_name(r), "forget", exs) for r, exs in sorted(sets.forget.items())]
+    if model_level:
+        if sets.retain:
+            evals.append(EvalSet("retain", "retain", sets.retain))
+        evals += [EvalSet(n, "utility", exs) for n, exs in sorted(sets.utility.items())]
+    datasets = evaluate_tofu(engine, evals, sets.max_new_tokens, progress=False)
+    if sets.holdout:
+        holdout = EvalSet("holdout", "holdout", sets.holdout)
+        for r, exs in sorted(sets.forget.items()):
+            datasets[mia_name(r)] = evaluate_mia(engine, EvalSet(forget_name(r), "forget", exs),
+                                                 holdout, sets.mia_k)
+    res = make_results(name, str(model_dir), datasets, {"template": sets.template}, None)
+    res["metrics"] = derive(res)
+    return res
+
+
+def request_metrics(res: dict[str, Any], rid: int,
+                    oracle: dict[str, Any] | None = None) -> dict[str, float | str]:
+    """The ledger's numbers for one request from a Results dict (and the oracle's, for forget
+    quality: the KS test of the two truth-ratio distributions)."""
+    d = res["datasets"][forget_name(rid)]
+    out: dict[str, float | str] = {f"forget_{k}": d["aggregate"][k] for k in FORGET_KEYS
+                                   if k in d["aggregate"]}
+    mia = res["datasets"].get(mia_name(rid))
+    for k in MIA_KEYS:
+        out[k] = mia["aggregate"][k] if mia else "not computed: the project has no holdout set"
+    if oracle is None:
+        out["forget_quality"] = "not computed: the project has no oracle"
+    elif "truth_ratio" not in d["per_item"]:
+        out["forget_quality"] = "not computed: the forget file has no perturbed answers"
+    else:
+        theirs = oracle["datasets"][forget_name(rid)]["per_item"]["truth_ratio"]
+        out["forget_quality"] = forget_quality(np.array(d["per_item"]["truth_ratio"]),
+                                               np.array(theirs))[0]
+    return out
+
+
+def model_metrics(res: dict[str, Any]) -> dict[str, float | str]:
+    """Model-level numbers: utility and each retain/utility set's probability and ROUGE-L."""
+    out: dict[str, float | str] = {"model_utility": res["metrics"]["model_utility"]}
+    for name, d in res["datasets"].items():
+        if d["role"] in ("retain", "utility"):
+            for k in ("prob", "rougeL_recall"):
+                out[f"{name}_{k}"] = d["aggregate"][k]
+    return out
+
+
+def audit_metrics(audit_res: dict[str, Any]) -> dict[str, float | str]:
+    """Each audit's headline: knowledge under attack after (raw), before (the parent's), and
+    the residual (1 = as before, 0 = as the oracle) where an oracle exists."""
+    out: dict[str, float | str] = {}
+    for name, e in audit_res["audits"].items():
+        raw = e["model"]
+        if "not_applicable" in raw:
+            out[f"audit_{name}"] = f"not applicable: {raw['not_applicable']}"
+            continue
+        out[f"audit_{name}"] = raw["score"]
+        out[f"audit_{name}_before"] = e["target"]["score"]
+        res = e["residual"]
+        out[f"audit_{name}_residual"] = res if isinstance(res, str) else res["score"]
+    return out
