@@ -138,6 +138,93 @@ def _cmd_ls(args) -> None:
             print(f"{name:20s} [{m.direction}, {m.range}] {m.description} ({m.source})")
 
 
+def _cmd_request(args) -> int | None:
+    """The deletion-request subcommands (obliviate request init|add|apply|list|show|verify|...)."""
+    from . import ledger as L
+
+    project = args.project
+    if args.action == "init":
+        from .config import from_dict, merge, parse_overrides
+
+        given = {"base": args.model, "retain": args.retain or "", "holdout": args.holdout or "",
+                 "oracle": args.oracle or "", "utility": args.utility or []}
+        if args.audits is not None:
+            given["audits"] = [a.strip() for a in args.audits.split(",") if a.strip()]
+        settings = from_dict(L.ProjectSettings, merge(parse_overrides(args.overrides), given))
+        print(f"ledger created in {L.init_project(project, settings)} (version 0: {args.model})")
+    elif args.action == "add":
+        rid = L.add_request(project, args.subject, args.forget, args.retain or "", args.method,
+                            args.overrides)
+        print(f"request {rid} added (pending); apply it with `obliviate request apply {rid}`")
+    elif args.action == "apply":
+        vids = L.apply(project, args.id, args.all)
+        if vids:
+            print(f"new version(s): {', '.join(map(str, vids))}")
+    elif args.action == "cancel":
+        L.cancel_request(project, args.id)
+        print(f"request {args.id} cancelled")
+    elif args.action in ("list", "show"):
+        from .ledger.show import show_list, show_request
+
+        print(show_list(project) if args.action == "list" else show_request(project, args.id))
+    elif args.action == "verify":
+        ok, checks = L.verify(project, args.id, args.tolerance)
+        for c in checks:
+            print(f"{'ok ' if c.ok else 'BAD'} {c.metric:36s} recorded {c.recorded!s:24.24s} "
+                  f"now {c.measured!s:24.24s}")
+        print("verified: every recorded number reproduced" if ok
+              else "NOT verified: some numbers differ from the record (see BAD lines)")
+        return 0 if ok else 1
+    elif args.action == "report":
+        from .io import write_text_atomic
+        from .ledger.evidence import ledger_html
+
+        with L.Ledger.open(project) as ledger:
+            out = write_text_atomic(args.out or f"{project}/ledger.html", ledger_html(ledger))
+        print(f"ledger report written to {out}")
+    return None
+
+
+def _request_parser(sub) -> None:
+    rq = sub.add_parser("request", help="deletion requests: a ledger, sequential unlearning, "
+                        "an evidence report per request")
+    actions = rq.add_subparsers(dest="action", required=True)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--project", default=".", help="the project directory (holds the ledger)")
+
+    i = actions.add_parser("init", parents=[common], help="create a project ledger for a base model")
+    i.add_argument("--model", required=True, help="the base model folder (version 0, never modified)")
+    i.add_argument("--retain", help="retain data: training retain set and utility measure")
+    i.add_argument("--holdout", help="non-member data for membership inference")
+    i.add_argument("--oracle", help="a model never trained on any data that may be requested")
+    i.add_argument("--utility", action="append", help="a further utility set (repeatable)")
+    i.add_argument("--audits", help="comma-separated audits run on each version")
+    i.add_argument("overrides", nargs="*", help="max_retain=200 samples=5 audit_params.relearning.lr=1e-4")
+
+    a = actions.add_parser("add", parents=[common], help="record a request (hashes, not text)")
+    a.add_argument("--subject", required=True, help="who or what (a name or a ticket reference)")
+    a.add_argument("--forget", required=True, help="JSONL file of the items to forget")
+    a.add_argument("--retain", help="this request's retain set (default: the project's)")
+    a.add_argument("--method", default="npo", help="unlearning method (obliviate ls methods)")
+    a.add_argument("overrides", nargs="*", help="unlearn config, e.g. optim.steps=40 params.beta=0.2")
+
+    ap = actions.add_parser("apply", parents=[common], help="apply the next pending request")
+    ap.add_argument("id", nargs="?", type=int, help="the request (default: the next one)")
+    ap.add_argument("--all", action="store_true", help="apply every open request in order")
+
+    for name, helptext in [("show", "one request: status, versions, numbers, events"),
+                           ("verify", "re-measure a done request's version and compare"),
+                           ("cancel", "cancel a pending or failed request")]:
+        s = actions.add_parser(name, parents=[common], help=helptext)
+        s.add_argument("id", type=int)
+        if name == "verify":
+            s.add_argument("--tolerance", type=float, default=1e-4)
+    actions.add_parser("list", parents=[common], help="every request and its status")
+    r = actions.add_parser("report", parents=[common], help="the ledger page: all versions")
+    r.add_argument("--out", help="HTML file (default: PROJECT/ledger.html)")
+    rq.set_defaults(func=_cmd_request)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="obliviate", description="Remove what a language model "
                                 "knows, and prove it is gone.")
@@ -200,6 +287,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "[audits=rephrase,relearning ...] [params.relearning.lr=1e-4]")
     au.set_defaults(func=_cmd_audit)
 
+    _request_parser(sub)
+
     ls = sub.add_parser("ls", help="list registered components")
     ls.add_argument("what", choices=["methods", "metrics", "audits"])
     ls.set_defaults(func=_cmd_ls)
@@ -216,7 +305,7 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
         args.overrides = [*args.overrides, *extra]
     try:
-        args.func(args)
+        rc = args.func(args)
     except ObliviateError as exc:
         print(f"obliviate: error: {exc}", file=sys.stderr)
         return 2
@@ -224,7 +313,7 @@ def main(argv: list[str] | None = None) -> int:
         print("\nobliviate: interrupted; finished outputs are kept, unfinished ones were "
               "discarded. Run the same command again to resume.", file=sys.stderr)
         return 130
-    return 0
+    return rc or 0
 
 
 if __name__ == "__main__":
