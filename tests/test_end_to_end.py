@@ -116,6 +116,13 @@ def test_report_and_resumable_demo(run, tmp_path):
         assert audit["schema"] == "obliviate.audit/1" and "relearning" in audit["audits"]
     timings = json.loads((demo / "demo.json").read_text())["seconds"]
     assert not any(k.startswith(("finetune", "unlearn")) for k in timings)  # all reused
+    from obliviate.ledger import Ledger
+
+    with Ledger.open(demo / "requests" / "project") as ledger:  # the deletion-request stage
+        assert [(r.status, r.version_id) for r in ledger.requests()] == [("done", 1), ("done", 2)]
+        assert ledger.check() == []
+    assert (demo / "requests" / "project" / "versions" / "v0002" / "evidence.html").is_file()
+    assert "Across versions" in (demo / "requests" / "project" / "ledger.html").read_text()
 
 
 def test_your_own_model_and_jsonl_files(run, tmp_path):

@@ -2,8 +2,10 @@
 
 generate -> finetune target (all people) and oracle (retain people, same init and recipe)
 -> unlearn the forget split with each method -> evaluate everything against the oracle
--> results/*.json + report.html. Each stage's output is reused when it already exists, so an
-interrupted demo resumes where it stopped.
+-> results/*.json + report.html -> deletion requests: a ledger on the target where each
+forget person's erasure request is applied in turn, with an evidence report per request.
+Each stage's output is reused when it already exists, so an interrupted demo resumes where it
+stopped.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ class DemoConfig:
     epochs: float = 40.0
     unlearn_steps: int = 60
     unlearn_lr: float | None = None  # None: each method's default
+    requests: int = 2  # deletion requests (one forget person each) applied through the ledger
     progress: bool = True
 
 
@@ -50,7 +53,7 @@ def run_demo(cfg: DemoConfig) -> Path:
     bench = root / "benchmark"
     if not bench.exists():
         generate(bench, seed=cfg.seed, entities=cfg.entities)
-    _say(f"[1/5] benchmark: {bench} ({cfg.entities} people, split {cfg.forget_split})", cfg.progress)
+    _say(f"[1/6] benchmark: {bench} ({cfg.entities} people, split {cfg.forget_split})", cfg.progress)
 
     models = {}
     for role in ("target", "oracle"):
@@ -61,7 +64,7 @@ def run_demo(cfg: DemoConfig) -> Path:
                                     epochs=cfg.epochs, seed=cfg.seed), path, progress=cfg.progress)
             timings[f"finetune_{role}"] = time.perf_counter() - t
         models[role] = path
-    _say(f"[2/5] target and oracle models: {root / 'models'}", cfg.progress)
+    _say(f"[2/6] target and oracle models: {root / 'models'}", cfg.progress)
 
     for method in cfg.methods:
         path = root / "models" / f"target-{method}"
@@ -75,7 +78,7 @@ def run_demo(cfg: DemoConfig) -> Path:
                     path, progress=cfg.progress)
             timings[f"unlearn_{method}"] = time.perf_counter() - t
         models[method] = path
-    _say(f"[3/5] unlearned with: {', '.join(cfg.methods)}", cfg.progress)
+    _say(f"[3/6] unlearned with: {', '.join(cfg.methods)}", cfg.progress)
 
     results_dir = root / "results"
     rows = []
@@ -96,14 +99,55 @@ def run_demo(cfg: DemoConfig) -> Path:
         if name == "oracle":
             oracle_res = res
         rows.append(res)
+    _say(f"[4/6] evaluated {len(rows)} models against the oracle; results in {results_dir}",
+         cfg.progress)
     audits = _audits(cfg, root, bench, models, timings)
     report = write_report(rows, root, title="obliviate demo: unlearning the built-in benchmark",
                           audits=audits)
     timings["total"] = time.perf_counter() - t0
     write_json_atomic(root / "demo.json", {"config": to_dict(cfg), "seconds": timings})
-    _say(f"[5/5] evaluated {len(rows)} models and audited {len(audits)}; results in "
-         f"{results_dir}", cfg.progress)
+    _say(f"[5/6] audited {len(audits)} unlearned models; report: {report}", cfg.progress)
+    if cfg.requests:
+        t = time.perf_counter()
+        ledger_page = _requests(cfg, root, bench, models)
+        timings["requests"] = time.perf_counter() - t
+        write_json_atomic(root / "demo.json", {"config": to_dict(cfg), "seconds": timings})
+        _say(f"[6/6] deletion requests applied; ledger: {ledger_page}", cfg.progress)
     return report
+
+
+def _requests(cfg: DemoConfig, root: Path, bench_dir: Path, models: dict[str, Path]) -> Path:
+    """The deletion-request workflow on the target: one request per forget person, applied
+    in order with NPO, each with its evidence report; returns the ledger page."""
+    import json
+
+    from .data import Benchmark
+    from .io import write_text_atomic
+    from .ledger import Ledger, ProjectSettings, add_request, apply, init_project
+    from .ledger.evidence import ledger_html
+
+    bench = Benchmark.load(bench_dir)
+    data, project = root / "requests" / "data", root / "requests" / "project"
+    people = bench.splits[cfg.forget_split][:cfg.requests]
+    files = {"retain": bench.qa_of("all"), "holdout": bench.qa_of("holdout"),
+             **{p: [x for x in bench.qa if x.entity == p] for p in people}}
+    for name, items in files.items():
+        if not (data / f"{name}.jsonl").exists():
+            write_text_atomic(data / f"{name}.jsonl",
+                              "".join(json.dumps(x.to_json()) + "\n" for x in items))
+    if not project.exists():  # the oracle never saw any forget person: a valid oracle here
+        init_project(project, ProjectSettings(
+            base=str(models["target"]), retain=str(data / "retain.jsonl"),
+            holdout=str(data / "holdout.jsonl"), oracle=str(models["oracle"]),
+            audits=["rephrase", "quantization", "relearning"]))
+    with Ledger.open(project) as ledger:
+        known = {r.subject for r in ledger.requests()}
+    for person in people:
+        if f"person {person}" not in known:
+            add_request(project, f"person {person}", str(data / f"{person}.jsonl"), method="npo")
+    apply(project, apply_all=True, progress=cfg.progress)
+    with Ledger.open(project) as ledger:
+        return write_text_atomic(project / "ledger.html", ledger_html(ledger))
 
 
 def _audits(cfg: DemoConfig, root: Path, bench: Path, models: dict[str, Path],
