@@ -136,6 +136,18 @@ def main() -> None:
               f"{_f(b[(1, 0)]['model_utility'])}); sequential forget quality per request at the "
               f"end: {', '.join(_f(x) for x in fq_seq)}.", "",
               "| ratio | value |", "|---|---|"] + [f"| {k} | {v:.2f} |" for k, v in ratios]
+    lines += ["", "## Utility components at the last version", "",
+              "The retain set is trained on by the method's retain term; the world facts are "
+              "not (general knowledge the model must keep without help).", "",
+              "| run | model utility | retain prob | retain ROUGE-L | world-facts prob | "
+              "world-facts ROUGE-L |", "|---|---|---|---|---|---|"]
+    last = {"base": (m, 0), "sequential": (m, n), "batch": (b, 1),
+            "sequential, full step budget": (full, n)}
+    for name, (meas, v) in last.items():
+        u = meas[(v, 0)]
+        lines.append(f"| {name} | " + " | ".join(_f(u[k]) for k in (
+            "model_utility", "retain_prob", "retain_rougeL_recall", "world_facts_prob",
+            "world_facts_rougeL_recall")) + " |")
     lines += ["", "Full step budget: the same requests with `stop_at_holdout=false` (each runs all "
               "its steps instead of stopping once the forget items are as likely as never-seen "
               "ones). Forget quality per request at its last version: "

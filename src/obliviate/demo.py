@@ -130,6 +130,7 @@ def _requests(cfg: DemoConfig, root: Path, bench_dir: Path, models: dict[str, Pa
     data, project = root / "requests" / "data", root / "requests" / "project"
     people = bench.splits[cfg.forget_split][:cfg.requests]
     files = {"retain": bench.qa_of("all"), "holdout": bench.qa_of("holdout"),
+             "world_facts": bench.world_facts,
              **{p: [x for x in bench.qa if x.entity == p] for p in people}}
     for name, items in files.items():
         if not (data / f"{name}.jsonl").exists():
@@ -139,6 +140,7 @@ def _requests(cfg: DemoConfig, root: Path, bench_dir: Path, models: dict[str, Pa
         init_project(project, ProjectSettings(
             base=str(models["target"]), retain=str(data / "retain.jsonl"),
             holdout=str(data / "holdout.jsonl"), oracle=str(models["oracle"]),
+            utility=[str(data / "world_facts.jsonl")],
             audits=["rephrase", "quantization", "relearning"]))
     with Ledger.open(project) as ledger:
         known = {r.subject for r in ledger.requests()}
