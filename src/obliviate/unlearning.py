@@ -27,8 +27,16 @@ from .encoding import DEFAULT_TEMPLATE, Encoded, encode
 from .errors import ObliviateError
 from .methods import Context, build, needs_of
 from .methods.base import cache_seq_nll, hook, mean_answer_prob
-from .models import load_model, save_model
-from .train import OptimConfig, make_loader, set_seed, train
+from .models import load_model, save_model, save_on_main
+from .train import (
+    Checkpointing,
+    OptimConfig,
+    checkpoint_dir,
+    fingerprint,
+    make_loader,
+    set_seed,
+    train,
+)
 
 # Adapters start at zero and see a low-rank slice of each update: the usual LoRA learning rate
 # is several times the full-weight one, so a method's default is scaled by this under LoRA.
@@ -193,6 +201,15 @@ class RetainGuard:
         self._keep()
         return self.stopped_at is not None
 
+    def state_dict(self) -> dict[str, Any]:
+        """What a resumed run needs (the start values are re-measured identically)."""
+        return {"last": self.last, "forget_last": self.forget_last, "stopped_at": self.stopped_at,
+                "good_step": self.good_step, "good": self.good}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for key, value in state.items():
+            setattr(self, key, value)
+
     @torch.no_grad()
     def restore(self) -> bool:
         if self.good is None:
@@ -271,12 +288,24 @@ def unlearn_examples(cfg: UnlearnConfig, forget: list[Example], retain: list[Exa
     if forget_stop is None:
         forget_stop = getattr(method, "forget_stop", 0.0)
     guard = RetainGuard(model, ctx, cfg.guard, forget_stop)
+    ckpt = None
+    if optim.checkpoint_every > 0:  # resumable: the guard's and the method's state go along
+        def get_state() -> dict[str, Any]:
+            return {"guard": guard.state_dict(), "method": dict(ctx.state)}
+
+        def set_state(state: dict[str, Any]) -> None:
+            guard.load_state_dict(state["guard"])
+            ctx.state.update(state["method"])
+
+        ckpt = Checkpointing(checkpoint_dir(out), optim.checkpoint_every,
+                             fingerprint(to_dict(cfg), list(ctx.items.values())), get_state, set_state)
     start = time.perf_counter()
     try:
         logs = train(model, lambda m, b: method.loss(m, b, ctx), streams, optim,
                      desc=f"unlearn {cfg.method}", progress=progress,
                      on_step=lambda step, _: guard.check(step),
-                     after_backward=_mask_gradients(ctx.grad_masks) if ctx.grad_masks else None)
+                     after_backward=_mask_gradients(ctx.grad_masks) if ctx.grad_masks else None,
+                     checkpoint=ckpt)
     except ObliviateError as exc:
         raise ObliviateError(f"{exc}{_save_last_good(model, tok, cfg, out, guard, str(exc))}") from None
     hook(method, "finish", model, ctx)
@@ -288,7 +317,8 @@ def unlearn_examples(cfg: UnlearnConfig, forget: list[Example], retain: list[Exa
             "retain_prob": {"start": guard.start, "end": guard.last},
             "forget_prob_probe": {"start": guard.forget_start, "end": guard.forget_last},
             "steps_run": guard.stopped_at or optim.steps}
-    return save_model(_finalise(model, cfg.lora.enabled), tok, out, prov, inputs=(cfg.model,))
+    return save_on_main(_finalise(model, cfg.lora.enabled), tok, out, prov, (cfg.model,),
+                        checkpoint_dir(out) if ckpt else None)
 
 
 def _save_last_good(model, tok, cfg: UnlearnConfig, out: Path, guard: RetainGuard, reason: str) -> str:

@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
+from ..encoding import resolve_template
 from .base import AUDITS, AuditData, escape, knowledge
 
 UNSEEN_TEMPLATES = ("Q: {question}\nA: ", "{question} ", "Tell me: {question}\n")
@@ -42,9 +43,10 @@ class FewShot:
     paper: ClassVar[str] = "Lynch et al. 2024; Li et al. 2024 (WMDP) on few-shot recovery"
 
     def run(self, model, tokenizer, data: AuditData) -> dict[str, float]:
-        demos = "".join(data.template.format(question=ex.question) + ex.answer + "\n\n"
+        template = resolve_template(tokenizer, data.template)
+        demos = "".join(template.format(question=ex.question) + ex.answer + "\n\n"
                         for ex in data.retain[:self.shots])
-        value = knowledge(model, tokenizer, data.forget, escape(demos) + data.template)
+        value = knowledge(model, tokenizer, data.forget, escape(demos) + template)
         return {f"{self.shots}_shot": value, "score": value}
 
 
@@ -64,9 +66,10 @@ class InContext:
         for ex in data.forget:
             by_entity.setdefault(ex.entity, []).append(ex.answer)
         values = []
+        template = resolve_template(tokenizer, data.template)
         for ex in data.forget:
             others = [a for a in by_entity[ex.entity] if a != ex.answer][:self.facts]
             context = escape(" ".join(others)) + "\n" if others else ""
-            values.append(knowledge(model, tokenizer, [ex], context + data.template))
+            values.append(knowledge(model, tokenizer, [ex], context + template))
         value = sum(values) / len(values)
         return {"reminded": value, "score": value}

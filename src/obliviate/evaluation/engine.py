@@ -8,13 +8,14 @@ interface (`model(input_ids=, attention_mask=).logits`).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from ..data.examples import Example
-from ..encoding import DEFAULT_TEMPLATE, IGNORE, Encoded, collate, encode, prompt_text
+from ..encoding import DEFAULT_TEMPLATE, IGNORE, Encoded, bos_ids, collate, encode, prompt_text
 
 
 @dataclass
@@ -84,6 +85,28 @@ def extraction_strength(correct: np.ndarray) -> float:
     return 1.0 - k / n
 
 
+def _data_parallel(items: list[Encoded], work: Callable[[list[Encoded]], list]) -> list:
+    """`work` on this process's share of `items`, results gathered in item order on every
+    process. Under `accelerate launch` the items are dealt out by length (rank r takes every
+    N-th of the length-sorted items), so each process pads as little as one process would;
+    alone, it is `work(items)`."""
+    from ..parallel import process_state
+
+    state = process_state()
+    if state.num_processes == 1:
+        return work(items)
+    from accelerate.utils import gather_object
+
+    order = sorted(range(len(items)), key=lambda i: len(items[i].input_ids))
+    mine = order[state.process_index::state.num_processes]
+    local = work([items[i] for i in mine]) if mine else []
+    out: list = [None] * len(items)
+    for idx, results in gather_object([(mine, local)]):
+        for i, r in zip(idx, results, strict=True):
+            out[i] = r
+    return out
+
+
 class Engine:
     """Scores and generates for one model; results are cached by (dataset name, variant)."""
 
@@ -118,8 +141,11 @@ class Engine:
                 )
         return {v: self._stats[(name, v)] for v in variants}
 
+    def _score(self, items: list[Encoded]) -> list[tuple]:
+        return _data_parallel(items, self._score_local)
+
     @torch.no_grad()
-    def _score(self, items: list[Encoded]) -> list[tuple[float, int, float, float, np.ndarray]]:
+    def _score_local(self, items: list[Encoded]) -> list[tuple[float, int, float, float, np.ndarray]]:
         order = sorted(range(len(items)), key=lambda i: len(items[i].input_ids))
         out: list = [None] * len(items)
         pad = self.tokenizer.pad_token_id
@@ -143,7 +169,8 @@ class Engine:
 
     def generate(self, name: str, examples: list[Example], max_new_tokens: int = 48) -> list[str]:
         """Greedy, batched, left-padded continuations of each item's prompt (cached)."""
-        prompts = [prompt_text(ex.question, self.template) if not ex.is_text else "" for ex in examples]
+        prompts = [prompt_text(ex.question, self.template, self.tokenizer) if not ex.is_text else ""
+                   for ex in examples]
         return self.complete(name, prompts, max_new_tokens)
 
     @torch.no_grad()
@@ -153,11 +180,17 @@ class Engine:
         if key in self._gens:
             return self._gens[key]
         tok = self.tokenizer
-        bos = [tok.bos_token_id] if tok.bos_token_id is not None else []
         encoded = []
         for i, p in enumerate(prompts):
-            ids = bos + tok.encode(p, add_special_tokens=False)
+            ids = bos_ids(tok, p) + tok.encode(p, add_special_tokens=False)
             encoded.append(Encoded(ids, [-100] * len(ids), i))
+        texts = _data_parallel(encoded, lambda part: self._complete_local(part, max_new_tokens))
+        self._gens[key] = texts
+        return texts
+
+    @torch.no_grad()
+    def _complete_local(self, encoded: list[Encoded], max_new_tokens: int) -> list[str]:
+        tok = self.tokenizer
         order = sorted(range(len(encoded)), key=lambda i: len(encoded[i].input_ids))
         texts: list[str] = [""] * len(encoded)
         for start in range(0, len(order), self.batch_size):
@@ -175,5 +208,4 @@ class Engine:
             new = gen[:, ids.shape[1]:]
             for row, i in enumerate(idx):
                 texts[i] = tok.decode(new[row], skip_special_tokens=True).strip()
-        self._gens[key] = texts
         return texts

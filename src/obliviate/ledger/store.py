@@ -123,11 +123,14 @@ def file_sha256(path: Path, chunk: int = 1 << 22) -> str:
     return h.hexdigest()
 
 
-def weights_sha256(model_dir: Path) -> str:
-    """SHA-256 over a model folder's safetensors files (name and content, in name order)."""
-    files = sorted(Path(model_dir).glob("*.safetensors"))
+def weights_sha256(model: Path) -> str:
+    """SHA-256 over a model's weight files (name and content, in name order): a folder's
+    safetensors (or GGUF) files, or one .gguf file."""
+    model = Path(model)
+    files = ([model] if model.is_file() else
+             sorted(model.glob("*.safetensors")) or sorted(model.glob("*.gguf")))
     if not files:
-        raise ObliviateError(f"{model_dir}: no *.safetensors weights")
+        raise ObliviateError(f"{model}: no *.safetensors or *.gguf weights")
     h = hashlib.sha256()
     for f in files:
         h.update(f.name.encode() + b"\0" + file_sha256(f).encode())
@@ -417,7 +420,7 @@ class Ledger:
                 problems.append(f"request {r.id} is {r.status} with version {r.version_id}")
         for v in self.versions():
             path = self.model_path(v)
-            if not path.is_dir():
+            if not path.exists():
                 problems.append(f"version {v.id}: {path} is missing")
             elif v.id > 0 and not (path.parent / "manifest.json").is_file():
                 problems.append(f"version {v.id}: no manifest beside {path}")

@@ -81,10 +81,15 @@ def init_project(root: str | Path, settings: ProjectSettings) -> Path:
     root = Path(root)
     if not settings.base:
         raise ObliviateError("a project needs its base model: --model DIR")
-    base = Path(settings.base).expanduser()
-    if not base.is_dir():
-        raise ObliviateError(f"base model not found: {base} (a local folder with safetensors weights)")
-    ensure_not_inside(root, base, "model")
+    from ..models import resolve_source
+
+    folder, gguf = resolve_source(Path(settings.base).expanduser() if settings.base != "smollm2"
+                                  else settings.base)
+    if not Path(folder).is_dir():
+        raise ObliviateError(f"base model not found: {settings.base} (a local folder with "
+                             "safetensors weights, or a GGUF file)")
+    base = Path(folder) / gguf if gguf else Path(folder)
+    ensure_not_inside(root, base if base.is_dir() else base.parent, "model")
     for name in settings.audits:
         AUDITS.get(name)  # unknown audits fail here, with a suggestion
     for path in [settings.retain, settings.holdout, *settings.utility]:
@@ -92,7 +97,7 @@ def init_project(root: str | Path, settings: ProjectSettings) -> Path:
             raise ObliviateError(f"{path} holds no items")
     if settings.oracle and not Path(settings.oracle).is_dir():
         raise ObliviateError(f"oracle model not found: {settings.oracle}")
-    resolved = ProjectSettings(**{**to_dict(settings), "base": _abs(settings.base),
+    resolved = ProjectSettings(**{**to_dict(settings), "base": _abs(str(base)),
                                   "retain": _abs(settings.retain), "holdout": _abs(settings.holdout),
                                   "utility": [_abs(u) for u in settings.utility],
                                   "oracle": _abs(settings.oracle)})
@@ -304,7 +309,7 @@ def _build_version(ledger: Ledger, req: Request, parent: Version, stage: Path,
     every file of the version folder, the manifest last. Returns what the ledger records."""
     settings = project_settings(ledger)
     parent_dir = ledger.model_path(parent)
-    if not parent_dir.is_dir() or weights_sha256(parent_dir) != parent.weights_sha256:
+    if not parent_dir.exists() or weights_sha256(parent_dir) != parent.weights_sha256:
         raise ObliviateError(f"version {parent.id} ({parent_dir}) is missing or its weights "
                              "changed since it was recorded; restore it before applying")
     forget = verified_forget(ledger, req)

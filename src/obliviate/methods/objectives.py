@@ -5,12 +5,50 @@ Shapes: logits [batch, seq, vocab]; labels [batch, seq] with -100 where no loss 
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
 
 from ..encoding import IGNORE
+
+# Under data parallelism each process holds a shard of the batch and DDP averages gradients
+# over the N processes. A mean over a shard's own tokens would then weight shards equally,
+# not tokens; dividing each shard's sum by (global count / N) instead makes the average of the
+# N gradients exactly the gradient of the whole batch's mean, as on one process (the same
+# normalisation as transformers' num_items_in_batch). Set by the training loop only, around
+# the loss call, where every process calls the same functions in the same order.
+_WORLD = 1
+
+
+@contextlib.contextmanager
+def data_parallel(world_size: int) -> Iterator[None]:
+    global _WORLD
+    previous, _WORLD = _WORLD, world_size
+    try:
+        yield
+    finally:
+        _WORLD = previous
+
+
+def _count(count: torch.Tensor | int, device: torch.device) -> torch.Tensor:
+    count = torch.as_tensor(count, dtype=torch.float32, device=device)
+    if _WORLD > 1:
+        import torch.distributed as dist
+
+        count = count.detach().clone()
+        dist.all_reduce(count)  # the global count, summed over processes
+        count = count / _WORLD
+    return count.clamp(min=1e-12)
+
+
+def dp_mean(values: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean of `values` (over `mask` where given), global over data-parallel shards."""
+    if mask is None:
+        return values.sum() / _count(values.numel(), values.device)
+    return (values * mask).sum() / _count(mask.sum(), values.device)
 
 
 def token_logprobs(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -34,8 +72,10 @@ def sequence_nll(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tens
 
 def mean_nll(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Token-averaged NLL over the whole batch: the standard LM loss (scalar)."""
-    return F.cross_entropy(logits[:, :-1, :].reshape(-1, logits.size(-1)).float(),
-                           labels[:, 1:].reshape(-1), ignore_index=IGNORE)
+    target = labels[:, 1:].reshape(-1)
+    nll = F.cross_entropy(logits[:, :-1, :].reshape(-1, logits.size(-1)).float(), target,
+                          ignore_index=IGNORE, reduction="sum")
+    return nll / _count((target != IGNORE).sum(), nll.device)
 
 
 def gradient_ascent(forget_nll: torch.Tensor) -> torch.Tensor:
@@ -57,7 +97,7 @@ def npo(seq_nll: torch.Tensor, ref_seq_nll: torch.Tensor, beta: float) -> torch.
     with nll the summed sequence NLL. At nll_theta = nll_ref the loss is (2/beta) log 2, and
     it falls towards 0 as the model's likelihood of the forget answer drops below ref's.
     """
-    return -(2.0 / beta) * F.logsigmoid(beta * (seq_nll - ref_seq_nll)).mean()
+    return -(2.0 / beta) * dp_mean(F.logsigmoid(beta * (seq_nll - ref_seq_nll)))
 
 
 # ---------------------------------------------------------------------------- token-level helpers
@@ -78,7 +118,7 @@ def kl_to_reference(logits: torch.Tensor, ref_logits: torch.Tensor, mask: torch.
     logp = torch.log_softmax(logits.float(), dim=-1)
     ref_logp = torch.log_softmax(ref_logits.float(), dim=-1)
     kl = (ref_logp.exp() * (ref_logp - logp)).sum(-1)
-    return (kl * mask).sum() / mask.sum().clamp(min=1)
+    return dp_mean(kl, mask)
 
 
 # ---------------------------------------------------------------------------- sequence-level losses
@@ -86,7 +126,7 @@ def simnpo(seq_nll: torch.Tensor, lengths: torch.Tensor, beta: float, gamma: flo
     """SimNPO (Fan et al. 2024, "Simplicity Prevails: Rethinking Negative Preference Optimization
     for LLM Unlearning"), eq. 4: NPO with the reference replaced by a length-normalised margin,
     L = -(2/beta) * mean log sigmoid(beta * nll_seq / |y| - gamma). Reference-free."""
-    return -(2.0 / beta) * F.logsigmoid(beta * seq_nll / lengths.clamp(min=1) - gamma).mean()
+    return -(2.0 / beta) * dp_mean(F.logsigmoid(beta * seq_nll / lengths.clamp(min=1) - gamma))
 
 
 def dpo(win_nll: torch.Tensor, lose_nll: torch.Tensor, ref_win_nll: torch.Tensor,
@@ -95,14 +135,14 @@ def dpo(win_nll: torch.Tensor, lose_nll: torch.Tensor, ref_win_nll: torch.Tensor
     L = -(2/beta) * mean log sigmoid(beta * [(ref_win - win) - (ref_lose - lose)])
     with nll summed sequence NLLs; the preferred ("win") answer is the refusal."""
     margin = (ref_win_nll - win_nll) - (ref_lose_nll - lose_nll)
-    return -(2.0 / beta) * F.logsigmoid(beta * margin).mean()
+    return -(2.0 / beta) * dp_mean(F.logsigmoid(beta * margin))
 
 
 # ---------------------------------------------------------------------------- token-reweighted ascent
 def weighted_ascent(logp: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """Mean of weight * log p over labelled tokens [n_tokens]: minimising it is gradient ascent
     on the NLL with each token's step scaled by a (detached) weight."""
-    return (weight.detach() * logp).mean()
+    return dp_mean(weight.detach() * logp)
 
 
 def wga_weights(logp: torch.Tensor, beta: float) -> torch.Tensor:
@@ -129,7 +169,7 @@ def undial(logits: torch.Tensor, ref_logits: torch.Tensor, targets: torch.Tensor
     adjusted = ref_logits.float().scatter_add(
         -1, targets.unsqueeze(-1), torch.full_like(targets, -strength, dtype=torch.float).unsqueeze(-1))
     soft = torch.softmax(adjusted, dim=-1)
-    return -(soft * torch.log_softmax(logits.float(), dim=-1)).sum(-1).mean()
+    return -dp_mean((soft * torch.log_softmax(logits.float(), dim=-1)).sum(-1))
 
 
 def cross_entropy_unlearning(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -140,7 +180,7 @@ def cross_entropy_unlearning(logits: torch.Tensor, targets: torch.Tensor) -> tor
     q_logits = logits.detach().float().scatter(-1, targets.unsqueeze(-1), float("-inf"))
     q = torch.softmax(q_logits, dim=-1)
     logp = torch.log_softmax(logits.float(), dim=-1)
-    return -(q * logp.masked_fill(q == 0, 0.0)).sum(-1).mean()
+    return -dp_mean((q * logp.masked_fill(q == 0, 0.0)).sum(-1))
 
 
 def logit_flatness(logits: torch.Tensor) -> torch.Tensor:
@@ -148,7 +188,7 @@ def logit_flatness(logits: torch.Tensor) -> torch.Tensor:
     Framework for Large Language Models"): mean over tokens of (max logit - mean logit)^2, zero
     exactly when the next-token distribution is uniform. logits [n_tokens, vocab]."""
     lf = logits.float()
-    return ((lf.max(-1).values - lf.mean(-1)) ** 2).mean()
+    return dp_mean((lf.max(-1).values - lf.mean(-1)) ** 2)
 
 
 def dual_ascent(lam: float, constraint: float, step: float) -> float:
@@ -175,7 +215,7 @@ def flat(good_score: torch.Tensor, bad_score: torch.Tensor, divergence: str = "k
     if divergence not in F_DIVERGENCES:
         raise ValueError(f"unknown divergence '{divergence}' (one of {sorted(F_DIVERGENCES)})")
     act, conj = F_DIVERGENCES[divergence]
-    return -act(good_score).mean() + conj(act(bad_score)).mean()
+    return -dp_mean(act(good_score)) + dp_mean(conj(act(bad_score)))
 
 
 def mean_token_prob(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -190,13 +230,13 @@ def rmu_forget(hidden: torch.Tensor, control: torch.Tensor, mask: torch.Tensor) 
     layer's hidden states [batch, seq, d] to the scaled random control vector c*u [d], over
     `mask` [batch, seq]."""
     sq = ((hidden.float() - control.float()) ** 2).mean(-1)
-    return (sq * mask).sum() / mask.sum().clamp(min=1)
+    return dp_mean(sq, mask)
 
 
 def rmu_retain(hidden: torch.Tensor, ref_hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """RMU retain term: mean squared distance to the reference model's hidden states."""
     sq = ((hidden.float() - ref_hidden.float()) ** 2).mean(-1)
-    return (sq * mask).sum() / mask.sum().clamp(min=1)
+    return dp_mean(sq, mask)
 
 
 # ---------------------------------------------------------------------------- parameters

