@@ -44,7 +44,7 @@ def test_finetune_resumes_from_its_checkpoint_with_the_same_result(memorised, tm
 
     cfg = ob.FinetuneConfig(benchmark=str(memorised / "bench"), tiny=TINY, epochs=3,
                             optim=OptimConfig(lr=3e-3, batch_size=32, checkpoint_every=5))
-    whole = ob.finetune(cfg, tmp_path / "whole", progress=False)  # 15 steps, uninterrupted
+    whole = ob.finetune(cfg, tmp_path / "whole", progress=False)  # uninterrupted
     assert not (tmp_path / "whole.ckpt").exists()  # removed once the output is saved
 
     with monkeypatch.context() as m:
@@ -209,3 +209,32 @@ def test_accelerate_configs_parse_as_documented():
     assert fsdp.fsdp_config["fsdp_transformer_layer_cls_to_wrap"] == "LlamaDecoderLayer"
     assert zero3.distributed_type == DistributedType.DEEPSPEED
     assert zero3.deepspeed_config["zero_stage"] == 3 and zero3.deepspeed_config["zero3_save_16bit_model"]
+
+
+def test_partial_backward_gives_the_gradient_of_the_whole_loss():
+    """A loss a + b with `a` backpropagated early (its graph freed before b is computed) leaves
+    the same gradient as backpropagating a + b at once; outside a step nothing is done early."""
+    from obliviate.train import _BACKWARD, partial_backward
+
+    torch.manual_seed(0)
+    w = torch.randn(4, 3, requires_grad=True)
+    x1, x2 = torch.randn(5, 4), torch.randn(7, 4)
+
+    def terms():
+        return (x1 @ w).tanh().pow(2).mean(), 3.0 * (x2 @ w).sigmoid().sum()
+
+    a, b = terms()
+    (a + b).backward()
+    whole = w.grad.clone()
+    w.grad = None
+    token = _BACKWARD.set(lambda t: t.backward())
+    try:
+        a = partial_backward(terms()[0])
+        assert not a.requires_grad and w.grad is not None  # done at once
+        total = a + terms()[1]
+    finally:
+        _BACKWARD.reset(token)
+    total.backward()
+    assert torch.allclose(w.grad, whole, atol=1e-6)
+    outside = terms()[0]
+    assert partial_backward(outside) is outside

@@ -14,6 +14,7 @@ saved every k steps; a resumed run continues exactly where the saved one was.
 
 from __future__ import annotations
 
+import contextvars
 import json
 import math
 import random
@@ -209,6 +210,24 @@ def _update_curvature(model, optimizer, batch: dict[str, torch.Tensor], accelera
     optimizer.zero_grad(set_to_none=True)
 
 
+# The backward of the step in progress (None outside a training step): lets a loss with two
+# batches backpropagate its first term before computing the second, so only one batch's
+# activations are held at a time (NPO + retain term peaks like GA, not like two batches).
+_BACKWARD: contextvars.ContextVar[Callable[[torch.Tensor], None] | None] = contextvars.ContextVar(
+    "obliviate_backward", default=None)
+
+
+def partial_backward(term: torch.Tensor) -> torch.Tensor:
+    """Backpropagate `term` (one summand of the step's loss) now and return it detached: the
+    gradient of the step is unchanged (gradients add up), its graph is freed at once. Outside
+    a training step it returns `term` as it is."""
+    backward = _BACKWARD.get()
+    if backward is None or not term.requires_grad:
+        return term
+    backward(term)
+    return term.detach()
+
+
 def accelerator_for_training():
     """One Accelerator per run: CPU when there is no GPU; under `accelerate launch` the
     launcher's settings (processes, DDP / FSDP / DeepSpeed). Batches are split across processes
@@ -271,8 +290,12 @@ def train(model, loss_fn: LossFn, loaders: dict[str, DataLoader], cfg: OptimConf
             batches = {n: next(s) for n, s in streams.items()}
             if cfg.optimizer == "sophia" and step % cfg.hessian_every == 0:
                 _update_curvature(model, optimizer, next(iter(batches.values())), accelerator)
-            with data_parallel(world):
-                loss, info = loss_fn(model, batches)
+            token = _BACKWARD.set(accelerator.backward)
+            try:
+                with data_parallel(world):
+                    loss, info = loss_fn(model, batches)
+            finally:
+                _BACKWARD.reset(token)
             # each process holds its shard's part; their mean is the whole batch's loss, and
             # every process must take the same decision on it
             seen = accelerator.reduce(loss.detach(), reduction="mean") if world > 1 else loss.detach()

@@ -5,6 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
+import torch
+
+from ..train import partial_backward
 from .base import METHODS, Context, batch_nll, check_retain_kind, retain_term
 from .objectives import grad_diff
 
@@ -30,6 +33,9 @@ class GradDiff:
 
     def loss(self, model, batches, ctx: Context):
         forget = batch_nll(model, batches["forget"])
+        # the forget summand of grad_diff, backpropagated before the retain batch runs
+        ascent = partial_backward(grad_diff(forget, torch.zeros((), device=forget.device),
+                                            self.alpha, self.gamma))
         retain = retain_term(model, batches["retain"], self.retain_loss, ctx)
-        loss = grad_diff(forget, retain, self.alpha, self.gamma)
+        loss = ascent + self.alpha * retain
         return loss, {"forget_nll": float(forget.detach()), "retain": float(retain.detach())}

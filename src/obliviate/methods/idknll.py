@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
+from ..train import partial_backward
 from .base import METHODS, Context, batch_nll, check_retain_kind, retain_term
 
 
@@ -25,7 +26,7 @@ class IdkNLL:
         check_retain_kind(self.retain_loss)
 
     def loss(self, model, batches, ctx: Context):
-        idk = batch_nll(model, ctx.pair("idk", batches["forget"]))
+        idk = partial_backward(batch_nll(model, ctx.pair("idk", batches["forget"])))
         retain = retain_term(model, batches["retain"], self.retain_loss, ctx)
         return idk + self.alpha * retain, {"idk_nll": float(idk.detach()),
                                            "retain": float(retain.detach())}

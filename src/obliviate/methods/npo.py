@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
+from ..train import partial_backward
 from .base import METHODS, Context, batch_seq_nll, check_retain_kind, retain_term
 from .objectives import npo
 
@@ -36,6 +37,7 @@ class NPO:
         info = {"npo": float(forget_loss.detach())}
         if self.alpha == 0:
             return forget_loss, info
+        forget_loss = partial_backward(forget_loss)  # one batch's activations at a time
         retain = retain_term(model, batches["retain"], self.retain_loss, ctx)
         info["retain"] = float(retain.detach())
         return forget_loss + self.alpha * retain, info
