@@ -56,12 +56,15 @@ def token_logprobs(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Te
 
     Returns (logp [batch, seq-1], mask [batch, seq-1]) with logp = 0 where masked.
     """
-    logits = logits[:, :-1, :]  # position t predicts token t+1
-    target = labels[:, 1:]
+    target = labels[:, 1:]  # position t predicts token t+1
     mask = target != IGNORE
-    safe = target.masked_fill(~mask, 0)
-    logp = torch.log_softmax(logits.float(), dim=-1).gather(-1, safe.unsqueeze(-1)).squeeze(-1)
-    return logp * mask, mask
+    # the vocabulary-wide log-softmax only at labelled positions ([n_labelled, vocab], not
+    # [batch, seq, vocab]): prompts are most of a QA sequence, so this is most of the memory
+    # autograd would keep for the step
+    picked = logits[:, :-1, :][mask].float()
+    lp = torch.log_softmax(picked, dim=-1).gather(-1, target[mask].unsqueeze(-1)).squeeze(-1)
+    logp = torch.zeros(mask.shape, dtype=lp.dtype, device=lp.device).masked_scatter(mask, lp)
+    return logp, mask
 
 
 def sequence_nll(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -72,10 +75,10 @@ def sequence_nll(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tens
 
 def mean_nll(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Token-averaged NLL over the whole batch: the standard LM loss (scalar)."""
-    target = labels[:, 1:].reshape(-1)
-    nll = F.cross_entropy(logits[:, :-1, :].reshape(-1, logits.size(-1)).float(), target,
-                          ignore_index=IGNORE, reduction="sum")
-    return nll / _count((target != IGNORE).sum(), nll.device)
+    target = labels[:, 1:]
+    mask = target != IGNORE  # labelled positions only, as in token_logprobs
+    nll = F.cross_entropy(logits[:, :-1, :][mask].float(), target[mask], reduction="sum")
+    return nll / _count(mask.sum(), nll.device)
 
 
 def gradient_ascent(forget_nll: torch.Tensor) -> torch.Tensor:
