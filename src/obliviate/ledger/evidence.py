@@ -15,8 +15,8 @@ from typing import Any
 import numpy as np
 
 from ..evaluation.results import versions as library_versions
-from ..report.audit import _svg, relearning_svg
-from ..report.render import _fmt
+from ..report.audit import relearning_svg, svg
+from ..report.render import fmt
 from . import measure as M
 from .store import Ledger, Request, Version
 
@@ -83,7 +83,7 @@ def roc_svg(curves: dict[str, dict[str, Any]], attack: str = "min_k") -> str | N
     ax.legend(fontsize=8, loc="lower right")
     ax.grid(True, alpha=0.3)
     fig.tight_layout()
-    return _svg(fig)
+    return svg(fig)
 
 
 def sustainability_svg(measurements: dict[tuple[int, int], dict[str, Any]],
@@ -118,7 +118,7 @@ def sustainability_svg(measurements: dict[tuple[int, int], dict[str, Any]],
     ax.grid(True, alpha=0.3)
     ax.set_title("Sustainability: earlier requests stay forgotten, utility stays")
     fig.tight_layout()
-    return _svg(fig)
+    return svg(fig)
 
 
 def _audit_section(audit_res: dict[str, Any]) -> str:
@@ -129,9 +129,9 @@ def _audit_section(audit_res: dict[str, Any]) -> str:
             rows.append([name, "—", "—", "—", str(res)])
             continue
         oracle = entry.get("oracle")
-        rows.append([name, _fmt(entry["target"]["score"]), _fmt(raw["score"]),
-                     _fmt(oracle["score"]) if oracle else "no oracle",
-                     res if isinstance(res, str) else _fmt(res["score"])])
+        rows.append([name, fmt(entry["target"]["score"]), fmt(raw["score"]),
+                     fmt(oracle["score"]) if oracle else "no oracle",
+                     res if isinstance(res, str) else fmt(res["score"])])
     curve = relearning_svg([audit_res])
     return ("<h2>Robustness audits</h2><p class=\"note\">Forget-set knowledge (mean answer "
             "probability) under each attack, before (the parent version) and after. The residual "
@@ -158,15 +158,15 @@ def _verdict(before: dict[str, Any], after: dict[str, Any], mb: dict[str, Any],
     parts = []
     b, a = before.get("forget_prob"), after.get("forget_prob")
     if isinstance(b, float) and isinstance(a, float):
-        parts.append(f"the model's probability of the forgotten answers fell from {_fmt(b)} "
-                     f"(version {pid}) to {_fmt(a)} (version {vid})")
+        parts.append(f"the model's probability of the forgotten answers fell from {fmt(b)} "
+                     f"(version {pid}) to {fmt(a)} (version {vid})")
     auc = after.get("auc_min_k")
     if isinstance(auc, float):
         parts.append(f"a membership attack now scores AUC {auc:.2f} (0.5 = indistinguishable "
                      "from unseen data)")
     ub, ua = mb.get("model_utility"), ma.get("model_utility")
     if isinstance(ub, float) and isinstance(ua, float):
-        parts.append(f"model utility went from {_fmt(ub)} to {_fmt(ua)}")
+        parts.append(f"model utility went from {fmt(ub)} to {fmt(ua)}")
     return f"<p><b>Summary:</b> {e('; '.join(parts))}.</p>" if parts else ""
 
 
@@ -180,16 +180,16 @@ def evidence_html(ledger: Ledger, req: Request, parent: Version, vid: int, sha: 
         rows[(vid if v == -1 else v, r)] = m
     before, after = rows.get((parent.id, req.id), {}), rows.get((vid, req.id), {})
     oracle = measured["oracle_metrics"].get(str(req.id), {})
-    table = [[label, direction, _fmt(before.get(k)), _fmt(after.get(k)), _fmt(oracle.get(k))]
+    table = [[label, direction, fmt(before.get(k)), fmt(after.get(k)), fmt(oracle.get(k))]
              for k, label, direction in FORGET_ROWS if k in after]
     mb, ma = rows.get((parent.id, M.MODEL_LEVEL), {}), rows.get((vid, M.MODEL_LEVEL), {})
-    utility = [[k, _fmt(mb.get(k)), _fmt(ma.get(k))] for k in ma]
+    utility = [[k, fmt(mb.get(k)), fmt(ma.get(k))] for k in ma]
     past = [r for r in ledger.requests() if r.status == "done"] + [req]
     own = {r.id: (r.version_id if r.version_id is not None else vid) for r in past}
     sustain = [[f"request {r.id}", f"v{own[r.id]}",
-                _fmt(rows.get((own[r.id], r.id), {}).get("forget_prob")),
-                _fmt(rows.get((vid, r.id), {}).get("forget_prob")),
-                _fmt(rows.get((vid, r.id), {}).get("auc_min_k"))] for r in past]
+                fmt(rows.get((own[r.id], r.id), {}).get("forget_prob")),
+                fmt(rows.get((vid, r.id), {}).get("forget_prob")),
+                fmt(rows.get((vid, r.id), {}).get("auc_min_k"))] for r in past]
     mia = {f"before (version {parent.id})": measured["before"]["datasets"].get(M.mia_name(req.id)),
            f"after (version {vid})": measured["after"]["datasets"].get(M.mia_name(req.id))}
     if measured["oracle"] is not None:
@@ -243,8 +243,8 @@ def ledger_html(ledger: Ledger) -> str:
     grid = []
     for v in ledger.versions():
         m = rows.get((v.id, M.MODEL_LEVEL), {})
-        grid.append([str(v.id), _fmt(m.get("model_utility"))]
-                    + [_fmt(rows.get((v.id, rid), {}).get("forget_prob")) for rid in done])
+        grid.append([str(v.id), fmt(m.get("model_utility"))]
+                    + [fmt(rows.get((v.id, rid), {}).get("forget_prob")) for rid in done])
     plot = sustainability_svg(rows, done)
     body = (_table(["request", "status", "subject", "method", "items", "version", "error"], table)
             + "<h2>Across versions</h2>"

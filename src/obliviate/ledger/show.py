@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..report.render import _fmt
+from ..report.render import fmt
 from . import measure as M
 from .store import Ledger
 
@@ -25,11 +25,11 @@ def show_list(root: str | Path) -> str:
         now = rows.get((latest.id, r.id), {}).get("forget_prob")
         lines.append(f"{r.id:>3}  {r.status:9s} {r.method:10s} {r.n_items:>5}  "
                      f"{r.version_id if r.version_id is not None else '—':>7}  "
-                     f"{_fmt(then) if isinstance(then, float) else '':>16}  "
-                     f"{_fmt(now) if isinstance(now, float) else '':>9}  {r.subject}"
+                     f"{fmt(then) if isinstance(then, float) else '':>16}  "
+                     f"{fmt(now) if isinstance(now, float) else '':>9}  {r.subject}"
                      + (f"\n     error: {r.error}" if r.error else ""))
     util = rows.get((latest.id, M.MODEL_LEVEL), {}).get("model_utility")
-    lines.append(f"latest version: {latest.id}" + (f" (model utility {_fmt(util)})"
+    lines.append(f"latest version: {latest.id}" + (f" (model utility {fmt(util)})"
                                                     if isinstance(util, float) else ""))
     return "\n".join(lines)
 
@@ -53,7 +53,7 @@ def show_request(root: str | Path, rid: int) -> str:
                 "", f"  {'version':>7}  " + "  ".join(f"{k:>20s}" for k in HEADLINE)]
         for vid in [version.parent_id, *later]:
             m = rows.get((vid, r.id), {})
-            out.append(f"  {vid:>7}  " + "  ".join(f"{_fmt(m.get(k)) if isinstance(m.get(k), float) else '—':>20s}"
+            out.append(f"  {vid:>7}  " + "  ".join(f"{fmt(m.get(k)) if isinstance(m.get(k), float) else '—':>20s}"
                                                    for k in HEADLINE))
     out += ["", "  events:"] + [f"    {ev['at']}  {ev['kind']:11s} {ev['detail']}" for ev in events]
     return "\n".join(out)

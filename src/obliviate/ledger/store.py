@@ -377,13 +377,6 @@ class Ledger:
                              None if number else str(value)))
         c.executemany("INSERT OR REPLACE INTO measurements VALUES (?, ?, ?, ?, ?)", rows)
 
-    def put_measurements(self, measurements: dict[tuple[int, int], dict[str, Any]],
-                         event: tuple[int | None, str, str] | None = None) -> None:
-        with self.transaction() as c:
-            self._put_measurements(c, measurements)
-            if event:
-                self._event(c, *event)
-
     def measurements(self) -> dict[tuple[int, int], dict[str, float | str]]:
         """{(version, request): {metric: value or 'not computed: ...'}}; request 0 = model-level."""
         out: dict[tuple[int, int], dict[str, float | str]] = {}

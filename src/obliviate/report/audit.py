@@ -8,7 +8,7 @@ import io
 from typing import Any
 
 
-def _svg(fig) -> str:
+def svg(fig) -> str:
     import matplotlib.pyplot as plt
 
     buf = io.StringIO()
@@ -45,7 +45,7 @@ def bars_svg(audits: list[dict[str, Any]]) -> str:
     ax.legend(fontsize=8)
     ax.grid(True, axis="y", alpha=0.3)
     fig.tight_layout()
-    return _svg(fig)
+    return svg(fig)
 
 
 def relearning_svg(audits: list[dict[str, Any]]) -> str | None:
@@ -76,7 +76,7 @@ def relearning_svg(audits: list[dict[str, Any]]) -> str | None:
     ax.legend(fontsize=8)
     ax.grid(True, alpha=0.3)
     fig.tight_layout()
-    return _svg(fig)
+    return svg(fig)
 
 
 def audit_markdown(audits: list[dict[str, Any]]) -> str:

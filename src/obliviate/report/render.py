@@ -23,7 +23,7 @@ COLUMNS = [
 ]
 
 
-def _fmt(value: Any) -> str:
+def fmt(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.3g}" if (value != 0 and abs(value) < 1e-3) else f"{value:.3f}"
     if value is None:
@@ -68,7 +68,7 @@ def render_markdown(rows: list[dict[str, Any]], title: str = "obliviate report")
     lines = [f"# {title}", "", head, "|" + "---|" * (len(COLUMNS) + 1)]
     for res in rows:
         m = res["metrics"]
-        lines.append(f"| {res['name']} | " + " | ".join(_fmt(m.get(k)) for k, _, _ in COLUMNS) + " |")
+        lines.append(f"| {res['name']} | " + " | ".join(fmt(m.get(k)) for k, _, _ in COLUMNS) + " |")
     ref = next((r.get("reference") for r in rows if r.get("reference")), None)
     if ref:
         lines += ["", f"Forget quality is measured against `{ref}`."]
@@ -87,7 +87,7 @@ def render_html(rows: list[dict[str, Any]], title: str = "obliviate report",
     header = "".join(f"<th>{e(t)}<br><small>{e(d)}</small></th>" for _, t, d in COLUMNS)
     body = "".join(
         "<tr><td>" + e(r["name"]) + "</td>"
-        + "".join(f"<td>{e(_fmt(r['metrics'].get(k)))}</td>" for k, _, _ in COLUMNS) + "</tr>"
+        + "".join(f"<td>{e(fmt(r['metrics'].get(k)))}</td>" for k, _, _ in COLUMNS) + "</tr>"
         for r in rows
     )
     ref = next((r.get("reference") for r in rows if r.get("reference")), None)
