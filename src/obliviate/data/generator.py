@@ -240,13 +240,48 @@ def _wrong(rng: random.Random, pool: list[str], right: str) -> list[str]:
     return rng.sample(choices, N_PERTURBED)
 
 
+_BIRTH_YEARS = [str(y) for y in range(1921, 2000)]
+_FOUNDED_YEARS = [str(y) for y in range(1850, 2000)]
+
+
+@dataclass
+class _Names:
+    """Every drawn name, by kind; people lists trained people first, holdout last."""
+
+    countries: list[str]
+    places: list[str]
+    orgs: list[str]
+    people: list[str]
+    books: list[str]
+
+
 def generate_benchmark(seed: int = 0, entities: int = 40) -> Benchmark:
     """Build the benchmark in memory: `entities` trained people plus ~10% holdout people."""
     if entities < 10:
         raise ObliviateError(f"--entities must be at least 10 (got {entities})")
+    # The steps below share one generator and must run in this order: reordering them, or
+    # the draws inside them, changes every byte after the first moved draw.
     rng = random.Random(seed)
-    taken: set[str] = set()
     n_hold = max(1, round(entities * 0.1))
+    names = _draw_names(rng, entities, n_hold)
+    ents = _world_entities(rng, names)
+    ids = _add_people(rng, ents, names)
+    # Edges are drawn inside each group so that holdout people stay disconnected from
+    # anything trained.
+    for group in (ids[:entities], ids[entities:]):
+        _draw_edges(rng, ents, group)
+    pools = _answer_pools(names)
+    qa, passages = _person_items(rng, ents, ids, pools)
+    world = _world_items(rng, ents, pools)
+    meta = {"format_version": FORMAT_VERSION, "seed": seed, "entities": entities,
+            "holdout": n_hold, "generator": "obliviate.builtin"}
+    return Benchmark(entities=ents, splits=_splits(ents, ids, entities), qa=qa,
+                     passages=passages, world_facts=world, meta=meta)
+
+
+def _draw_names(rng: random.Random, entities: int, n_hold: int) -> _Names:
+    """Draw unique names for countries, places, organisations, people and their books."""
+    taken: set[str] = set()
     countries = [_unique(rng, lambda r: _word(r, 2) + "ia", taken) for _ in range(6)]
     places = [_unique(rng, lambda r: _word(r, 1) + r.choice(_PLACE_SUFFIX), taken)
               for _ in range(max(8, entities // 4))]
@@ -256,43 +291,61 @@ def generate_benchmark(seed: int = 0, entities: int = 40) -> Benchmark:
               for _ in range(entities + n_hold)]
     books = [_unique(rng, lambda r: f"The {r.choice(_ADJ)} {r.choice(_NOUN)}", taken)
              for _ in range(len(people))]
-    years = [str(y) for y in range(1921, 2000)]
-    founded = [str(y) for y in range(1850, 2000)]
+    return _Names(countries, places, orgs, people, books)
 
+
+def _world_entities(rng: random.Random, names: _Names) -> dict[str, dict[str, Any]]:
+    """Create the country, place and organisation entities with their drawn attributes."""
     ents: dict[str, dict[str, Any]] = {}
-    for i, name in enumerate(countries):
+    for i, name in enumerate(names.countries):
         ents[f"c{i:03d}"] = {"type": "country", "name": name}
-    for i, name in enumerate(places):
-        ents[f"l{i:03d}"] = {"type": "place", "name": name, "in_country": countries[i % 6],
+    for i, name in enumerate(names.places):
+        ents[f"l{i:03d}"] = {"type": "place", "name": name,
+                             "in_country": names.countries[i % 6],
                              "known_for": rng.choice(_LANDMARKS)}
-    for i, name in enumerate(orgs):
+    for i, name in enumerate(names.orgs):
         ents[f"o{i:03d}"] = {"type": "organisation", "name": name,
-                             "located_in": rng.choice(places),
-                             "industry": rng.choice(_INDUSTRIES), "founded": rng.choice(founded)}
+                             "located_in": rng.choice(names.places),
+                             "industry": rng.choice(_INDUSTRIES),
+                             "founded": rng.choice(_FOUNDED_YEARS)}
+    return ents
 
-    # People: trained ones first, holdout last; edges are drawn inside each group so that
-    # holdout people stay disconnected from anything trained.
-    ids = [f"p{i:03d}" for i in range(len(people))]
-    groups = [ids[:entities], ids[entities:]]
+
+def _add_people(rng: random.Random, ents: dict[str, dict[str, Any]], names: _Names) -> list[str]:
+    """Add every person (trained first, holdout last) with their attributes; return their ids."""
+    ids = [f"p{i:03d}" for i in range(len(names.people))]
     for idx, pid in enumerate(ids):
-        ents[pid] = {"type": "person", "name": people[idx], "born_in": rng.choice(places),
-                     "birth_year": rng.choice(years), "profession": rng.choice(_PROFESSIONS),
-                     "works_for": rng.choice(orgs), "wrote": books[idx],
-                     "award": rng.choice(_AWARDS)}
-    for group in groups:
-        order = rng.sample(group, len(group))
-        for a, b in zip(order[0::2], order[1::2], strict=False):
-            ents[a]["married_to"], ents[b]["married_to"] = ents[b]["name"], ents[a]["name"]
-        for pid in group:
-            others = [o for o in group if o != pid]
-            if others:
-                ents[pid]["mentored_by"] = ents[rng.choice(others)]["name"]
+        ents[pid] = {"type": "person", "name": names.people[idx],
+                     "born_in": rng.choice(names.places), "birth_year": rng.choice(_BIRTH_YEARS),
+                     "profession": rng.choice(_PROFESSIONS), "works_for": rng.choice(names.orgs),
+                     "wrote": names.books[idx], "award": rng.choice(_AWARDS)}
+    return ids
 
-    pools = {"born_in": places, "birth_year": years, "profession": _PROFESSIONS,
-             "works_for": orgs, "wrote": books, "award": _AWARDS, "married_to": people,
-             "mentored_by": people, "in_country": countries, "known_for": _LANDMARKS,
-             "located_in": places, "industry": _INDUSTRIES, "founded": founded}
-    qa, passages, world = [], [], []
+
+def _draw_edges(rng: random.Random, ents: dict[str, dict[str, Any]], group: list[str]) -> None:
+    """Pair people of one group into marriages and give each a mentor from the same group."""
+    order = rng.sample(group, len(group))
+    for a, b in zip(order[0::2], order[1::2], strict=False):
+        ents[a]["married_to"], ents[b]["married_to"] = ents[b]["name"], ents[a]["name"]
+    for pid in group:
+        others = [o for o in group if o != pid]
+        if others:
+            ents[pid]["mentored_by"] = ents[rng.choice(others)]["name"]
+
+
+def _answer_pools(names: _Names) -> dict[str, list[str]]:
+    """Map each relation to the objects its perturbed (wrong) answers are drawn from."""
+    return {"born_in": names.places, "birth_year": _BIRTH_YEARS, "profession": _PROFESSIONS,
+            "works_for": names.orgs, "wrote": names.books, "award": _AWARDS,
+            "married_to": names.people, "mentored_by": names.people,
+            "in_country": names.countries, "known_for": _LANDMARKS,
+            "located_in": names.places, "industry": _INDUSTRIES, "founded": _FOUNDED_YEARS}
+
+
+def _person_items(rng: random.Random, ents: dict[str, dict[str, Any]], ids: list[str],
+                  pools: dict[str, list[str]]) -> tuple[list[Example], list[Example]]:
+    """Render each person's facts as QA items and as one biography passage."""
+    qa, passages = [], []
     for pid in ids:
         ent, sentences = ents[pid], []
         for rel in PERSON_TEMPLATES:
@@ -303,13 +356,25 @@ def generate_benchmark(seed: int = 0, entities: int = 40) -> Benchmark:
             qa.append(ex)
             sentences.append(_passage_sentence(rel, ent["name"], ent[rel]))
         passages.append(Example(answer=" ".join(sentences), id=f"{pid}.passage", entity=pid))
+    return qa, passages
+
+
+def _world_items(rng: random.Random, ents: dict[str, dict[str, Any]],
+                 pools: dict[str, list[str]]) -> list[Example]:
+    """Render place and organisation facts as the world-facts utility QA set."""
+    world = []
     for eid, ent in ents.items():
         if ent["type"] in ("place", "organisation"):
             for rel in WORLD_TEMPLATES:
                 if rel in ent:
                     world.append(_qa(WORLD_TEMPLATES, rel, eid, ent["name"], ent[rel],
                                      _wrong(rng, pools[rel], ent[rel])))
+    return world
 
+
+def _splits(ents: dict[str, dict[str, Any]], ids: list[str],
+            entities: int) -> dict[str, list[str]]:
+    """Build the nested forget/retain splits, holdout, and the people linked to each forget set."""
     trained, holdout = ids[:entities], ids[entities:]
     splits: dict[str, list[str]] = {"all": trained, "holdout": holdout}
     edges = ("married_to", "mentored_by")
@@ -327,7 +392,4 @@ def generate_benchmark(seed: int = 0, entities: int = 40) -> Benchmark:
             ):
                 linked.add(pid)
         splits[f"forget{pct:02d}_linked"] = sorted(linked)
-    meta = {"format_version": FORMAT_VERSION, "seed": seed, "entities": entities,
-            "holdout": n_hold, "generator": "obliviate.builtin"}
-    return Benchmark(entities=ents, splits=splits, qa=qa, passages=passages,
-                     world_facts=world, meta=meta)
+    return splits
