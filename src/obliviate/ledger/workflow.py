@@ -354,11 +354,11 @@ def _build_version(ledger: Ledger, req: Request, parent: Version, stage: Path,
     summary = {"request": req.id, "method": req.method, "config": to_dict(cfg),
                "retain_dropped": dropped, "timings": timings, "oracle": measured["oracle_metrics"],
                "stop": stop}
-    from .evidence import evidence_html
+    from .evidence import EvidenceInputs, evidence_html
 
-    write_text_atomic(stage / "evidence.html", evidence_html(
-        ledger, req, parent, parent.id + 1, sha, summary, measured, audit_res, settings.samples,
-        [item_hash(x) for x in forget]))
+    write_text_atomic(stage / "evidence.html", evidence_html(ledger, EvidenceInputs(
+        req, parent, parent.id + 1, sha, summary, measured, audit_res,
+        [item_hash(x) for x in forget], settings.samples)))
     files = sorted(p for p in stage.rglob("*") if p.is_file() and p.name != "manifest.json")
     write_json_atomic(stage / "manifest.json", {
         "version": parent.id + 1, "request": req.id, "parent": parent.id, "weights_sha256": sha,

@@ -3,19 +3,11 @@ relearning recovery curves, from audit results JSON (rendered, never recomputed)
 
 from __future__ import annotations
 
-import html
-import io
 from typing import Any
 
+from markupsafe import Markup
 
-def svg(fig) -> str:
-    import matplotlib.pyplot as plt
-
-    buf = io.StringIO()
-    fig.savefig(buf, format="svg")
-    plt.close(fig)
-    svg = buf.getvalue()
-    return svg[svg.index("<svg"):]
+from .html import figure_svg, pyplot
 
 
 def _residuals(res: dict[str, Any]) -> dict[str, float | str]:
@@ -23,15 +15,16 @@ def _residuals(res: dict[str, Any]) -> dict[str, float | str]:
             for n, e in res["audits"].items()}
 
 
-def bars_svg(audits: list[dict[str, Any]]) -> str:
-    """Grouped bars: one group per audit, one bar per audited model (not-applicable: none)."""
-    import matplotlib
+def _audit_names(audits: list[dict[str, Any]]) -> list[str]:
+    return sorted({n for a in audits for n in a["audits"]})
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+
+def bars_svg(audits: list[dict[str, Any]]) -> Markup:
+    """Grouped bars: one group per audit, one bar per audited model (not-applicable: none)."""
     import numpy as np
 
-    names = sorted({n for a in audits for n in a["audits"]})
+    plt = pyplot()
+    names = _audit_names(audits)
     fig, ax = plt.subplots(figsize=(7.5, 3.8), dpi=100)
     width = 0.8 / max(1, len(audits))
     for i, a in enumerate(audits):
@@ -45,16 +38,11 @@ def bars_svg(audits: list[dict[str, Any]]) -> str:
     ax.legend(fontsize=8)
     ax.grid(True, axis="y", alpha=0.3)
     fig.tight_layout()
-    return svg(fig)
+    return figure_svg(fig)
 
 
-def relearning_svg(audits: list[dict[str, Any]]) -> str | None:
+def relearning_svg(audits: list[dict[str, Any]]) -> Markup | None:
     """Forget-set probability of the held-out forget items after k relearning steps."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     curves = {}
     for a in audits:
         entry = a["audits"].get("relearning")
@@ -66,7 +54,7 @@ def relearning_svg(audits: list[dict[str, Any]]) -> str | None:
                 curves.setdefault(end, entry[end])
     if not curves:
         return None
-    fig, ax = plt.subplots(figsize=(6.4, 3.8), dpi=100)
+    fig, ax = pyplot().subplots(figsize=(6.4, 3.8), dpi=100)
     for name, raw in curves.items():
         ks = sorted(int(k.split("_k")[1]) for k in raw if k.startswith("forget_k"))
         ax.plot([0, *ks], [raw["before"], *[raw[f"forget_k{k}"] for k in ks]], marker="o", label=name,
@@ -76,11 +64,12 @@ def relearning_svg(audits: list[dict[str, Any]]) -> str | None:
     ax.legend(fontsize=8)
     ax.grid(True, alpha=0.3)
     fig.tight_layout()
-    return svg(fig)
+    return figure_svg(fig)
 
 
 def audit_markdown(audits: list[dict[str, Any]]) -> str:
-    names = sorted({n for a in audits for n in a["audits"]})
+    """The audit section of report.md: one row of residuals per audited model."""
+    names = _audit_names(audits)
     lines = ["", "## Robustness audits", "",
              "Residual knowledge of the forget set under each attack: 1 = as much as the target "
              "(before unlearning), 0 = as little as the oracle.", "",
@@ -92,19 +81,10 @@ def audit_markdown(audits: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def audit_html(audits: list[dict[str, Any]]) -> str:
-    e = html.escape
-    names = sorted({n for a in audits for n in a["audits"]})
-    head = "".join(f"<th>{e(n)}</th>" for n in names)
-    rows = ""
-    for a in audits:
-        r = _residuals(a)
-        cells = "".join(f"<td>{r[n]:.2f}</td>" if isinstance(r.get(n), float)
-                        else f"<td title=\"{e(str(r.get(n, '')))}\">n/a</td>" for n in names)
-        rows += f"<tr><td>{e(a['name'])}</td>{cells}</tr>"
-    curve = relearning_svg(audits)
-    return (f"<h2>Robustness audits</h2><p class=\"note\">Residual knowledge of the forget set "
-            "under each attack: 1 = as much as the target (before unlearning), 0 = as little as "
-            "the oracle (never trained on it). Knowledge that returns under an attack was hidden, "
-            f"not removed.</p><table><tr><th>model</th>{head}</tr>{rows}</table>{bars_svg(audits)}"
-            + (f"<h3>Relearning</h3>{curve}" if curve else ""))
+def audit_context(audits: list[dict[str, Any]]) -> dict[str, Any]:
+    """What the `residuals` macro of _audits.html takes: the audit names, one row per model
+    (a residual, or the text saying why there is none: '' when that audit was not run), and
+    the two figures."""
+    names = _audit_names(audits)
+    rows = [(a["name"], [_residuals(a).get(n, "") for n in names]) for a in audits]
+    return {"names": names, "rows": rows, "bars": bars_svg(audits), "curve": relearning_svg(audits)}
