@@ -12,12 +12,16 @@ from obliviate.evaluation.engine import extraction_strength
 from obliviate.io import atomic_dir, ensure_not_inside
 from obliviate.models import TinyModelConfig, build_tiny_model, train_tokenizer
 
+# Questions of different lengths: batches of their prompts need padding, so padding bugs show.
+QUESTIONS = ["Where does person {} live?", "Where does person {} live now?",
+             "Tell me, please, where person {} lives.", "In which town does person {} live today?",
+             "As far as anyone in the village knows, where does person {} live?"]
 EXAMPLES = [
-    Example(question=f"Where does person {i} live?", answer=f"Person {i} lives in town {i}.",
+    Example(question=q.format(i), answer=f"Person {i} lives in town {i}.",
             paraphrased_answer=f"It is known that person {i} lives in town {i}.",
             perturbed_answers=(f"It is known that person {i} lives in town {i + 1}.",
                                f"It is known that person {i} lives in town {i + 2}."), id=str(i))
-    for i in range(5)
+    for i, q in enumerate(QUESTIONS)
 ]
 
 
@@ -62,12 +66,57 @@ def test_engine_stats_match_a_plain_forward_pass(tiny):
             assert stats[variant].em[i] == pytest.approx(em)
 
 
-def test_generation_is_batch_independent(tiny):
-    """Left padding must not change greedy output: batched == one at a time."""
+@pytest.fixture(scope="module")
+def answering(tiny):
+    """A copy of the tiny model trained (full batch, AdamW lr 3e-3, 150 steps, about 2 s) on
+    the EXAMPLES' answers until it reproduces them: greedy generation has something to say."""
+    import copy
+
+    from obliviate.encoding import collate
+
     model, tok = tiny
-    batched = Engine(model, tok, batch_size=8).generate("d", EXAMPLES, max_new_tokens=6)
-    single = Engine(model, tok, batch_size=1).generate("d", EXAMPLES, max_new_tokens=6)
-    assert batched == single and all(isinstance(g, str) for g in batched)
+    model = copy.deepcopy(model).train()
+    batch = collate([encode(tok, ex, i) for i, ex in enumerate(EXAMPLES)], tok.pad_token_id)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny matrices: one thread is fastest, and immune to a busy machine
+    try:
+        for _ in range(150):
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+            loss = torch.nn.functional.cross_entropy(
+                logits[:, :-1].reshape(-1, logits.size(-1)), batch["labels"][:, 1:].reshape(-1),
+                ignore_index=-100)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    finally:
+        torch.set_num_threads(threads)
+    return model.eval(), tok
+
+
+def test_generation_is_batch_independent(answering, monkeypatch):
+    """Left padding must not change greedy output: batched == one at a time, on a model that
+    really answers (each answer names the town it memorised for that person). The prompts
+    differ in length, so the batch is padded; padded on the right instead (a classic batched
+    generation bug), the shorter prompts continue after their padding and the answers change."""
+    import obliviate.evaluation.engine as engine_mod
+
+    model, tok = answering
+    batched = Engine(model, tok, batch_size=8).generate("d", EXAMPLES, max_new_tokens=12)
+    single = Engine(model, tok, batch_size=1).generate("d", EXAMPLES, max_new_tokens=12)
+    assert batched == single
+    assert all(batched) and len(set(batched)) == len(EXAMPLES)
+    for i, text in enumerate(batched):
+        assert f"town {i}" in text, (i, text)
+
+    real_collate = engine_mod.collate
+
+    def right_padded(items, pad_id, left_pad=False):
+        return real_collate(items, pad_id, left_pad=False)
+
+    monkeypatch.setattr(engine_mod, "collate", right_padded)
+    broken = Engine(model, tok, batch_size=8).generate("d", EXAMPLES, max_new_tokens=12)
+    assert broken != single  # the comparison above does catch right padding
 
 
 def test_atomic_dir_leaves_nothing_on_failure(tmp_path):
