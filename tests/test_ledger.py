@@ -101,6 +101,7 @@ def test_migrates_a_version_1_ledger_and_refuses_a_newer_one(tmp_path):
 
 
 # ---------------------------------------------------------------------------- add
+@pytest.mark.slow
 def test_add_stores_hashes_not_text_and_rejects_bad_input(tmp_path, memorised, data):
     proj = _project(tmp_path / "proj", memorised, data)
     forget = data / "p018.jsonl"
@@ -136,6 +137,7 @@ def test_add_stores_hashes_not_text_and_rejects_bad_input(tmp_path, memorised, d
         assert [r.id for r in ledger.requests()] == [rid]  # nothing else was recorded
 
 
+@pytest.mark.slow
 def test_apply_refuses_changed_or_missing_forget_files_and_keeps_order(tmp_path, memorised, data):
     proj = _project(tmp_path / "proj", memorised, data)
     forget = tmp_path / "f.jsonl"
@@ -180,6 +182,7 @@ def sequence(memorised, data, tmp_path_factory) -> Path:
     return proj
 
 
+@pytest.mark.slow
 def test_three_requests_each_later_version_still_forgets_the_earlier(sequence, data):
     with Ledger.open(sequence) as ledger:
         assert ledger.check() == []  # every version folder, manifest and hash in place
@@ -207,6 +210,7 @@ def test_three_requests_each_later_version_still_forgets_the_earlier(sequence, d
         assert dropped == [8, 16, 24]
 
 
+@pytest.mark.slow
 def test_evidence_report_is_self_contained_escaped_and_holds_no_forget_text(sequence, data):
     page = (sequence / "versions" / "v0001" / "evidence.html").read_text()
     # self-contained: no scripts, stylesheets or fetched assets; links only within the page
@@ -223,6 +227,7 @@ def test_evidence_report_is_self_contained_escaped_and_holds_no_forget_text(sequ
     assert manifest["files"]["evidence.html"] == hashlib.sha256(page.encode()).hexdigest()
 
 
+@pytest.mark.slow
 def test_verify_reproduces_and_detects_tampering(sequence):
     ok, checks = verify(sequence, 1, progress=False)
     assert ok, [c for c in checks if not c.ok]
@@ -257,6 +262,7 @@ def _read_until(proc: subprocess.Popen, marker: str) -> list[str]:
     raise AssertionError(f"the process ended before printing {marker!r}:\n{''.join(lines)}")
 
 
+@pytest.mark.slow
 def test_sigkill_at_each_stage_leaves_the_ledger_consistent_and_apply_resumes(tmp_path, memorised, data):
     proj = _project(tmp_path / "proj", memorised, data)
     add_request(proj, "p019", str(data / "p019.jsonl"), overrides=FAST)
@@ -281,6 +287,7 @@ def test_sigkill_at_each_stage_leaves_the_ledger_consistent_and_apply_resumes(tm
     assert sorted(p.name for p in (proj / "versions").iterdir()) == ["v0001"]  # no leftovers
 
 
+@pytest.mark.slow
 def test_concurrent_apply_gets_ledger_busy_and_add_still_works(tmp_path, memorised, data):
     proj = _project(tmp_path / "proj", memorised, data)
     add_request(proj, "p018", str(data / "p018.jsonl"), overrides=FAST)
@@ -302,6 +309,7 @@ def test_concurrent_apply_gets_ledger_busy_and_add_still_works(tmp_path, memoris
         assert [(r.status, r.version_id) for r in ledger.requests()] == [("done", 1), ("pending", None)]
 
 
+@pytest.mark.slow
 def test_with_an_oracle_forget_quality_and_audit_residuals_are_measured(tmp_path, memorised_oracle, data):
     root = memorised_oracle
     proj = _project(tmp_path / "proj", root, data, oracle=str(root / "oracle"))
@@ -322,6 +330,7 @@ def test_with_an_oracle_forget_quality_and_audit_residuals_are_measured(tmp_path
         assert after[f"audit_{audit}_residual"] < 0.5  # most of the knowledge is gone under attack
 
 
+@pytest.mark.slow
 def test_cli_request_commands(sequence, tmp_path, capsys, memorised):
     from obliviate.cli import main
 

