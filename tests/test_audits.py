@@ -9,10 +9,9 @@ import torch
 
 import obliviate as ob
 from obliviate.audits import AUDITS, AuditConfig, audit
+from obliviate.audits.base import residual
 from obliviate.audits.run import scores
 from obliviate.audits.weights import round_weights
-
-pytestmark = pytest.mark.slow
 
 
 def test_four_bit_rounding_by_hand():
@@ -25,6 +24,54 @@ def test_four_bit_rounding_by_hand():
     assert lin.weight[0].tolist() == pytest.approx([1.0, -4 / 7, 2 / 7], rel=1e-6)
 
 
+def test_residual_by_hand():
+    """(m - m_oracle) / (m_target - m_oracle) with target 0.9 and oracle 0.1: a model at 0.3
+    keeps (0.3 - 0.1) / 0.8 = 1/4 of the target's knowledge; at 0.9, all of it (1); at 0.1,
+    none (0); at 0.05, below the oracle: -0.05 / 0.8 = -1/16. Target = oracle: no scale."""
+    assert residual(0.3, 0.9, 0.1) == pytest.approx(0.25)
+    assert residual(0.9, 0.9, 0.1) == pytest.approx(1.0)
+    assert residual(0.1, 0.9, 0.1) == pytest.approx(0.0)
+    assert residual(0.05, 0.9, 0.1) == pytest.approx(-1 / 16)
+    assert residual(0.3, 0.4, 0.4).startswith("not computed")
+
+
+def test_parametric_trace_measures_a_known_rotation(tmp_path):
+    """Every column a of every MLP down-projection of a tiny model becomes
+    b = 3 (a/2 + (sqrt(3)/2) |a| u), u a unit vector orthogonal to a: a rotation by 60 degrees
+    and a stretch by 3. |b| = 3 |a| sqrt(1/4 + 3/4) = 3 |a| and a.b = 3 |a|^2 / 2, so
+    cos = 1/2 and |b| / |a| = 3 whichever value vectors the trace picks. Against itself the
+    target reads 1 and 1."""
+    import copy
+
+    from obliviate.audits.base import AuditData
+    from obliviate.audits.latent import ParametricTrace
+    from obliviate.data import Example
+    from obliviate.models import TinyModelConfig, build_tiny_model, save_model, train_tokenizer
+
+    forget = [Example(question="Where does Ana live?", answer="Ana lives in Tula."),
+              Example(question="What does Bo do?", answer="Bo repairs clocks.")]
+    tok = train_tokenizer([t for ex in forget for t in (ex.question, ex.answer)], vocab_size=300)
+    target = build_tiny_model(tok, TinyModelConfig(layers=2, hidden=32, heads=2, intermediate=64), seed=0)
+    save_model(target, tok, tmp_path / "target", {"test": True})
+    moved = copy.deepcopy(target)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for name, mod in moved.named_modules():
+            if name.endswith("mlp.down_proj"):
+                a = mod.weight  # [d, intermediate]: one value vector per column
+                r = torch.randn_like(a)
+                u = r - (r * a).sum(0) / (a * a).sum(0) * a
+                u = u / u.norm(dim=0)
+                a.copy_(3 * (0.5 * a + (3 ** 0.5 / 2) * a.norm(dim=0) * u))
+    data = AuditData(forget=forget, retain=[])
+    trace = ParametricTrace(target=str(tmp_path / "target"))
+    out = trace.run(moved, tok, data)
+    assert out["cosine"] == pytest.approx(0.5, abs=1e-5) and out["score"] == out["cosine"]
+    assert out["norm_ratio"] == pytest.approx(3.0, rel=1e-5)
+    same = trace.run(target, tok, data)  # plumbing: the target against itself
+    assert same["cosine"] == pytest.approx(1.0) and same["norm_ratio"] == pytest.approx(1.0)
+
+
 @pytest.fixture(scope="module")
 def ends(memorised_oracle):
     root = memorised_oracle
@@ -35,6 +82,7 @@ def ends(memorised_oracle):
     return root, cache, res
 
 
+@pytest.mark.slow
 def test_every_audit_separates_target_from_oracle(ends):
     """The raw headline number of each audit is far higher for the target (which learned the
     forget people) than for the oracle (which never did); the target audited against itself
@@ -44,9 +92,10 @@ def test_every_audit_separates_target_from_oracle(ends):
     for name in AUDITS.names():
         t, o = cache["target"][name]["score"], cache["oracle"][name]["score"]
         assert t - o > 0.15, f"{name}: target {t:.3f} vs oracle {o:.3f}"
-    assert all(v == pytest.approx(1.0) for v in scores(res).values())
+    assert all(v == pytest.approx(1.0) for v in scores(res).values())  # plumbing (by hand above)
 
 
+@pytest.mark.slow
 def test_relearning_brings_back_what_gradient_ascent_hid(ends, tmp_path):
     """GA with its defaults (stopped once the forget set's probability halved), then 20 steps
     on a quarter of the forget set: the other three quarters come back measurably."""
@@ -61,12 +110,14 @@ def test_relearning_brings_back_what_gradient_ascent_hid(ends, tmp_path):
     assert 0 < res["audits"]["relearning"]["residual"]["score"]
 
 
+@pytest.mark.slow
 def test_logit_lens_probe_and_parametric_trace_read_the_internals(ends):
     """The target read against itself: every value vector unmoved (cosine 1, norm ratio 1);
     the logit lens's last layer is the model's own output, so it equals the plain answer
     probability the rephrase audit reports as 'original'."""
     _, cache, _ = ends
     trace = cache["target"]["parametric_trace"]
+    # plumbing: a known rotation is measured in test_parametric_trace_measures_a_known_rotation
     assert trace["cosine"] == pytest.approx(1.0) and trace["norm_ratio"] == pytest.approx(1.0)
     lens = cache["target"]["logit_lens"]
     last = max(int(k.split("_")[1]) for k in lens if k.startswith("layer_"))
@@ -77,6 +128,7 @@ def test_logit_lens_probe_and_parametric_trace_read_the_internals(ends):
     assert cache["target"]["latent_probe"]["layer_1"] > cache["target"]["logit_lens"]["layer_1"]
 
 
+@pytest.mark.slow
 def test_wrappers_get_prompt_audits_and_a_reason_for_the_rest(ends):
     from obliviate.audits.run import audit_data, run_one
     from obliviate.models import load_model
@@ -99,6 +151,7 @@ def test_wrappers_get_prompt_audits_and_a_reason_for_the_rest(ends):
     assert "forward() only" in out["not_applicable"]
 
 
+@pytest.mark.slow
 def test_audit_cli(ends, tmp_path, capsys):
     from obliviate.cli import main
 
@@ -115,6 +168,7 @@ def test_audit_cli(ends, tmp_path, capsys):
     assert main(["ls", "audits"]) == 0 and "relearning" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_report_gains_an_audit_section(ends, tmp_path):
     """Results and audit files together: the table, the residual bar chart and the relearning
     curves, with model names escaped."""
