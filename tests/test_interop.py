@@ -2,6 +2,8 @@
 (../shared/reference/tofu/README.md)."""
 
 import json
+import math
+from pathlib import Path
 
 import pytest
 
@@ -87,6 +89,86 @@ def test_openunlearning_eval_json_as_a_reference(tofu, tmp_path):
     assert derive(ou_oracle)["model_utility"] == pytest.approx(0.6137449952, rel=1e-6)
     assert ou_oracle["datasets"]["forget"]["per_item"]["truth_ratio"] == pytest.approx(
         oracle["datasets"]["forget"]["per_item"]["truth_ratio"], rel=1e-12)
+
+
+# Hand-written OpenUnlearning logs; format sources and derivations in its README.md.
+OU_FIXTURES = Path(__file__).parent / "data" / "openunlearning"
+
+
+def _check_fixture_scores(scores: dict) -> None:
+    """What the two fixtures must score (tests/data/openunlearning/README.md derives each):
+    forget prob (0.9 + 0.8 + 0.7 + 0.6)/4 = 0.75, ROUGE-L recall (1 + 1 + 1/2 + 1/2)/4 = 0.75,
+    truth-ratio aggregate (e^-2 + e^-1.5 + e^-1 + 1)/4 as OpenUnlearning stored it; forget
+    quality 8/35 with KS statistic 3/4 (exact p of the t t t r t r r r order); model utility
+    9/16 (reciprocals of the nine components sum to 16)."""
+    assert scores["forget_quality"] == pytest.approx(8 / 35, rel=1e-9)
+    assert scores["forget_quality_ks"] == pytest.approx(0.75)
+    assert scores["model_utility"] == pytest.approx(9 / 16, rel=1e-8)
+    assert scores["forget_prob"] == pytest.approx(0.75)
+    assert scores["forget_rougeL_recall"] == pytest.approx(0.75)
+    assert scores["forget_truth_ratio"] == pytest.approx(
+        (math.exp(-2) + math.exp(-1.5) + math.exp(-1) + 1) / 4, rel=1e-8)
+    expected = {"retain_prob": 0.75, "retain_rougeL_recall": 0.5, "retain_truth_ratio": 0.75,
+                "real_authors_prob": 0.5, "real_authors_rougeL_recall": 1.0,
+                "real_authors_truth_ratio": 0.4, "world_facts_prob": 0.5,
+                "world_facts_rougeL_recall": 0.75, "world_facts_truth_ratio": 0.4}
+    for key, value in expected.items():
+        assert scores[key] == pytest.approx(value, rel=1e-8), key
+
+
+def _check_fixture_items(res: dict) -> None:
+    """Per item: OpenUnlearning's truth ratios e^-2, e^-1.5, e^-1, 1 (wrong / correct) read
+    back inverted, TOFU's orientation: e^2, e^1.5, e, 1; ids are its dataset indices."""
+    forget = res["datasets"]["forget"]
+    assert forget["n"] == 4 and forget["per_item"]["id"] == ["0", "1", "2", "3"]
+    assert forget["per_item"]["truth_ratio"] == pytest.approx(
+        [math.exp(2), math.exp(1.5), math.e, 1.0], rel=1e-8)
+    assert res["reported"]["model_utility"] == pytest.approx(9 / 16, rel=1e-8)
+
+
+@pytest.mark.xfail(strict=True, raises=KeyError, reason=(
+    "import_openunlearning reads value_by_index[i]['score'] for every metric, but "
+    "OpenUnlearning's probability entries hold 'prob' / 'avg_loss' and its ROUGE entries "
+    "'rougeL_recall' (src/evals/metrics/memorization.py, utils.py): real files fail to import"))
+def test_openunlearning_eval_json_fixture_as_written(tmp_path, capsys):
+    """`obliviate import openunlearning` and `obliviate score --reference` on the fixtures
+    exactly as OpenUnlearning writes them: the scores of _check_fixture_scores, plus the
+    per-item probabilities (0.9, 0.8, 0.7, 0.6) and ROUGE-L recalls (1, 1, 1/2, 1/2)."""
+    from obliviate.evaluation import load_results
+
+    imported, out = tmp_path / "target.json", tmp_path / "scores.json"
+    assert main(["import", "openunlearning", str(OU_FIXTURES / "target_TOFU_EVAL.json"),
+                 "--out", str(imported)]) == 0
+    assert main(["score", str(imported), "--reference", str(OU_FIXTURES / "retain_TOFU_EVAL.json"),
+                 "--json", str(out)]) == 0
+    _check_fixture_scores(json.loads(out.read_text())["scores"])
+    res = load_results(imported)
+    _check_fixture_items(res)
+    assert res["datasets"]["forget"]["per_item"]["prob"] == pytest.approx([0.9, 0.8, 0.7, 0.6])
+    assert res["datasets"]["forget"]["per_item"]["rougeL_recall"] == pytest.approx([1, 1, 0.5, 0.5])
+
+
+def test_openunlearning_eval_json_fixture_aggregates_and_truth_ratios(tmp_path):
+    """The fixtures with the per-item entries of their probability and ROUGE metrics left out
+    (what the importer reads today; see the xfail above): aggregates, per-item truth ratios
+    and the derived scores are those of _check_fixture_scores."""
+    from obliviate.evaluation import derive
+
+    def stripped(name):
+        log = json.loads((OU_FIXTURES / name).read_text())
+        for metric, entry in log.items():
+            if "Prob" in metric or "ROUGE" in metric:
+                entry.pop("value_by_index", None)
+        path = tmp_path / name
+        path.write_text(json.dumps(log))
+        return path
+
+    res = import_openunlearning(stripped("target_TOFU_EVAL.json"))
+    ref = import_openunlearning(stripped("retain_TOFU_EVAL.json"))
+    scores = derive(res, ref)
+    _check_fixture_scores(scores)
+    _check_fixture_items(res)
+    assert derive(ref, res)["forget_quality"] == pytest.approx(8 / 35, rel=1e-9)
 
 
 def test_bad_logs_are_clear_errors(tofu, tmp_path, capsys):
