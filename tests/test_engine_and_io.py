@@ -141,7 +141,7 @@ def test_outputs_may_not_land_inside_inputs(tmp_path):
 
 class _LogitComposition(torch.nn.Module):
     """An inference-time wrapper (as ULD composes logits): target - w * assistant, exposing
-    only forward(); here the assistant is the target itself, so logits = (1 - w) * target."""
+    only forward()."""
 
     def __init__(self, target, assistant, weight):
         super().__init__()
@@ -172,3 +172,32 @@ def test_engine_evaluates_an_inference_time_wrapper(memorised):
     assert same.generate("f", exs, 12) == plain.generate("f", exs, 12)
     half = Engine(_LogitComposition(model, model, 0.5), tok).stats("f", exs, ["answer"])["answer"]
     assert (half.nll_sum > base.nll_sum).all() and np.array_equal(half.em, base.em)
+
+
+def test_engine_scores_a_logit_composition_with_another_model(answering, tiny):
+    """A wrapper composing two different models, the trained one minus 1/2 the untrained one:
+    every statistic is that of the logits target - assistant/2, computed here by plain
+    one-item forward passes (NLL, exact memorization). With weight 0 the forward-only greedy
+    decoder writes what transformers' generate writes, on prompts of different lengths
+    (left-padded, the attention mask extended step by step)."""
+    target, tok = answering
+    assistant, _ = tiny
+    composed = Engine(_LogitComposition(target, assistant, 0.5), tok)
+    stats = composed.stats("d", EXAMPLES, ["answer"])["answer"]
+    plain = Engine(target, tok).stats("d", EXAMPLES, ["answer"])["answer"]
+    for i, ex in enumerate(EXAMPLES):
+        enc = encode(tok, ex, i)
+        ids = torch.tensor([enc.input_ids])
+        with torch.no_grad():
+            logits = (target(input_ids=ids).logits - 0.5 * assistant(input_ids=ids).logits)[0, :-1]
+        labels = torch.tensor(enc.labels[1:])
+        keep = labels != -100
+        nll = torch.nn.functional.cross_entropy(logits[keep], labels[keep], reduction="sum")
+        assert stats.nll_sum[i] == pytest.approx(nll.item(), rel=1e-4)
+        em = (logits[keep].argmax(-1) == labels[keep]).float().mean().item()
+        assert stats.em[i] == pytest.approx(em)
+    # the assistant's share moves the NLLs by far more than the tolerance above
+    assert np.abs(stats.nll_sum - plain.nll_sum).max() > 10 * 1e-4 * plain.nll_sum.max()
+    wrapped = Engine(_LogitComposition(target, assistant, 0.0), tok).generate("d", EXAMPLES, 12)
+    assert wrapped == Engine(target, tok).generate("d", EXAMPLES, 12)
+    assert all(f"town {i}" in text for i, text in enumerate(wrapped))
