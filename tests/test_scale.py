@@ -194,7 +194,7 @@ def test_smollm2_from_gguf_knows_the_world_trains_and_saves(tmp_path):
     loader = make_loader([enc, encode(tok, real_world_examples()[1], 1, CHAT)], 2, tok.pad_token_id, 0)
     from obliviate.methods.base import batch_nll
 
-    logs = train(again, lambda m, b: (batch_nll(m, b["train"]), {}), {"train": loader},
+    logs = train(again, lambda m, b, step: (batch_nll(m, b["train"], step.world_size), {}), {"train": loader},
                  OptimConfig(lr=1e-5, steps=1, batch_size=2, warmup_ratio=0.0), progress=False)
     assert logs[0]["loss"] < 3.0  # it knows the answer already
     assert not torch.equal(before, again.model.layers[0].mlp.down_proj.weight)
@@ -216,10 +216,10 @@ def test_accelerate_configs_parse_as_documented():
     assert zero3.deepspeed_config["zero_stage"] == 3 and zero3.deepspeed_config["zero3_save_16bit_model"]
 
 
-def test_partial_backward_gives_the_gradient_of_the_whole_loss():
+def test_backward_now_gives_the_gradient_of_the_whole_loss():
     """A loss a + b with `a` backpropagated early (its graph freed before b is computed) leaves
     the same gradient as backpropagating a + b at once; outside a step nothing is done early."""
-    from obliviate.train import _BACKWARD, partial_backward
+    from obliviate.methods import Context
 
     torch.manual_seed(0)
     w = torch.randn(4, 3, requires_grad=True)
@@ -232,14 +232,10 @@ def test_partial_backward_gives_the_gradient_of_the_whole_loss():
     (a + b).backward()
     whole = w.grad.clone()
     w.grad = None
-    token = _BACKWARD.set(lambda t: t.backward())
-    try:
-        a = partial_backward(terms()[0])
-        assert not a.requires_grad and w.grad is not None  # done at once
-        total = a + terms()[1]
-    finally:
-        _BACKWARD.reset(token)
-    total.backward()
+    ctx = Context(backward=lambda t: t.backward())
+    a = ctx.backward_now(terms()[0])
+    assert not a.requires_grad and w.grad is not None  # done at once
+    (a + terms()[1]).backward()
     assert torch.allclose(w.grad, whole, atol=1e-6)
     outside = terms()[0]
-    assert partial_backward(outside) is outside
+    assert Context().backward_now(outside) is outside

@@ -1,23 +1,25 @@
 """The single training loop (accelerate), used by fine-tuning and by every unlearning method.
 
-A step = draw one batch from each named stream, call `loss_fn(model, batches)`, backprop,
-clip, step. Everything about *what* is optimised lives in `loss_fn`; this file knows only
+A step = draw one batch from each named stream, call `loss_fn(model, batches, step)`,
+backprop, clip, step. Everything about *what* is optimised lives in `loss_fn`; this file knows only
 how to optimise.
 
 The same loop runs on one process or under `accelerate launch` (DDP, FSDP, DeepSpeed): batches
 are split across processes (`split_batches`), so the global batch and the result do not depend
-on the number of processes, and the objectives average over the whole batch (see
-`objectives.data_parallel`). With `Checkpointing`, the trainable weights, the optimiser, the
-schedule, the random states, the position in every data stream and the caller's own state are
-saved every k steps; a resumed run continues exactly where the saved one was.
+on the number of processes, and the objectives average over the whole batch (the loss sees the
+number of processes in its `Step`). With `Checkpointing`, accelerate's `save_state` keeps the
+weights, the optimiser, the schedule and every random state (CPU and device, per process;
+sharded under FSDP / ZeRO-3), and the position in every data stream and the caller's own state
+go beside them; a resumed run continues exactly where the saved one was.
 """
 
 from __future__ import annotations
 
-import contextvars
+import hashlib
 import json
 import math
 import random
+import shutil
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,8 +30,25 @@ from torch.utils.data import DataLoader, Sampler
 
 from .encoding import Encoded, collate
 from .errors import ObliviateError
+from .optim import Sophia, gnb_loss
 
-LossFn = Callable[[Any, dict[str, dict[str, torch.Tensor]]], tuple[torch.Tensor, dict[str, float]]]
+
+@dataclass(frozen=True)
+class Step:
+    """What a loss function sees of the step in progress.
+
+    `world_size`: processes sharing the batch (objectives divide by the global count).
+    `backward(term)`: backpropagate one summand of the step's loss at once, so a loss with two
+    batches holds one batch's activations at a time (gradients add up: the step is unchanged).
+    """
+
+    index: int
+    world_size: int = 1
+    backward: Callable[[torch.Tensor], None] | None = None
+
+
+LossFn = Callable[[Any, dict[str, dict[str, torch.Tensor]], Step],
+                  tuple[torch.Tensor, dict[str, float]]]
 
 
 @dataclass
@@ -119,7 +138,7 @@ def _cycle(loader: DataLoader, sampler: Sampler | None, start: int) -> Iterator[
 class Checkpointing:
     """Resumable training: every `every` steps, state goes (atomically) to `dir`; a run that
     finds a checkpoint of the same `fingerprint` there continues from it. `get_state` /
-    `set_state` carry the caller's own state (tensors, numbers, lists, dicts)."""
+    `set_state` carry the caller's own state (tensors, numbers, strings, lists, dicts)."""
 
     dir: Path
     every: int
@@ -130,8 +149,6 @@ class Checkpointing:
 
 def fingerprint(config: dict[str, Any], items: list[list[Encoded]]) -> str:
     """What a checkpoint must match to be resumed: the run's config and its token ids."""
-    import hashlib
-
     h = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode())
     for group in items:
         for it in group:
@@ -143,49 +160,51 @@ def checkpoint_dir(out: Path) -> Path:
     return out.with_name(out.name + ".ckpt")
 
 
-def _save_checkpoint(ck: Checkpointing, model, optimizer, scheduler, step: int,
-                     logs: list[dict[str, float]]) -> None:
-    from safetensors.torch import save_file
-
-    from .io import atomic_dir
-
-    weights = {n: p.detach().cpu().contiguous() for n, p in model.named_parameters() if p.requires_grad}
-    with atomic_dir(ck.dir, overwrite=True) as tmp:
-        save_file(weights, str(tmp / "trainable.safetensors"))
-        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                    "torch_rng": torch.get_rng_state(), "caller": ck.get_state()},
-                   tmp / "state.pt")
-        (tmp / "checkpoint.json").write_text(json.dumps(
-            {"fingerprint": ck.fingerprint, "step": step, "logs": logs,
-             "python_rng": random.getstate()}, indent=1))
+# The caller's state is saved and loaded here rather than registered with accelerate, whose
+# load_custom_state unpickles arbitrary objects; this file loads with weights_only=True.
+CALLER_STATE = "caller_state.pt"
+META = "checkpoint.json"
 
 
-def _load_checkpoint(ck: Checkpointing, model, optimizer, scheduler) -> tuple[int, list[dict[str, float]]]:
+def _save_checkpoint(ck: Checkpointing, accelerator, step: int, logs: list[dict[str, float]]) -> None:
+    """Every process writes its part into `<dir>.partial` (accelerate: weights, optimiser,
+    schedule, per-process random states); the main process adds the caller's state and the
+    metadata, then swaps the folder in, keeping the previous checkpoint until the new one is
+    complete."""
+    partial = ck.dir.with_name(ck.dir.name + ".partial")
+    if accelerator.is_main_process:
+        shutil.rmtree(partial, ignore_errors=True)
+        partial.mkdir(parents=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(partial))
+    if accelerator.is_main_process:
+        torch.save(ck.get_state(), partial / CALLER_STATE)
+        (partial / META).write_text(json.dumps(
+            {"fingerprint": ck.fingerprint, "step": step, "logs": logs}, indent=1))
+        old = ck.dir.with_name(ck.dir.name + ".old")
+        shutil.rmtree(old, ignore_errors=True)
+        if ck.dir.exists():
+            ck.dir.rename(old)
+        partial.rename(ck.dir)
+        shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+
+
+def _load_checkpoint(ck: Checkpointing, accelerator) -> tuple[int, list[dict[str, float]]]:
     """(steps done, logs so far) from `ck.dir`, or (0, []) when there is no checkpoint."""
-    meta_path = ck.dir / "checkpoint.json"
+    meta_path = ck.dir / META
     if not meta_path.is_file():
         return 0, []
-    from safetensors.torch import load_file
-
     meta = json.loads(meta_path.read_text())
     if meta["fingerprint"] != ck.fingerprint:
         raise ObliviateError(f"{ck.dir} holds a checkpoint of a different run (other config or "
                              "data); remove it to start over, or rerun with the same settings")
-    weights = load_file(str(ck.dir / "trainable.safetensors"))
-    params = dict(model.named_parameters())
-    missing = sorted(set(weights) - set(params))
-    if missing:
-        raise ObliviateError(f"{ck.dir}: checkpoint weights {missing[:3]} are not in this model")
-    with torch.no_grad():
-        for name, value in weights.items():
-            params[name].copy_(value.to(params[name].device))
-    state = torch.load(ck.dir / "state.pt", map_location="cpu", weights_only=True)
-    optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
-    torch.set_rng_state(state["torch_rng"])
-    version, internal, gauss = meta["python_rng"]
-    random.setstate((version, tuple(internal), gauss))
-    ck.set_state(state["caller"])
+    try:
+        accelerator.load_state(str(ck.dir))
+    except (OSError, RuntimeError, KeyError, ValueError) as exc:
+        raise ObliviateError(f"{ck.dir}: the checkpoint cannot be loaded ({exc}); remove it "
+                             "to start over") from None
+    ck.set_state(torch.load(ck.dir / CALLER_STATE, map_location="cpu", weights_only=True))
     return meta["step"], meta["logs"]
 
 
@@ -193,39 +212,17 @@ def _optimizer(cfg: OptimConfig, params: list[torch.nn.Parameter]) -> torch.opti
     if cfg.optimizer == "adamw":
         return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     if cfg.optimizer == "sophia":
-        from .optim import Sophia
-
         return Sophia(params, lr=cfg.lr, rho=cfg.sophia_rho, weight_decay=cfg.weight_decay)
     raise ObliviateError(f"unknown optimizer '{cfg.optimizer}' (adamw, sophia)")
 
 
 def _update_curvature(model, optimizer, batch: dict[str, torch.Tensor], accelerator) -> None:
     """Sophia's Gauss-Newton-Bartlett curvature estimate from one extra forward/backward."""
-    from .optim import gnb_loss
-
     optimizer.zero_grad(set_to_none=True)
     loss, n_tokens = gnb_loss(model, batch)
     accelerator.backward(loss)
     getattr(optimizer, "optimizer", optimizer).update_hessian(scale=float(n_tokens))
     optimizer.zero_grad(set_to_none=True)
-
-
-# The backward of the step in progress (None outside a training step): lets a loss with two
-# batches backpropagate its first term before computing the second, so only one batch's
-# activations are held at a time (NPO + retain term peaks like GA, not like two batches).
-_BACKWARD: contextvars.ContextVar[Callable[[torch.Tensor], None] | None] = contextvars.ContextVar(
-    "obliviate_backward", default=None)
-
-
-def partial_backward(term: torch.Tensor) -> torch.Tensor:
-    """Backpropagate `term` (one summand of the step's loss) now and return it detached: the
-    gradient of the step is unchanged (gradients add up), its graph is freed at once. Outside
-    a training step it returns `term` as it is."""
-    backward = _BACKWARD.get()
-    if backward is None or not term.requires_grad:
-        return term
-    backward(term)
-    return term.detach()
 
 
 def accelerator_for_training():
@@ -246,27 +243,30 @@ def _check_split(batch_sizes: dict[str, int], world: int) -> None:
                                  f"{world} processes; use a multiple of {world}")
 
 
-def train(model, loss_fn: LossFn, loaders: dict[str, DataLoader], cfg: OptimConfig,
-          desc: str = "training", params: list[torch.nn.Parameter] | None = None,
-          on_step: Callable[[int, dict[str, float]], bool | None] | None = None,
-          progress: bool = True,
-          after_backward: Callable[[], None] | None = None,
-          checkpoint: Checkpointing | None = None) -> list[dict[str, float]]:
-    """Optimise `loss_fn` for cfg.steps steps; returns per-step logs. Raises on a NaN/inf loss
-    (before the step, so the weights are still those of the last finite step).
-    `after_backward` may edit gradients (masks) before clipping and the step; `on_step`
-    returning True ends training early. With `checkpoint`, resumes from and saves to it."""
-    from tqdm.auto import tqdm
+@dataclass
+class _Run:
+    """The prepared objects of one training run."""
 
-    from .methods.objectives import data_parallel
+    accelerator: Any
+    model: Any
+    optimizer: Any
+    scheduler: Any
+    trainable: list[torch.nn.Parameter]
+    streams: dict[str, Iterator[dict[str, torch.Tensor]]]
+    start: int
+    logs: list[dict[str, float]]
 
+
+def _prepare(model, loaders: dict[str, DataLoader], cfg: OptimConfig,
+             params: list[torch.nn.Parameter] | None, checkpoint: Checkpointing | None) -> _Run:
+    """Check the settings, build optimiser and schedule, hand everything to accelerate and
+    resume from the checkpoint if there is one."""
     if cfg.lr is None or cfg.lr <= 0:
         raise ObliviateError(f"learning rate must be positive (got {cfg.lr})")
     if cfg.steps <= 0:
         raise ObliviateError(f"steps must be positive (got {cfg.steps})")
     accelerator = accelerator_for_training()
-    world = accelerator.num_processes
-    _check_split({n: dl.batch_size for n, dl in loaders.items()}, world)
+    _check_split({n: dl.batch_size for n, dl in loaders.items()}, accelerator.num_processes)
     trainable = params if params is not None else [p for p in model.parameters() if p.requires_grad]
     if not trainable:
         raise ObliviateError("no trainable parameters")
@@ -274,59 +274,78 @@ def train(model, loss_fn: LossFn, loaders: dict[str, DataLoader], cfg: OptimConf
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg))
     names = list(loaders)
     samplers = [loaders[n].sampler for n in names]  # accelerate keeps the original sampler
-    unwrapped = model
     model, optimizer, scheduler, *prepared = accelerator.prepare(
-        model, optimizer, scheduler, *[loaders[n] for n in names]
-    )
-    start, logs = (_load_checkpoint(checkpoint, unwrapped, optimizer, scheduler)
-                   if checkpoint is not None else (0, []))
+        model, optimizer, scheduler, *[loaders[n] for n in names])
+    start, logs = _load_checkpoint(checkpoint, accelerator) if checkpoint is not None else (0, [])
     streams = {n: _cycle(dl, sm, start) for n, dl, sm in zip(names, prepared, samplers, strict=True)}
-    model.train()
-    bar = tqdm(range(start, cfg.steps), desc=desc, initial=start, total=cfg.steps,
-               disable=not progress or not accelerator.is_main_process, leave=False,
+    return _Run(accelerator, model, optimizer, scheduler, trainable, streams, start, logs)
+
+
+def _step(run: _Run, loss_fn: LossFn, cfg: OptimConfig, step: int, desc: str,
+          after_backward: Callable[[], None] | None) -> dict[str, float]:
+    """One optimiser step; raises before stepping on a non-finite loss, so the weights are
+    still those of the last finite step."""
+    acc = run.accelerator
+    batches = {n: next(s) for n, s in run.streams.items()}
+    if cfg.optimizer == "sophia" and step % cfg.hessian_every == 0:
+        _update_curvature(run.model, run.optimizer, next(iter(batches.values())), acc)
+    loss, info = loss_fn(run.model, batches, Step(step, acc.num_processes, acc.backward))
+    # each process holds its shard's part; their mean is the whole batch's loss, and every
+    # process must take the same decision on it
+    seen = acc.reduce(loss.detach(), reduction="mean") if acc.num_processes > 1 else loss.detach()
+    if not torch.isfinite(seen):
+        raise ObliviateError(f"{desc}: loss became {seen.item()} at step {step}; "
+                             "lower the learning rate")
+    acc.backward(loss)
+    if after_backward is not None:
+        after_backward()
+    if cfg.grad_clip > 0:
+        acc.clip_grad_norm_(run.trainable, cfg.grad_clip)
+    run.optimizer.step()
+    run.scheduler.step()
+    run.optimizer.zero_grad(set_to_none=True)
+    return {"loss": float(seen), **info, "lr": run.scheduler.get_last_lr()[0]}
+
+
+def train(model, loss_fn: LossFn, loaders: dict[str, DataLoader], cfg: OptimConfig,
+          desc: str = "training", params: list[torch.nn.Parameter] | None = None,
+          on_step: Callable[[int, dict[str, float]], bool | None] | None = None,
+          progress: bool = True,
+          after_backward: Callable[[], None] | None = None,
+          checkpoint: Checkpointing | None = None) -> list[dict[str, float]]:
+    """Optimise `loss_fn` for cfg.steps steps; returns per-step logs. Raises on a NaN/inf loss.
+    `after_backward` may edit gradients (masks) before clipping and the step; `on_step`
+    returning True ends training early. With `checkpoint`, resumes from and saves to it."""
+    from tqdm.auto import tqdm
+
+    unwrapped = model
+    run = _prepare(model, loaders, cfg, params, checkpoint)
+    run.model.train()
+    bar = tqdm(range(run.start, cfg.steps), desc=desc, initial=run.start, total=cfg.steps,
+               disable=not progress or not run.accelerator.is_main_process, leave=False,
                dynamic_ncols=True)
     try:
         for step in bar:
-            batches = {n: next(s) for n, s in streams.items()}
-            if cfg.optimizer == "sophia" and step % cfg.hessian_every == 0:
-                _update_curvature(model, optimizer, next(iter(batches.values())), accelerator)
-            token = _BACKWARD.set(accelerator.backward)
-            try:
-                with data_parallel(world):
-                    loss, info = loss_fn(model, batches)
-            finally:
-                _BACKWARD.reset(token)
-            # each process holds its shard's part; their mean is the whole batch's loss, and
-            # every process must take the same decision on it
-            seen = accelerator.reduce(loss.detach(), reduction="mean") if world > 1 else loss.detach()
-            if not torch.isfinite(seen):
-                raise ObliviateError(f"{desc}: loss became {seen.item()} at step {step}; "
-                                     "lower the learning rate")
-            accelerator.backward(loss)
-            if after_backward is not None:
-                after_backward()
-            if cfg.grad_clip > 0:
-                accelerator.clip_grad_norm_(trainable, cfg.grad_clip)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            info = {"loss": float(seen), **info, "lr": scheduler.get_last_lr()[0]}
-            logs.append(info)
+            info = _step(run, loss_fn, cfg, step, desc, after_backward)
+            run.logs.append(info)
             if step % 10 == 0:
                 bar.set_postfix(loss=f"{info['loss']:.3f}")
             if on_step is not None and on_step(step, info):
                 break  # the caller's stopping rule is met
             if checkpoint is not None and (step + 1) % checkpoint.every == 0 and step + 1 < cfg.steps:
-                if accelerator.is_main_process:
-                    _save_checkpoint(checkpoint, unwrapped, optimizer, scheduler, step + 1, logs)
-                accelerator.wait_for_everyone()
+                _save_checkpoint(checkpoint, run.accelerator, step + 1, run.logs)
     finally:
         bar.close()
-        model.eval()
-    accelerator.wait_for_everyone()
+        run.model.eval()
+    _gather_for_save(run, unwrapped)
+    return run.logs
+
+
+def _gather_for_save(run: _Run, unwrapped) -> None:
+    """Under FSDP / ZeRO-3 the module holds shards: gather the weights once, on the main
+    process, for the save (models.save_model reads `gathered_state_dict`)."""
     from accelerate.utils import DistributedType
 
-    if accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED):
-        # sharded weights (FSDP, ZeRO-3): gathered once, on the main process, for the save
-        unwrapped.gathered_state_dict = accelerator.get_state_dict(model)
-    return logs
+    run.accelerator.wait_for_everyone()
+    if run.accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED):
+        unwrapped.gathered_state_dict = run.accelerator.get_state_dict(run.model)

@@ -25,12 +25,13 @@ from .config import to_dict
 from .data import Benchmark, Example, load_examples, validate_split
 from .encoding import DEFAULT_TEMPLATE, Encoded, encode
 from .errors import ObliviateError
-from .methods import Context, build, needs_of
-from .methods.base import cache_seq_nll, hook, mean_answer_prob
+from .methods import Context, MethodStack, build
+from .methods.base import cache_seq_nll, mean_answer_prob
 from .models import load_model, save_model, save_on_main
 from .train import (
     Checkpointing,
     OptimConfig,
+    Step,
     checkpoint_dir,
     fingerprint,
     make_loader,
@@ -94,7 +95,7 @@ class UnlearnConfig:
 def default_lr(method, lora: bool) -> float:
     """The method's default learning rate; under LoRA times LORA_LR_SCALE (or the method's own
     `lora_lr_scale`, where one is declared)."""
-    scale = getattr(type(method), "lora_lr_scale", LORA_LR_SCALE) if lora else 1.0
+    scale = MethodStack(method).declared("lora_lr_scale", LORA_LR_SCALE) if lora else 1.0
     return type(method).default_lr * scale
 
 
@@ -256,69 +257,136 @@ def unlearn(cfg: UnlearnConfig, out: str | Path, progress: bool = True) -> Path:
     return unlearn_examples(cfg, forget, retain, out, progress)
 
 
+@dataclass
+class _Run:
+    """One unlearning run, as its steps build it up."""
+
+    cfg: UnlearnConfig
+    method: MethodStack
+    optim: OptimConfig
+    model: Any = None
+    tok: Any = None
+    ctx: Context | None = None
+    guard: RetainGuard | None = None
+    checkpoint: Checkpointing | None = None
+
+
 def unlearn_examples(cfg: UnlearnConfig, forget: list[Example], retain: list[Example],
                      out: str | Path, progress: bool = True) -> Path:
     """`unlearn` on examples already in memory (cfg's data fields are ignored): the deletion
     ledger filters its retain set before training."""
-    method = build(cfg.method, cfg.params)
-    needs = needs_of(method)
     out = Path(out)
+    run = _plan(cfg, forget, retain, out)
+    _load(run, forget, retain)
+    _prepare_model(run)
+    streams = _streams(run)
+    run.guard = RetainGuard(run.model, run.ctx, cfg.guard, _forget_stop(run))
+    run.checkpoint = _checkpointing(run, out)
+    start = time.perf_counter()
+    try:
+        logs = train(run.model, lambda m, b, step: _step_loss(run, m, b, step), streams, run.optim,
+                     desc=f"unlearn {cfg.method}", progress=progress,
+                     on_step=lambda step, _: run.guard.check(step),
+                     after_backward=(_mask_gradients(run.ctx.grad_masks) if run.ctx.grad_masks
+                                     else None),
+                     checkpoint=run.checkpoint)
+    except ObliviateError as exc:
+        raise ObliviateError(f"{exc}{_save_last_good(run.model, run.tok, cfg, out, run.guard, str(exc))}") from None
+    run.method.finish(run.model, run.ctx)
+    run.guard.check(run.optim.steps - 1, final=True)
+    prov = _provenance(run, forget, retain, logs, time.perf_counter() - start)
+    return save_on_main(_finalise(run.model, cfg.lora.enabled), run.tok, out, prov, (cfg.model,),
+                        checkpoint_dir(out) if run.checkpoint else None)
+
+
+def _plan(cfg: UnlearnConfig, forget: list[Example], retain: list[Example], out: Path) -> _Run:
+    """Check everything that can be checked before the model loads; settle the optimiser."""
+    method = MethodStack(build(cfg.method, cfg.params))
     if out.exists():
         raise ObliviateError(f"output {out} already exists; choose a new path or remove it")
     validate_split(forget, retain)
-    if "retain" in needs and not retain:
+    if "retain" in method.needs() and not retain:
         raise ObliviateError(f"method '{cfg.method}' needs a retain set (retain=<file.jsonl>)")
-    optim = dataclasses.replace(cfg.optim, lr=cfg.optim.lr or default_lr(method, cfg.lora.enabled),
-                                **getattr(method, "optimizer", {}))
+    lr = cfg.optim.lr or default_lr(method.method, cfg.lora.enabled)
+    optim = dataclasses.replace(cfg.optim, lr=lr, **method.declared("optimizer", {}))
+    return _Run(cfg, method, optim)
+
+
+def _load(run: _Run, forget: list[Example], retain: list[Example]) -> None:
+    """Load the model, encode the data, and cache the reference quantities on the untouched
+    model: the reference, with no copy kept."""
+    cfg, needs = run.cfg, run.method.needs()
     set_seed(cfg.seed)
-    model, tok = load_model(cfg.model, trust_remote_code=cfg.trust_remote_code)
-    ctx = _context(tok, forget, retain, needs, cfg.template, cfg.lora.enabled, cfg.seed)
-    if "reference" in needs:  # on the untouched model: the reference, with no copy kept
+    run.model, run.tok = load_model(cfg.model, trust_remote_code=cfg.trust_remote_code)
+    run.ctx = _context(run.tok, forget, retain, needs, cfg.template, cfg.lora.enabled, cfg.seed)
+    if "reference" in needs:
         for name in ("forget", "idk"):
-            if name in ctx.items:
-                ctx.cache[f"seq_nll:{name}"] = cache_seq_nll(model, ctx.items[name], ctx.pad_id)
-    hook(method, "setup", model, ctx)
-    model = _select_trainable(model, cfg.lora, hook(method, "target_modules", model, ctx))
-    if "reference_model" in needs:
-        ctx.snapshot_reference(model)
-    streams = {"forget": make_loader(ctx.items["forget"], optim.batch_size, ctx.pad_id, cfg.seed)}
-    if "retain" in needs:
-        streams["retain"] = make_loader(ctx.items["retain"], optim.batch_size, ctx.pad_id, cfg.seed + 1)
-    forget_stop = cfg.guard.forget_stop
-    if forget_stop is None:
-        forget_stop = getattr(method, "forget_stop", 0.0)
-    guard = RetainGuard(model, ctx, cfg.guard, forget_stop)
-    ckpt = None
-    if optim.checkpoint_every > 0:  # resumable: the guard's and the method's state go along
-        def get_state() -> dict[str, Any]:
-            return {"guard": guard.state_dict(), "method": dict(ctx.state)}
+            if name in run.ctx.items:
+                run.ctx.cache[f"seq_nll:{name}"] = cache_seq_nll(run.model, run.ctx.items[name],
+                                                                 run.ctx.pad_id)
 
-        def set_state(state: dict[str, Any]) -> None:
-            guard.load_state_dict(state["guard"])
-            ctx.state.update(state["method"])
 
-        ckpt = Checkpointing(checkpoint_dir(out), optim.checkpoint_every,
-                             fingerprint(to_dict(cfg), list(ctx.items.values())), get_state, set_state)
-    start = time.perf_counter()
+def _prepare_model(run: _Run) -> None:
+    """The method's setup, then what trains (all weights, its modules, or LoRA adapters), then
+    a snapshot of the reference weights if the method compares with them live."""
+    run.method.setup(run.model, run.ctx)
+    targets = run.method.target_modules(run.model, run.ctx)
+    run.model = _select_trainable(run.model, run.cfg.lora, targets)
+    if "reference_model" in run.method.needs():
+        run.ctx.snapshot_reference(run.model)
+
+
+def _streams(run: _Run) -> dict[str, Any]:
+    ctx, bs, seed = run.ctx, run.optim.batch_size, run.cfg.seed
+    streams = {"forget": make_loader(ctx.items["forget"], bs, ctx.pad_id, seed)}
+    if "retain" in run.method.needs():
+        streams["retain"] = make_loader(ctx.items["retain"], bs, ctx.pad_id, seed + 1)
+    return streams
+
+
+def _forget_stop(run: _Run) -> float:
+    """The guard's forget stop: the config's, else the method's recommendation."""
+    stop = run.cfg.guard.forget_stop
+    return run.method.declared("forget_stop", 0.0) if stop is None else stop
+
+
+def _step_loss(run: _Run, model, batches, step: Step):
+    """The method's loss; the step's world size and early backward reach it through its Context."""
+    run.ctx.world_size, run.ctx.backward = step.world_size, step.backward
     try:
-        logs = train(model, lambda m, b: method.loss(m, b, ctx), streams, optim,
-                     desc=f"unlearn {cfg.method}", progress=progress,
-                     on_step=lambda step, _: guard.check(step),
-                     after_backward=_mask_gradients(ctx.grad_masks) if ctx.grad_masks else None,
-                     checkpoint=ckpt)
-    except ObliviateError as exc:
-        raise ObliviateError(f"{exc}{_save_last_good(model, tok, cfg, out, guard, str(exc))}") from None
-    hook(method, "finish", model, ctx)
-    guard.check(optim.steps - 1, final=True)
-    prov = {"produced_by": "obliviate unlearn", "config": to_dict(cfg),
-            "method_params": dataclasses.asdict(method), "needs": list(needs),
-            "optim": dataclasses.asdict(optim), "n_forget": len(forget), "n_retain": len(retain),
-            "train_seconds": round(time.perf_counter() - start, 2), "final_loss": logs[-1]["loss"],
+        return run.method.loss(model, batches, run.ctx)
+    finally:
+        run.ctx.backward = None
+
+
+def _checkpointing(run: _Run, out: Path) -> Checkpointing | None:
+    """Resumable runs: the guard's and the method's state go along with the weights."""
+    if run.optim.checkpoint_every <= 0:
+        return None
+    guard, ctx = run.guard, run.ctx
+
+    def get_state() -> dict[str, Any]:
+        return {"guard": guard.state_dict(), "method": dict(ctx.state)}
+
+    def set_state(state: dict[str, Any]) -> None:
+        guard.load_state_dict(state["guard"])
+        ctx.state.update(state["method"])
+
+    return Checkpointing(checkpoint_dir(out), run.optim.checkpoint_every,
+                         fingerprint(to_dict(run.cfg), list(ctx.items.values())), get_state, set_state)
+
+
+def _provenance(run: _Run, forget: list[Example], retain: list[Example],
+                logs: list[dict[str, float]], seconds: float) -> dict[str, Any]:
+    guard = run.guard
+    return {"produced_by": "obliviate unlearn", "config": to_dict(run.cfg),
+            "method_params": dataclasses.asdict(run.method.method),
+            "needs": list(run.method.needs()), "optim": dataclasses.asdict(run.optim),
+            "n_forget": len(forget), "n_retain": len(retain), "train_seconds": round(seconds, 2),
+            "final_loss": logs[-1]["loss"],
             "retain_prob": {"start": guard.start, "end": guard.last},
             "forget_prob_probe": {"start": guard.forget_start, "end": guard.forget_last},
-            "steps_run": guard.stopped_at or optim.steps}
-    return save_on_main(_finalise(model, cfg.lora.enabled), tok, out, prov, (cfg.model,),
-                        checkpoint_dir(out) if ckpt else None)
+            "steps_run": guard.stopped_at or run.optim.steps}
 
 
 def _save_last_good(model, tok, cfg: UnlearnConfig, out: Path, guard: RetainGuard, reason: str) -> str:

@@ -95,7 +95,7 @@ class Relearning:
         for k in sorted(self.steps):
             cfg = OptimConfig(lr=self.lr, steps=k - done, batch_size=self.batch_size,
                               warmup_ratio=0.0, schedule="constant")
-            train(copy_, lambda m, b: (batch_nll(m, b["train"]), {}), {"train": loader}, cfg,
+            train(copy_, lambda m, b, step: (batch_nll(m, b["train"], step.world_size), {}), {"train": loader}, cfg,
                   desc="relearn", progress=False)
             done = k
             curve.append(knowledge(copy_, tokenizer, probe, template))

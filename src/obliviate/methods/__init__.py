@@ -1,6 +1,7 @@
 """Unlearning methods. Importing this package registers every method in METHODS.
 
-Adding a method is writing one file here: a dataclass registered with `@METHODS.register`.
+Adding a method is writing one file here: a dataclass registered with `@METHODS.register`
+(base.py says what a method is; wrapping.py what a method wrapping another one declares).
 """
 
 from . import (  # noqa: F401  (registration at definition)
@@ -22,6 +23,7 @@ from . import (  # noqa: F401  (registration at definition)
     wagle,
     wga,
 )
-from .base import METHODS, Context, build, describe, needs_of
+from .base import METHODS, Context, build
+from .wrapping import MethodStack, describe, needs_of
 
-__all__ = ["METHODS", "Context", "build", "describe", "needs_of"]
+__all__ = ["METHODS", "Context", "MethodStack", "build", "describe", "needs_of"]

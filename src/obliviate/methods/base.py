@@ -3,21 +3,26 @@
 A method is a dataclass of hyper-parameters with a `loss(model, batches, ctx)` method and
 class attributes: `description`, `needs` (what data and reference it uses, see NEEDS), `paper`
 and `default_lr`. Optional hooks, found by name: `setup(model, ctx)` before training,
-`target_modules(model)` (which modules train), `finish(model, ctx)` after training, and an
-`optimizer` attribute. No implementation inheritance between methods (DESIGN.md rule 1):
-shared math is in objectives.py, shared plumbing is here.
+`target_modules(model, ctx)` (names of the modules that train), `finish(model, ctx)` after
+training, an `optimizer` attribute (OptimConfig overrides) and a `forget_stop` attribute (the
+guard's stop, see unlearning.GuardConfig). A method sees the run only through its Context:
+the data, the cached reference, the number of data-parallel processes and the step's early
+backward. No implementation inheritance between methods (ARCHITECTURE.md): shared math is in
+objectives.py, shared plumbing is here, wrappers of a base method are in wrapping.py.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
 
 import torch
 
+from ..config import from_dict
 from ..encoding import Encoded, collate
+from ..errors import ObliviateError
 from ..registry import Registry
 from .objectives import answer_logits, kl_to_reference, mean_nll, sequence_nll, token_logprobs
 
@@ -52,8 +57,11 @@ class Context:
     the forget questions with refusal answers): `ctx.pair(name, batch)` builds the batch of
     those items matching a forget batch.
     `cache` holds reference quantities computed before training; `state` is scratch space a
-    method may update across steps (e.g. a dual variable). `reference_model()` gives the model
-    as it was before unlearning, without holding a second model when that can be avoided.
+    method may update across steps (e.g. a dual variable), saved with checkpoints.
+    `reference_model()` gives the model as it was before unlearning, without holding a second
+    model when that can be avoided. During a step the training loop sets `world_size` (pass it
+    to the objectives, which divide by the whole batch's count) and `backward`, which
+    `backward_now` uses.
     """
 
     pad_id: int = 0
@@ -63,7 +71,19 @@ class Context:
     grad_masks: dict[torch.nn.Parameter, torch.Tensor] = field(default_factory=dict)
     lora: bool = False
     seed: int = 0
+    world_size: int = 1
+    backward: Callable[[torch.Tensor], None] | None = None
     _snapshot: list[tuple[torch.nn.Parameter, torch.Tensor]] | None = None
+
+    def backward_now(self, term: torch.Tensor) -> torch.Tensor:
+        """Backpropagate `term` (one summand of the step's loss) now and return it detached:
+        the step's gradient is unchanged (gradients add up) and the term's graph is freed
+        before the next batch runs, so a two-batch loss peaks like a one-batch loss. Outside a
+        training step it returns `term` as it is."""
+        if self.backward is None or not term.requires_grad:
+            return term
+        self.backward(term)
+        return term.detach()
 
     def batch_of(self, name: str, index: list[int], device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
         """A collated batch of items `index` of stream `name`."""
@@ -114,9 +134,9 @@ def forward(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
 
 
-def batch_nll(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Token-averaged NLL of a batch (scalar)."""
-    return mean_nll(forward(model, batch), batch["labels"])
+def batch_nll(model, batch: dict[str, torch.Tensor], world: int = 1) -> torch.Tensor:
+    """Token-averaged NLL of a batch (scalar); `world` data-parallel shards share the count."""
+    return mean_nll(forward(model, batch), batch["labels"], world)
 
 
 def batch_seq_nll(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -140,20 +160,18 @@ def retain_term(model, batch: dict[str, torch.Tensor], kind: str, ctx: Context) 
     'kl' (KL(p_ref || p_model) on retain answer positions; needs the reference model live,
     because the retain batches change every step)."""
     if kind == "nll":
-        return batch_nll(model, batch)
+        return batch_nll(model, batch, ctx.world_size)
     if kind == "kl":
         logits = forward(model, batch)
         with ctx.reference_model(model) as ref:
             ref_logits = forward(ref, batch)
         mask = label_mask(batch)
-        return kl_to_reference(logits[:, :-1], ref_logits[:, :-1], mask)
+        return kl_to_reference(logits[:, :-1], ref_logits[:, :-1], mask, ctx.world_size)
     raise ValueError(f"unknown retain loss '{kind}' (nll or kl)")
 
 
 def check_retain_kind(kind: str) -> None:
     if kind not in ("nll", "kl"):
-        from ..errors import ObliviateError
-
         raise ObliviateError(f"retain_loss must be 'nll' or 'kl' (got '{kind}')")
 
 
@@ -193,30 +211,10 @@ def cache_answer_logits(model, items: list[Encoded], pad_id: int, batch_size: in
     return out
 
 
-def needs_of(method) -> tuple[str, ...]:
-    """What an instance needs: its class's needs, plus the live reference when its retain term
-    is KL, or what its base method needs for wrappers (SOUL, sparsity-aware, WAGLE)."""
-    inner = getattr(method, "inner", None)
-    needs = list(type(method).needs) if inner is None else list(needs_of(inner))
-    if getattr(method, "retain_loss", "nll") == "kl" and "reference_model" not in needs:
-        needs.append("reference_model")
-    return tuple(needs)
-
-
-def describe(name: str) -> dict[str, Any]:
-    cls = METHODS.get(name)
-    return {"name": name, "description": cls.description, "needs": list(needs_of(cls())),
-            "paper": cls.paper, "default_lr": cls.default_lr}
-
-
 def build(name: str, params: dict[str, Any] | None = None, prefix: str = "params."):
-    """An instance of method `name` from a dict of hyper-parameters (strict keys)."""
-    from ..config import from_dict
-
-    return from_dict(METHODS.get(name), params or {}, prefix=prefix)
-
-
-def hook(method, name: str, *args: Any) -> Any:
-    """Call an optional hook (setup, target_modules, finish) if the method defines it."""
-    fn = getattr(method, name, None)
-    return fn(*args) if fn is not None else None
+    """An instance of method `name` from a dict of hyper-parameters (strict keys). A wrapper's
+    base method is built too (as `inner`), so its parameters are checked at once."""
+    method = from_dict(METHODS.get(name), params or {}, prefix=prefix)
+    if getattr(type(method), "wraps", False):
+        method.inner = build(method.base, method.base_params, prefix=f"{prefix}base_params.")
+    return method

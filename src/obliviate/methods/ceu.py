@@ -35,5 +35,5 @@ class CEU:
             first = (labelled.cumsum(-1) <= self.skip_first) & labelled
             labels = labels.masked_fill(first, -100)
         logits, targets = answer_logits(forward(model, f), labels)
-        loss = cross_entropy_unlearning(logits, targets)
+        loss = cross_entropy_unlearning(logits, targets, ctx.world_size)
         return loss, {"ceu": float(loss.detach())}

@@ -37,5 +37,5 @@ class FLAT:
         good = ctx.pair("idk", f)
         bad_score = mean_token_prob(forward(model, f), f["labels"])
         good_score = mean_token_prob(forward(model, good), good["labels"])
-        loss = flat(good_score, bad_score, self.divergence)
+        loss = flat(good_score, bad_score, self.divergence, ctx.world_size)
         return loss, {"good_p": float(good_score.mean()), "bad_p": float(bad_score.mean())}

@@ -25,5 +25,5 @@ class GradAscent:
     forget_stop: ClassVar[float] = 0.5
 
     def loss(self, model, batches, ctx: Context):
-        forget = batch_nll(model, batches["forget"])
+        forget = batch_nll(model, batches["forget"], ctx.world_size)
         return gradient_ascent(forget), {"forget_nll": float(forget.detach())}

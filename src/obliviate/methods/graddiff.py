@@ -7,7 +7,6 @@ from typing import ClassVar
 
 import torch
 
-from ..train import partial_backward
 from .base import METHODS, Context, batch_nll, check_retain_kind, retain_term
 from .objectives import grad_diff
 
@@ -32,10 +31,10 @@ class GradDiff:
         check_retain_kind(self.retain_loss)
 
     def loss(self, model, batches, ctx: Context):
-        forget = batch_nll(model, batches["forget"])
+        forget = batch_nll(model, batches["forget"], ctx.world_size)
         # the forget summand of grad_diff, backpropagated before the retain batch runs
-        ascent = partial_backward(grad_diff(forget, torch.zeros((), device=forget.device),
-                                            self.alpha, self.gamma))
+        ascent = ctx.backward_now(grad_diff(forget, torch.zeros((), device=forget.device),
+                                           self.alpha, self.gamma))
         retain = retain_term(model, batches["retain"], self.retain_loss, ctx)
         loss = ascent + self.alpha * retain
         return loss, {"forget_nll": float(forget.detach()), "retain": float(retain.detach())}

@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from ..train import partial_backward
 from .base import METHODS, Context, batch_nll, check_retain_kind, retain_term
 
 
@@ -26,7 +25,7 @@ class IdkNLL:
         check_retain_kind(self.retain_loss)
 
     def loss(self, model, batches, ctx: Context):
-        idk = partial_backward(batch_nll(model, ctx.pair("idk", batches["forget"])))
+        idk = ctx.backward_now(batch_nll(model, ctx.pair("idk", batches["forget"]), ctx.world_size))
         retain = retain_term(model, batches["retain"], self.retain_loss, ctx)
         return idk + self.alpha * retain, {"idk_nll": float(idk.detach()),
                                            "retain": float(retain.detach())}

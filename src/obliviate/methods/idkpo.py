@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from ..train import partial_backward
 from .base import METHODS, Context, batch_seq_nll, check_retain_kind, retain_term
 from .objectives import dpo
 
@@ -36,7 +35,7 @@ class IdkPO:
         win = batch_seq_nll(model, ctx.pair("idk", f))
         ref_win = ctx.cached("seq_nll:idk").to(idx.device)[idx]
         ref_lose = ctx.cached("seq_nll:forget").to(idx.device)[idx]
-        forget_loss = partial_backward(dpo(win, lose, ref_win, ref_lose, self.beta))
+        forget_loss = ctx.backward_now(dpo(win, lose, ref_win, ref_lose, self.beta, ctx.world_size))
         retain = retain_term(model, batches["retain"], self.retain_loss, ctx)
         return forget_loss + self.alpha * retain, {"dpo": float(forget_loss.detach()),
                                                    "retain": float(retain.detach())}

@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from ..train import partial_backward
 from .base import METHODS, Context, batch_seq_nll, check_retain_kind, retain_term
 from .objectives import npo
 
@@ -33,11 +32,11 @@ class NPO:
     def loss(self, model, batches, ctx: Context):
         f = batches["forget"]
         ref = ctx.cached("seq_nll:forget").to(f["index"].device)[f["index"]]
-        forget_loss = npo(batch_seq_nll(model, f), ref, self.beta)
+        forget_loss = npo(batch_seq_nll(model, f), ref, self.beta, ctx.world_size)
         info = {"npo": float(forget_loss.detach())}
         if self.alpha == 0:
             return forget_loss, info
-        forget_loss = partial_backward(forget_loss)  # one batch's activations at a time
+        forget_loss = ctx.backward_now(forget_loss)  # one batch's activations at a time
         retain = retain_term(model, batches["retain"], self.retain_loss, ctx)
         info["retain"] = float(retain.detach())
         return forget_loss + self.alpha * retain, info

@@ -5,50 +5,37 @@ Shapes: logits [batch, seq, vocab]; labels [batch, seq] with -100 where no loss 
 
 from __future__ import annotations
 
-import contextlib
 import math
-from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
 
 from ..encoding import IGNORE
 
+
 # Under data parallelism each process holds a shard of the batch and DDP averages gradients
-# over the N processes. A mean over a shard's own tokens would then weight shards equally,
-# not tokens; dividing each shard's sum by (global count / N) instead makes the average of the
-# N gradients exactly the gradient of the whole batch's mean, as on one process (the same
-# normalisation as transformers' num_items_in_batch). Set by the training loop only, around
-# the loss call, where every process calls the same functions in the same order.
-_WORLD = 1
-
-
-@contextlib.contextmanager
-def data_parallel(world_size: int) -> Iterator[None]:
-    global _WORLD
-    previous, _WORLD = _WORLD, world_size
-    try:
-        yield
-    finally:
-        _WORLD = previous
-
-
-def _count(count: torch.Tensor | int, device: torch.device) -> torch.Tensor:
+# over the `world` processes. A mean over a shard's own tokens would then weight shards
+# equally, not tokens; dividing each shard's sum by (global count / world) instead makes the
+# average of the gradients exactly the gradient of the whole batch's mean, as on one process
+# (the same normalisation as transformers' num_items_in_batch). Callers pass `world` from the
+# step in progress (a method reads it from its Context); every process calls the same
+# functions in the same order, so the all-reduce below lines up.
+def _count(count: torch.Tensor | int, device: torch.device, world: int) -> torch.Tensor:
     count = torch.as_tensor(count, dtype=torch.float32, device=device)
-    if _WORLD > 1:
+    if world > 1:
         import torch.distributed as dist
 
         count = count.detach().clone()
         dist.all_reduce(count)  # the global count, summed over processes
-        count = count / _WORLD
+        count = count / world
     return count.clamp(min=1e-12)
 
 
-def dp_mean(values: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-    """Mean of `values` (over `mask` where given), global over data-parallel shards."""
+def dp_mean(values: torch.Tensor, mask: torch.Tensor | None = None, world: int = 1) -> torch.Tensor:
+    """Mean of `values` (over `mask` where given), global over `world` data-parallel shards."""
     if mask is None:
-        return values.sum() / _count(values.numel(), values.device)
-    return (values * mask).sum() / _count(mask.sum(), values.device)
+        return values.sum() / _count(values.numel(), values.device, world)
+    return (values * mask).sum() / _count(mask.sum(), values.device, world)
 
 
 def token_logprobs(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -73,12 +60,12 @@ def sequence_nll(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tens
     return -logp.sum(-1), mask.sum(-1)
 
 
-def mean_nll(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+def mean_nll(logits: torch.Tensor, labels: torch.Tensor, world: int = 1) -> torch.Tensor:
     """Token-averaged NLL over the whole batch: the standard LM loss (scalar)."""
     target = labels[:, 1:]
     mask = target != IGNORE  # labelled positions only, as in token_logprobs
     nll = F.cross_entropy(logits[:, :-1, :][mask].float(), target[mask], reduction="sum")
-    return nll / _count(mask.sum(), nll.device)
+    return nll / _count(mask.sum(), nll.device, world)
 
 
 def gradient_ascent(forget_nll: torch.Tensor) -> torch.Tensor:
@@ -92,7 +79,7 @@ def grad_diff(forget_nll: torch.Tensor, retain_loss: torch.Tensor, alpha: float 
     return -gamma * forget_nll + alpha * retain_loss
 
 
-def npo(seq_nll: torch.Tensor, ref_seq_nll: torch.Tensor, beta: float) -> torch.Tensor:
+def npo(seq_nll: torch.Tensor, ref_seq_nll: torch.Tensor, beta: float, world: int = 1) -> torch.Tensor:
     """NPO (Zhang et al. 2024, "Negative Preference Optimization"), eq. 3:
 
     L = -(2/beta) * mean log sigmoid(-beta * log(pi_theta(y|x) / pi_ref(y|x)))
@@ -100,7 +87,7 @@ def npo(seq_nll: torch.Tensor, ref_seq_nll: torch.Tensor, beta: float) -> torch.
     with nll the summed sequence NLL. At nll_theta = nll_ref the loss is (2/beta) log 2, and
     it falls towards 0 as the model's likelihood of the forget answer drops below ref's.
     """
-    return -(2.0 / beta) * dp_mean(F.logsigmoid(beta * (seq_nll - ref_seq_nll)))
+    return -(2.0 / beta) * dp_mean(F.logsigmoid(beta * (seq_nll - ref_seq_nll)), world=world)
 
 
 # ---------------------------------------------------------------------------- token-level helpers
@@ -115,37 +102,39 @@ def answer_logits(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Ten
     return shifted[mask], target[mask]
 
 
-def kl_to_reference(logits: torch.Tensor, ref_logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def kl_to_reference(logits: torch.Tensor, ref_logits: torch.Tensor, mask: torch.Tensor,
+                    world: int = 1) -> torch.Tensor:
     """KL(p_ref || p_model) per position, averaged over `mask` (the KL retain term of TOFU's
     GradDiff-KL and NPO-KL; Maini et al. 2024, "TOFU"). logits, ref_logits [..., vocab]."""
     logp = torch.log_softmax(logits.float(), dim=-1)
     ref_logp = torch.log_softmax(ref_logits.float(), dim=-1)
     kl = (ref_logp.exp() * (ref_logp - logp)).sum(-1)
-    return dp_mean(kl, mask)
+    return dp_mean(kl, mask, world=world)
 
 
 # ---------------------------------------------------------------------------- sequence-level losses
-def simnpo(seq_nll: torch.Tensor, lengths: torch.Tensor, beta: float, gamma: float) -> torch.Tensor:
+def simnpo(seq_nll: torch.Tensor, lengths: torch.Tensor, beta: float, gamma: float,
+           world: int = 1) -> torch.Tensor:
     """SimNPO (Fan et al. 2024, "Simplicity Prevails: Rethinking Negative Preference Optimization
     for LLM Unlearning"), eq. 4: NPO with the reference replaced by a length-normalised margin,
     L = -(2/beta) * mean log sigmoid(beta * nll_seq / |y| - gamma). Reference-free."""
-    return -(2.0 / beta) * dp_mean(F.logsigmoid(beta * seq_nll / lengths.clamp(min=1) - gamma))
+    return -(2.0 / beta) * dp_mean(F.logsigmoid(beta * seq_nll / lengths.clamp(min=1) - gamma), world=world)
 
 
 def dpo(win_nll: torch.Tensor, lose_nll: torch.Tensor, ref_win_nll: torch.Tensor,
-        ref_lose_nll: torch.Tensor, beta: float) -> torch.Tensor:
+        ref_lose_nll: torch.Tensor, beta: float, world: int = 1) -> torch.Tensor:
     """DPO (Rafailov et al. 2023) in the 2/beta scaling TOFU's IdkPO uses (Maini et al. 2024):
     L = -(2/beta) * mean log sigmoid(beta * [(ref_win - win) - (ref_lose - lose)])
     with nll summed sequence NLLs; the preferred ("win") answer is the refusal."""
     margin = (ref_win_nll - win_nll) - (ref_lose_nll - lose_nll)
-    return -(2.0 / beta) * dp_mean(F.logsigmoid(beta * margin))
+    return -(2.0 / beta) * dp_mean(F.logsigmoid(beta * margin), world=world)
 
 
 # ---------------------------------------------------------------------------- token-reweighted ascent
-def weighted_ascent(logp: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+def weighted_ascent(logp: torch.Tensor, weight: torch.Tensor, world: int = 1) -> torch.Tensor:
     """Mean of weight * log p over labelled tokens [n_tokens]: minimising it is gradient ascent
     on the NLL with each token's step scaled by a (detached) weight."""
-    return dp_mean(weight.detach() * logp)
+    return dp_mean(weight.detach() * logp, world=world)
 
 
 def wga_weights(logp: torch.Tensor, beta: float) -> torch.Tensor:
@@ -164,7 +153,7 @@ def satimp_weights(logp: torch.Tensor, beta1: float, beta2: float) -> torch.Tens
 
 # ---------------------------------------------------------------------------- distribution targets
 def undial(logits: torch.Tensor, ref_logits: torch.Tensor, targets: torch.Tensor,
-           strength: float) -> torch.Tensor:
+           strength: float, world: int = 1) -> torch.Tensor:
     """UNDIAL (Dong et al. 2024, "UNDIAL: Self-Distillation with Adjusted Logits for Robust
     Unlearning"): distil from the reference with the true token's logit lowered by `strength`,
     L = mean_t CE(softmax(ref_logits_t - strength * onehot(y_t)), p_model_t).
@@ -172,10 +161,10 @@ def undial(logits: torch.Tensor, ref_logits: torch.Tensor, targets: torch.Tensor
     adjusted = ref_logits.float().scatter_add(
         -1, targets.unsqueeze(-1), torch.full_like(targets, -strength, dtype=torch.float).unsqueeze(-1))
     soft = torch.softmax(adjusted, dim=-1)
-    return -dp_mean((soft * torch.log_softmax(logits.float(), dim=-1)).sum(-1))
+    return -dp_mean((soft * torch.log_softmax(logits.float(), dim=-1)).sum(-1), world=world)
 
 
-def cross_entropy_unlearning(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+def cross_entropy_unlearning(logits: torch.Tensor, targets: torch.Tensor, world: int = 1) -> torch.Tensor:
     """CE-U (Yang et al. 2025, "CE-U: Cross Entropy Unlearning"): cross-entropy against the
     model's own detached distribution with the true token removed (its logit set to -inf).
     The gradient w.r.t. the logits is p - q: it lowers the true token and keeps the rest of the
@@ -183,15 +172,15 @@ def cross_entropy_unlearning(logits: torch.Tensor, targets: torch.Tensor) -> tor
     q_logits = logits.detach().float().scatter(-1, targets.unsqueeze(-1), float("-inf"))
     q = torch.softmax(q_logits, dim=-1)
     logp = torch.log_softmax(logits.float(), dim=-1)
-    return -dp_mean((q * logp.masked_fill(q == 0, 0.0)).sum(-1))
+    return -dp_mean((q * logp.masked_fill(q == 0, 0.0)).sum(-1), world=world)
 
 
-def logit_flatness(logits: torch.Tensor) -> torch.Tensor:
+def logit_flatness(logits: torch.Tensor, world: int = 1) -> torch.Tensor:
     """PDU's forget loss (Entesari et al. 2025, "Constrained Entropic Unlearning: A Primal-Dual
     Framework for Large Language Models"): mean over tokens of (max logit - mean logit)^2, zero
     exactly when the next-token distribution is uniform. logits [n_tokens, vocab]."""
     lf = logits.float()
-    return dp_mean((lf.max(-1).values - lf.mean(-1)) ** 2)
+    return dp_mean((lf.max(-1).values - lf.mean(-1)) ** 2, world=world)
 
 
 def dual_ascent(lam: float, constraint: float, step: float) -> float:
@@ -210,7 +199,8 @@ F_DIVERGENCES = {
 }
 
 
-def flat(good_score: torch.Tensor, bad_score: torch.Tensor, divergence: str = "kl") -> torch.Tensor:
+def flat(good_score: torch.Tensor, bad_score: torch.Tensor, divergence: str = "kl",
+         world: int = 1) -> torch.Tensor:
     """FLAT (Wang et al. 2025, "LLM Unlearning via Loss Adjustment with Only Forget Data"):
     maximise the variational f-divergence between template answers ("good") and forget answers
     ("bad"), L = -mean g*(s_good) + mean f*(g*(s_bad)), with s the mean token probability of
@@ -218,7 +208,7 @@ def flat(good_score: torch.Tensor, bad_score: torch.Tensor, divergence: str = "k
     if divergence not in F_DIVERGENCES:
         raise ValueError(f"unknown divergence '{divergence}' (one of {sorted(F_DIVERGENCES)})")
     act, conj = F_DIVERGENCES[divergence]
-    return -dp_mean(act(good_score)) + dp_mean(conj(act(bad_score)))
+    return -dp_mean(act(good_score), world=world) + dp_mean(conj(act(bad_score)), world=world)
 
 
 def mean_token_prob(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -228,18 +218,20 @@ def mean_token_prob(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------------------- representations
-def rmu_forget(hidden: torch.Tensor, control: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def rmu_forget(hidden: torch.Tensor, control: torch.Tensor, mask: torch.Tensor,
+               world: int = 1) -> torch.Tensor:
     """RMU (Li et al. 2024, "The WMDP Benchmark"), forget term: mean squared distance of the
     layer's hidden states [batch, seq, d] to the scaled random control vector c*u [d], over
     `mask` [batch, seq]."""
     sq = ((hidden.float() - control.float()) ** 2).mean(-1)
-    return dp_mean(sq, mask)
+    return dp_mean(sq, mask, world=world)
 
 
-def rmu_retain(hidden: torch.Tensor, ref_hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def rmu_retain(hidden: torch.Tensor, ref_hidden: torch.Tensor, mask: torch.Tensor,
+               world: int = 1) -> torch.Tensor:
     """RMU retain term: mean squared distance to the reference model's hidden states."""
     sq = ((hidden.float() - ref_hidden.float()) ** 2).mean(-1)
-    return dp_mean(sq, mask)
+    return dp_mean(sq, mask, world=world)
 
 
 # ---------------------------------------------------------------------------- parameters

@@ -31,8 +31,8 @@ class PDU:
     def loss(self, model, batches, ctx: Context):
         f = batches["forget"]
         logits, _ = answer_logits(forward(model, f), f["labels"])
-        forget = logit_flatness(logits)
-        retain = batch_nll(model, batches["retain"])
+        forget = logit_flatness(logits, ctx.world_size)
+        retain = batch_nll(model, batches["retain"], ctx.world_size)
         st = ctx.state.setdefault("pdu", {"lam": self.lam, "eps": self.retain_eps})
         if st["eps"] is None:
             st["eps"] = float(retain.detach()) + self.retain_slack

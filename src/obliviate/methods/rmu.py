@@ -74,10 +74,10 @@ class RMU:
         st = ctx.state["rmu"]
         f, r = batches["forget"], batches["retain"]
         h_f = _hidden(model, f, st["layer"])[:, :-1]
-        forget = rmu_forget(h_f, st["control"].to(h_f.device), label_mask(f))
+        forget = rmu_forget(h_f, st["control"].to(h_f.device), label_mask(f), ctx.world_size)
         h_r = _hidden(model, r, st["layer"])
         with ctx.reference_model(model) as ref:
             h_ref = _hidden(ref, r, st["layer"])
-        retain = rmu_retain(h_r, h_ref, r["attention_mask"])
+        retain = rmu_retain(h_r, h_ref, r["attention_mask"], ctx.world_size)
         return forget + self.alpha * retain, {"rmu_forget": float(forget.detach()),
                                               "rmu_retain": float(retain.detach())}

@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from ..train import partial_backward
 from .base import METHODS, Context, answer_token_logprobs, check_retain_kind, retain_term
 from .objectives import satimp_weights, weighted_ascent
 
@@ -31,8 +30,9 @@ class SatImp:
 
     def loss(self, model, batches, ctx: Context):
         logp = answer_token_logprobs(model, batches["forget"])
-        forget = weighted_ascent(logp, satimp_weights(logp, self.beta1, self.beta2))
-        forget_term = partial_backward(self.gamma * forget)
+        forget = weighted_ascent(logp, satimp_weights(logp, self.beta1, self.beta2),
+                                 ctx.world_size)
+        forget_term = ctx.backward_now(self.gamma * forget)
         retain = retain_term(model, batches["retain"], self.retain_loss, ctx)
         return forget_term + self.alpha * retain, {"satimp": float(forget.detach()),
                                                            "retain": float(retain.detach())}

@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from ..train import partial_backward
 from .base import METHODS, Context, check_retain_kind, forward, retain_term
 from .objectives import sequence_nll, simnpo
 
@@ -31,7 +30,7 @@ class SimNPO:
     def loss(self, model, batches, ctx: Context):
         f = batches["forget"]
         seq, n = sequence_nll(forward(model, f), f["labels"])
-        forget_loss = partial_backward(simnpo(seq, n, self.beta, self.gamma))
+        forget_loss = ctx.backward_now(simnpo(seq, n, self.beta, self.gamma, ctx.world_size))
         retain = retain_term(model, batches["retain"], self.retain_loss, ctx)
         return forget_loss + self.alpha * retain, {"simnpo": float(forget_loss.detach()),
                                                    "retain": float(retain.detach())}

@@ -8,7 +8,7 @@ from typing import Any, ClassVar
 import torch
 
 from ..errors import ObliviateError
-from .base import METHODS, Context, build, hook
+from .base import METHODS, Context
 from .objectives import l1_penalty
 
 
@@ -32,17 +32,16 @@ class SparseUnlearn:
     prune: float = 0.0  # fraction of block weights zeroed first
 
     description: ClassVar[str] = "sparsity-aware unlearning: l1 on weights, optional prune-then-unlearn"
-    needs: ClassVar[tuple[str, ...]] = ("forget", "retain")
+    needs: ClassVar[tuple[str, ...]] = ()  # the base method's
+    wraps: ClassVar[bool] = True
     paper: ClassVar[str] = "Jia et al. 2023, Model Sparsity Can Simplify Machine Unlearning"
     default_lr: ClassVar[float] = 1.5e-4
 
     def __post_init__(self) -> None:
-        self.inner = build(self.base, self.base_params, prefix="params.base_params.")
         if not 0.0 <= self.prune < 1.0:
             raise ObliviateError(f"prune must be in [0, 1) (got {self.prune})")
 
     def setup(self, model, ctx: Context) -> None:
-        hook(self.inner, "setup", model, ctx)
         if self.prune <= 0:
             return
         if ctx.lora:
@@ -58,20 +57,9 @@ class SparseUnlearn:
                 p.mul_(keep)
                 ctx.grad_masks[p] = keep
 
-    def target_modules(self, model, ctx: Context):
-        return hook(self.inner, "target_modules", model, ctx)
-
-    @property
-    def forget_stop(self) -> float:
-        return getattr(self.inner, "forget_stop", 0.0)
-
-    def loss(self, model, batches, ctx: Context):
-        loss, info = self.inner.loss(model, batches, ctx)
+    def adjust_loss(self, loss, info: dict[str, float], model, ctx: Context):
         if self.l1 > 0:
             reg = l1_penalty([p for p in model.parameters() if p.requires_grad])
             loss = loss + self.l1 * reg
-            info["l1"] = float(reg.detach())
+            info = {**info, "l1": float(reg.detach())}
         return loss, info
-
-    def finish(self, model, ctx: Context) -> None:
-        hook(self.inner, "finish", model, ctx)

@@ -32,7 +32,7 @@ class TaskVector:
                                for n, p in model.named_parameters() if p.requires_grad}
 
     def loss(self, model, batches, ctx: Context):
-        nll = batch_nll(model, batches["forget"])
+        nll = batch_nll(model, batches["forget"], ctx.world_size)
         return nll, {"forget_nll": float(nll.detach())}
 
     @torch.no_grad()

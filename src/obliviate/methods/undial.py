@@ -7,7 +7,6 @@ from typing import ClassVar
 
 import torch
 
-from ..train import partial_backward
 from .base import METHODS, Context, cache_answer_logits, check_retain_kind, forward, retain_term
 from .objectives import answer_logits, undial
 
@@ -40,7 +39,7 @@ class UNDIAL:
         logits, targets = answer_logits(forward(model, f), f["labels"])
         cached = ctx.cached("logits:forget")
         ref = torch.cat([cached[i] for i in f["index"].tolist()]).to(logits.device)
-        forget = partial_backward(undial(logits, ref, targets, self.strength))
+        forget = ctx.backward_now(undial(logits, ref, targets, self.strength, ctx.world_size))
         retain = retain_term(model, batches["retain"], self.retain_loss, ctx)
         return forget + self.alpha * retain, {"undial": float(forget.detach()),
                                               "retain": float(retain.detach())}

@@ -8,7 +8,7 @@ from typing import Any, ClassVar
 import torch
 
 from ..errors import ObliviateError
-from .base import METHODS, Context, batch_nll, build, hook
+from .base import METHODS, Context, batch_nll
 from .sparse import prunable
 
 
@@ -28,12 +28,12 @@ class WAGLE:
     batches: int = 4  # batches of forget and retain used for the attribution
 
     description: ClassVar[str] = "weight attribution mask: only the most forget-relevant weights update"
-    needs: ClassVar[tuple[str, ...]] = ("forget", "retain")
+    needs: ClassVar[tuple[str, ...]] = ()  # the base method's (the retain set is used if given)
+    wraps: ClassVar[bool] = True
     paper: ClassVar[str] = "Jia et al. 2024, WAGLE: Strategic Weight Attribution for Effective and Modular Unlearning in LLMs"
     default_lr: ClassVar[float] = 3e-4
 
     def __post_init__(self) -> None:
-        self.inner = build(self.base, self.base_params, prefix="params.base_params.")
         if not 0.0 < self.ratio <= 1.0:
             raise ObliviateError(f"ratio must be in (0, 1] (got {self.ratio})")
 
@@ -54,7 +54,6 @@ class WAGLE:
         return grads
 
     def setup(self, model, ctx: Context) -> None:
-        hook(self.inner, "setup", model, ctx)
         flags = {n: p.requires_grad for n, p in model.named_parameters()}
         try:  # attribution needs gradients of every block weight, whatever trains later
             for p in model.parameters():
@@ -82,19 +81,10 @@ class WAGLE:
                 ctx.grad_masks[params[n]] = (s >= threshold).to(s.dtype)
 
     def target_modules(self, model, ctx: Context):
-        inner = hook(self.inner, "target_modules", model, ctx)
+        """Under LoRA, adapters on the top `ratio` of block modules (when the base method names
+        no modules of its own)."""
         scores = ctx.state.get("wagle_modules")
-        if inner is not None or scores is None:
-            return inner
+        if scores is None:
+            return None
         ranked = sorted(scores, key=scores.get, reverse=True)
         return ranked[:max(1, round(self.ratio * len(ranked)))]
-
-    @property
-    def forget_stop(self) -> float:
-        return getattr(self.inner, "forget_stop", 0.0)
-
-    def loss(self, model, batches, ctx: Context):
-        return self.inner.loss(model, batches, ctx)
-
-    def finish(self, model, ctx: Context) -> None:
-        hook(self.inner, "finish", model, ctx)

@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from ..train import partial_backward
 from .base import METHODS, Context, answer_token_logprobs, check_retain_kind, retain_term
 from .objectives import weighted_ascent, wga_weights
 
@@ -30,8 +29,8 @@ class WGA:
 
     def loss(self, model, batches, ctx: Context):
         logp = answer_token_logprobs(model, batches["forget"])
-        forget = weighted_ascent(logp, wga_weights(logp, self.beta))
-        forget_term = partial_backward(self.gamma * forget)
+        forget = weighted_ascent(logp, wga_weights(logp, self.beta), ctx.world_size)
+        forget_term = ctx.backward_now(self.gamma * forget)
         retain = retain_term(model, batches["retain"], self.retain_loss, ctx)
         return forget_term + self.alpha * retain, {"wga": float(forget.detach()),
                                                            "retain": float(retain.detach())}
