@@ -2,10 +2,12 @@
 
     import obliviate as ob
     ob.generate("bench", seed=0, entities=40)
-    ob.finetune("bench", "target", role="target")
-    ob.finetune("bench", "oracle", role="oracle")
-    ob.unlearn("target", "npo", forget=..., retain=..., out="target-npo")
-    ob.evaluate("target-npo", ob.tofu_sets("bench"), reference=ob.evaluate("oracle", ...))
+    ob.finetune(ob.FinetuneConfig(benchmark="bench", role="target"), "target")
+    ob.finetune(ob.FinetuneConfig(benchmark="bench", role="oracle"), "oracle")
+    ob.unlearn(ob.UnlearnConfig(model="target", method="npo", benchmark="bench"), "target-npo")
+    oracle = ob.evaluate(ob.EvalConfig(model="oracle", benchmark="bench"), name="oracle")
+    res = ob.evaluate(ob.EvalConfig(model="target-npo", benchmark="bench"), reference=oracle)
+    res["metrics"]["forget_quality"], res["metrics"]["model_utility"]
 """
 
 from __future__ import annotations
@@ -18,10 +20,10 @@ from pathlib import Path
 from typing import Any
 
 from .config import to_dict
-from .data import REAL_WORLD, Benchmark, generate_benchmark, real_world_examples
+from .data import REAL_WORLD, Benchmark, generate_benchmark, load_examples, real_world_examples
 from .encoding import DEFAULT_TEMPLATE, encode
 from .errors import ObliviateError
-from .evaluation import Engine, EvalSet, derive, evaluate_tofu, make_results
+from .evaluation import Engine, EvalSet, derive, evaluate_tofu, load_results, make_results
 from .evaluation.suite import evaluate_memorization, evaluate_mia, evaluate_muse
 from .methods.base import batch_nll
 from .models import (
@@ -131,7 +133,7 @@ def finetune(cfg: FinetuneConfig, out: str | Path, progress: bool = True) -> Pat
                           fingerprint(to_dict(cfg), [items]))
             if optim.checkpoint_every > 0 else None)
     start = time.perf_counter()
-    logs = train(model, lambda m, b: (batch_nll(m, b["train"]), {}), {"train": loader}, optim,
+    logs = train(model, lambda m, b, step: (batch_nll(m, b["train"], step.world_size), {}), {"train": loader}, optim,
                  desc=f"finetune {cfg.role}", progress=progress, checkpoint=ckpt)
     prov = {"produced_by": "obliviate finetune", "config": to_dict(cfg), "steps": steps,
             "train_seconds": round(time.perf_counter() - start, 2), "final_loss": logs[-1]["loss"],
@@ -151,8 +153,6 @@ def tofu_sets(benchmark: str | Path, forget_split: str = "forget10", max_retain:
 
 
 def _eval_sets(cfg: EvalConfig) -> list[EvalSet]:
-    from .data import load_examples
-
     if cfg.benchmark:
         sets = tofu_sets(cfg.benchmark, cfg.forget_split, cfg.max_retain)
     else:
@@ -187,8 +187,6 @@ def _passages(cfg: EvalConfig, sets: list[EvalSet]) -> EvalSet:
 
 
 def _holdout(cfg: EvalConfig) -> EvalSet:
-    from .data import load_examples
-
     if cfg.holdout:
         return EvalSet("holdout", "holdout", load_examples(cfg.holdout))
     if cfg.benchmark:
@@ -199,8 +197,6 @@ def _holdout(cfg: EvalConfig) -> EvalSet:
 def evaluate(cfg: EvalConfig, name: str | None = None, reference: dict[str, Any] | None = None,
              progress: bool = True) -> dict[str, Any]:
     """TOFU-suite Results for one model (per-item values, aggregates, derived metrics)."""
-    from .evaluation import load_results
-
     sets = _eval_sets(cfg)
     set_seed(cfg.seed)
     model, tok = load_model(cfg.model, trust_remote_code=cfg.trust_remote_code)
@@ -225,7 +221,8 @@ def evaluate(cfg: EvalConfig, name: str | None = None, reference: dict[str, Any]
         datasets["mia"] = evaluate_mia(engine, forget, _holdout(cfg), cfg.mia_k, ref_engine,
                                        cfg.mia_gradnorm)
     res = make_results(name or Path(cfg.model).name, str(cfg.model), datasets, to_dict(cfg),
-                       cfg.seed, {"eval_seconds": round(time.perf_counter() - start, 2)})
+                       cfg.seed, {"eval_seconds": round(time.perf_counter() - start, 2)},
+                       suites=list(cfg.suites))
     if reference is None and cfg.reference:
         reference = load_results(cfg.reference)
     res["metrics"] = derive(res, reference)

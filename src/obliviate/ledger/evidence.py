@@ -18,21 +18,10 @@ from markupsafe import Markup
 
 from ..evaluation.results import versions as library_versions
 from ..report.audit import relearning_svg
+from ..report.columns import forget_rows, key_title
 from ..report.html import figure_svg, fmt, pyplot, render
 from . import measure as M
 from .store import Ledger, Request, Version
-
-# (metric, label, direction): the request's forget-set numbers in the before/after table
-FORGET_ROWS = [
-    ("forget_prob", "Answer probability", "↓"),
-    ("forget_rougeL_recall", "ROUGE-L recall of generated answers", "↓"),
-    ("forget_exact_memorization", "Exact memorization", "↓"),
-    ("forget_extraction_strength", "Extraction strength", "↓"),
-    ("forget_truth_ratio", "Truth ratio (forget score)", "match oracle"),
-    ("auc_min_k", "MIA AUC, Min-K% (0.5 = looks unseen)", "→ 0.5"),
-    ("auc_loss", "MIA AUC, LOSS", "→ 0.5"),
-    ("forget_quality", "Forget quality (KS p vs oracle)", "↑"),
-]
 
 Measurements = dict[tuple[int, int], dict[str, Any]]
 
@@ -160,9 +149,9 @@ def _forget_and_utility(rows: Measurements, inputs: EvidenceInputs) -> dict[str,
     rid, pid, vid = inputs.request.id, inputs.parent.id, inputs.version_id
     before, after = rows.get((pid, rid), {}), rows.get((vid, rid), {})
     mb, ma = rows.get((pid, M.MODEL_LEVEL), {}), rows.get((vid, M.MODEL_LEVEL), {})
-    return {"forget_rows": FORGET_ROWS, "before": before, "after": after,
+    return {"forget_rows": forget_rows(after), "before": before, "after": after,
             "oracle": inputs.measured["oracle_metrics"].get(str(rid), {}),
-            "utility": [[k, fmt(mb.get(k)), fmt(ma.get(k))] for k in ma],
+            "utility": [[key_title(k), fmt(mb.get(k)), fmt(ma.get(k))] for k in ma],
             "verdict": _verdict(before, after, mb, ma, pid, vid)}
 
 

@@ -13,13 +13,11 @@ import numpy as np
 from ..data.examples import Example
 from ..encoding import DEFAULT_TEMPLATE
 from ..evaluation import Engine, EvalSet, derive, evaluate_tofu, make_results
+from ..evaluation.metrics import in_order
 from ..evaluation.suite import evaluate_mia
 from ..evaluation.tofu_math import forget_quality
 from ..models import load_model
 
-# per-request numbers kept in the ledger (the dataset's aggregate key -> metric name)
-FORGET_KEYS = ("prob", "rougeL_recall", "truth_ratio", "exact_memorization", "extraction_strength")
-MIA_KEYS = ("auc_loss", "auc_zlib", "auc_min_k", "auc_min_k_pp")
 MODEL_LEVEL = 0  # the request id under which model-level numbers (utility) are stored
 
 
@@ -70,14 +68,17 @@ def evaluate_version(model_dir: str | Path, sets: Sets, name: str, model_level: 
 
 def request_metrics(res: dict[str, Any], rid: int,
                     oracle: dict[str, Any] | None = None) -> dict[str, float | str]:
-    """The ledger's numbers for one request from a Results dict (and the oracle's, for forget
-    quality: the KS test of the two truth-ratio distributions)."""
+    """The ledger's numbers for one request from a Results dict: every aggregate the suites
+    computed on its forget set (forget_<metric>) and its membership attacks (auc_<attack>),
+    and forget quality against the oracle's (the KS test of the two truth-ratio samples)."""
     d = res["datasets"][forget_name(rid)]
-    out: dict[str, float | str] = {f"forget_{k}": d["aggregate"][k] for k in FORGET_KEYS
-                                   if k in d["aggregate"]}
+    out: dict[str, float | str] = {f"forget_{k}": v for k, v in d["aggregate"].items()}
     mia = res["datasets"].get(mia_name(rid))
-    for k in MIA_KEYS:
-        out[k] = mia["aggregate"][k] if mia else "not computed: the project has no holdout set"
+    if mia is not None:
+        out.update(mia["aggregate"])
+    else:
+        out.update({m.name: "not computed: the project has no holdout set"
+                    for m in in_order("mia") if not m.optional})
     if oracle is None:
         out["forget_quality"] = "not computed: the project has no oracle"
     elif "truth_ratio" not in d["per_item"]:
@@ -90,12 +91,11 @@ def request_metrics(res: dict[str, Any], rid: int,
 
 
 def model_metrics(res: dict[str, Any]) -> dict[str, float | str]:
-    """Model-level numbers: utility and each retain/utility set's probability and ROUGE-L."""
+    """Model-level numbers: utility and every aggregate of each retain / utility set."""
     out: dict[str, float | str] = {"model_utility": res["metrics"]["model_utility"]}
     for name, d in res["datasets"].items():
         if d["role"] in ("retain", "utility"):
-            for k in ("prob", "rougeL_recall"):
-                out[f"{name}_{k}"] = d["aggregate"][k]
+            out.update({f"{name}_{k}": v for k, v in d["aggregate"].items()})
     return out
 
 

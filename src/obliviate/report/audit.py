@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 from markupsafe import Markup
 
 from .html import figure_svg, pyplot
@@ -21,8 +22,6 @@ def _audit_names(audits: list[dict[str, Any]]) -> list[str]:
 
 def bars_svg(audits: list[dict[str, Any]]) -> Markup:
     """Grouped bars: one group per audit, one bar per audited model (not-applicable: none)."""
-    import numpy as np
-
     plt = pyplot()
     names = _audit_names(audits)
     fig, ax = plt.subplots(figsize=(7.5, 3.8), dpi=100)

@@ -10,21 +10,10 @@ from markupsafe import Markup
 
 from ..io import write_text_atomic
 from .audit import audit_context, audit_markdown
+from .columns import detail_tables, headline_columns
 from .html import figure_svg, fmt, pyplot, render
 
-__all__ = ["COLUMNS", "fmt", "render_html", "render_markdown", "write_report"]
-
-# (key in metrics, column title, direction shown to the reader)
-COLUMNS = [
-    ("forget_quality", "Forget quality", "↑ (1 = like the oracle)"),
-    ("model_utility", "Model utility", "↑"),
-    ("forget_prob", "Forget prob", "↓"),
-    ("forget_rougeL_recall", "Forget ROUGE-L", "↓"),
-    ("forget_truth_ratio", "Forget truth ratio", "match oracle"),
-    ("retain_prob", "Retain prob", "↑"),
-    ("retain_rougeL_recall", "Retain ROUGE-L", "↑"),
-    ("world_facts_prob", "World-facts prob", "↑"),
-]
+__all__ = ["fmt", "render_html", "render_markdown", "write_report"]
 
 
 def _scatter_svg(rows: list[dict[str, Any]]) -> Markup:
@@ -54,13 +43,20 @@ def _reference(rows: list[dict[str, Any]]) -> str | None:
     return next((r.get("reference") for r in rows if r.get("reference")), None)
 
 
-def render_markdown(rows: list[dict[str, Any]], title: str = "obliviate report") -> str:
-    """report.md: the COLUMNS table, one row per Results."""
-    head = "| model | " + " | ".join(f"{t} {d.split()[0]}" for _, t, d in COLUMNS) + " |"
-    lines = [f"# {title}", "", head, "|" + "---|" * (len(COLUMNS) + 1)]
+def _markdown_table(rows: list[dict[str, Any]], columns) -> list[str]:
+    head = "| model | " + " | ".join(f"{t} {d}".strip() for _, t, d in columns) + " |"
+    lines = [head, "|" + "---|" * (len(columns) + 1)]
     for res in rows:
         m = res["metrics"]
-        lines.append(f"| {res['name']} | " + " | ".join(fmt(m.get(k)) for k, _, _ in COLUMNS) + " |")
+        lines.append(f"| {res['name']} | " + " | ".join(fmt(m.get(k)) for k, _, _ in columns) + " |")
+    return lines
+
+
+def render_markdown(rows: list[dict[str, Any]], title: str = "obliviate report") -> str:
+    """report.md: the headline table, one row per Results, then every dataset's numbers."""
+    lines = [f"# {title}", "", *_markdown_table(rows, headline_columns(rows))]
+    for name, columns in detail_tables(rows):
+        lines += ["", f"## {name}", "", *_markdown_table(rows, columns)]
     ref = _reference(rows)
     if ref:
         lines += ["", f"Forget quality is measured against `{ref}`."]
@@ -70,9 +66,10 @@ def render_markdown(rows: list[dict[str, Any]], title: str = "obliviate report")
 def render_html(rows: list[dict[str, Any]], title: str = "obliviate report",
                 audits: list[dict[str, Any]] | None = None,
                 sources: Sequence[str | Path] | None = None) -> str:
-    """report.html: the COLUMNS table, the forget-quality/utility plot and, with `audits`, the
-    audit section. `sources` are the files the Results were read from, named in the footer."""
-    return render("report.html", title=title, columns=COLUMNS, rows=rows,
+    """report.html: the headline table, the forget-quality/utility plot, every dataset's
+    numbers and, with `audits`, the audit section (columns from the metric registry). `sources` are the files the Results were read from, named in the footer."""
+    return render("report.html", title=title, columns=headline_columns(rows),
+                  details=detail_tables(rows), rows=rows,
                   reference=_reference(rows), scatter=_scatter_svg(rows),
                   audits=audit_context(audits) if audits else None,
                   sources=[Path(p).name for p in sources] if sources else None)
