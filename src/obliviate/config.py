@@ -1,6 +1,6 @@
 """Typed dataclass configs: YAML files plus dotted `key=value` overrides, strict keys.
 
-Every run stores the resolved config (`to_dict`) beside its results (DESIGN.md rule 3).
+Every run stores the resolved config (`to_dict`) beside its results (ARCHITECTURE.md).
 """
 
 from __future__ import annotations
