@@ -16,6 +16,8 @@ import os
 import time
 from pathlib import Path
 
+from provenance import line, provenance
+
 HERE = Path(__file__).resolve().parent
 
 
@@ -69,9 +71,11 @@ def main() -> None:
     lines += ["", f"Methods whose forgetting survives every attack (all residuals <= 0.3): "
               f"{', '.join(survivors) or 'none'}.",
               f"{len(rows)} models audited in {time.perf_counter() - start:.0f} s (2-core CPU)."]
+    prov = provenance()
+    lines += ["", line(prov)]
     (HERE / "results" / "audits.md").write_text("\n".join(lines) + "\n")
     (HERE / "results" / "audits.json").write_text(json.dumps(
-        {"variant": args.variant, "ends": ends, "rows": rows}, indent=1) + "\n")
+        {"provenance": prov, "variant": args.variant, "ends": ends, "rows": rows}, indent=1) + "\n")
     print("\n".join(lines))
 
 

@@ -2,7 +2,8 @@
 
     python benchmarks/eval_speed.py [--work DIR] [--repeats 3]
 
-On the leaderboard's target model and benchmark (trained here if missing), prints:
+On the leaderboard's target model and benchmark (trained here if missing), prints and writes to
+benchmarks/results/eval_speed.md:
 (a) throughput of the likelihood part of the tofu + mia + memorization evaluation (every
     statistic those suites read) in tokens/s, divided by the throughput of bare forward passes
     over the same token sequences in the same batches: the engine's overhead (target >= 0.7);
@@ -19,6 +20,7 @@ import time
 from pathlib import Path
 
 import torch
+from provenance import line, provenance
 
 HERE = Path(__file__).resolve().parent
 # which (dataset, variants) each likelihood metric reads; a per-metric evaluator runs each alone
@@ -27,10 +29,10 @@ METRIC_NEEDS = {
     "truth_ratio": [(d, "paraphrase+perturbed") for d in ("forget", "retain", "world_facts")],
     "exact_memorization": [("forget", "answer"), ("retain", "answer")],
     "extraction_strength": [("forget", "answer"), ("retain", "answer")],
-    "mia_loss": [("forget", "answer"), ("holdout", "answer")],
-    "mia_zlib": [("forget", "answer"), ("holdout", "answer")],
-    "mia_min_k": [("forget", "answer"), ("holdout", "answer")],
-    "mia_min_k_pp": [("forget", "answer"), ("holdout", "answer")],
+    "auc_loss": [("forget", "answer"), ("holdout", "answer")],
+    "auc_zlib": [("forget", "answer"), ("holdout", "answer")],
+    "auc_min_k": [("forget", "answer"), ("holdout", "answer")],
+    "auc_min_k_pp": [("forget", "answer"), ("holdout", "answer")],
 }
 
 
@@ -111,14 +113,19 @@ def main() -> None:
     t_per = best(per_metric)
     eng = shared()
     n_per = per_metric()
-    print(f"model: {sum(p.numel() for p in model.parameters()):,} parameters; "
-          f"{len(seqs)} sequences, {tokens:,} tokens; torch threads {torch.get_num_threads()}")
-    print(f"(a) bare forward      {tokens / t_bare:12,.0f} tokens/s  ({t_bare:.2f} s)")
-    print(f"    shared engine     {tokens / t_shared:12,.0f} tokens/s  ({t_shared:.2f} s, "
-          f"{eng.forward_passes} forward passes)")
-    print(f"    throughput ratio engine / bare = {t_bare / t_shared:.2f}  (target >= 0.7)")
-    print(f"(b) per-metric passes {t_per:.2f} s ({n_per} forward passes) vs shared {t_shared:.2f} s "
-          f"({eng.forward_passes} passes): speed-up {t_per / t_shared:.2f}x")
+    out = [f"model: {sum(p.numel() for p in model.parameters()):,} parameters; "
+           f"{len(seqs)} sequences, {tokens:,} tokens",
+           f"(a) bare forward      {tokens / t_bare:12,.0f} tokens/s  ({t_bare:.2f} s)",
+           f"    shared engine     {tokens / t_shared:12,.0f} tokens/s  ({t_shared:.2f} s, "
+           f"{eng.forward_passes} forward passes)",
+           f"    throughput ratio engine / bare = {t_bare / t_shared:.2f}  (target >= 0.7)",
+           f"(b) per-metric passes {t_per:.2f} s ({n_per} forward passes) vs shared {t_shared:.2f} s "
+           f"({eng.forward_passes} passes): speed-up {t_per / t_shared:.2f}x"]
+    print("\n".join(out))
+    text = ["# Evaluation speed: shared engine vs bare forward passes and per-metric passes", "",
+            "Measured by `python benchmarks/eval_speed.py` (best of "
+            f"{args.repeats}, interleaved).", "", "```", *out, "```", "", line(provenance())]
+    (HERE / "results" / "eval_speed.md").write_text("\n".join(text) + "\n")
 
 
 if __name__ == "__main__":

@@ -22,6 +22,8 @@ import sys
 import time
 from pathlib import Path
 
+from provenance import line, provenance
+
 HERE = Path(__file__).resolve().parent
 KEYS = ("forget_quality", "model_utility", "forget_prob", "forget_rougeL_recall", "retain_prob")
 LR_MULTS = (0.5, 1.0, 2.0)  # x the method's default lr (its LoRA default under LoRA)
@@ -154,10 +156,13 @@ def write(out_dir: Path, refs: dict, rows: list[dict], meta: dict) -> None:
               f"utility: {names}.",
               f"{len(rows)} runs, {sum(r['wall_seconds'] for r in rows):.0f} s of wall time in all "
               "(each run: process start, unlearning, evaluation)."]
+    prov = provenance()
+    lines += ["", line(prov)]
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "leaderboard.md").write_text("\n".join(lines) + "\n")
     (out_dir / "leaderboard.json").write_text(json.dumps(
-        {"meta": meta, "reference": refs, "best": chosen, "runs": rows}, indent=1) + "\n")
+        {"provenance": prov, "meta": meta, "reference": refs, "best": chosen, "runs": rows},
+        indent=1) + "\n")
 
 
 def main() -> None:

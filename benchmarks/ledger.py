@@ -20,6 +20,8 @@ import shutil
 import time
 from pathlib import Path
 
+from provenance import line, provenance
+
 HERE = Path(__file__).resolve().parent
 
 
@@ -156,13 +158,16 @@ def main() -> None:
               + " (below 0.5: over-unlearned, the items are now less likely than unseen ones)."]
     lines += ["", f"Wall time: sequential {seq['wall_s']} s for {n} applies (unlearning "
               f"{unlearn:.1f} s, evaluation and audits {rest:.1f} s), batch {batch['wall_s']} s."]
+    prov = provenance()
+    lines += ["", line(prov)]
     text = "\n".join(lines) + "\n"
     print(text)
     (HERE / "results").mkdir(exist_ok=True)
     (HERE / "results" / "ledger.md").write_text(text)
     serial = {k: {**v, "measurements": {f"{a},{c}": x for (a, c), x in v["measurements"].items()}}
               for k, v in runs.items()}
-    (HERE / "results" / "ledger.json").write_text(json.dumps(serial, indent=1) + "\n")
+    (HERE / "results" / "ledger.json").write_text(json.dumps({"provenance": prov, **serial},
+                                                             indent=1) + "\n")
 
 
 if __name__ == "__main__":

@@ -23,6 +23,8 @@ import time
 from pathlib import Path
 from typing import ClassVar  # noqa: F401  (resolved by name in the method dataclass below)
 
+from provenance import line, provenance
+
 HERE = Path(__file__).resolve().parent
 WORK = HERE / ".work" / "memory"
 CASES = [("ga", False), ("npo", False), ("npo_live", False), ("ga", True), ("npo", True),
@@ -149,11 +151,14 @@ def main() -> None:
               f"with LoRA (target <= 1.15x). The live reference copy costs "
               f"{peak[('npo_live', False)] / peak[('npo', False)]:.2f}x / "
               f"{peak[('npo_live', True)] / peak[('npo', True)]:.2f}x of cached NPO."]
+    prov = provenance()
+    lines += ["", line(prov)]
     text = "\n".join(lines) + "\n"
     print(text)
     (HERE / "results").mkdir(exist_ok=True)
     (HERE / "results" / "memory.md").write_text(text)
-    (HERE / "results" / "memory.json").write_text(json.dumps(rows, indent=1) + "\n")
+    (HERE / "results" / "memory.json").write_text(json.dumps({"provenance": prov, "rows": rows},
+                                                             indent=1) + "\n")
 
 
 if __name__ == "__main__":

@@ -23,6 +23,8 @@ import sys
 import time
 from pathlib import Path
 
+from provenance import line, provenance
+
 HERE = Path(__file__).resolve().parent
 METHODS = [("npo", False), ("npo", True)]  # the leaderboard's best method
 
@@ -130,12 +132,14 @@ def write(work: Path, args, results: dict, stages: dict) -> None:
               "Evaluation wall time and peak RSS per model: "
               + ", ".join(f"{n} {stages[f'eval-{n}']['wall_s']} s / {stages[f'eval-{n}']['peak_rss_mb']} MB"
                           for n in results)]
+    prov = provenance()
+    lines += ["", line(prov)]
     text = "\n".join(lines) + "\n"
     print(text)
     (HERE / "results").mkdir(exist_ok=True)
     (HERE / "results" / "smollm2.md").write_text(text)
     (HERE / "results" / "smollm2.json").write_text(json.dumps(
-        {"stages": stages, "metrics": {n: r["metrics"] for n, r in results.items()}}, indent=1) + "\n")
+        {"provenance": prov, "stages": stages, "metrics": {n: r["metrics"] for n, r in results.items()}}, indent=1) + "\n")
 
 
 if __name__ == "__main__":

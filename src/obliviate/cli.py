@@ -237,7 +237,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="obliviate", description="Remove what a language model "
                                 "knows, and prove it is gone.")
     sub = p.add_subparsers(dest="command", required=True)
+    _model_parsers(sub)
+    _results_parsers(sub)
+    _request_parser(sub)
+    ls = sub.add_parser("ls", help="list registered components")
+    ls.add_argument("what", choices=["methods", "metrics", "audits"])
+    ls.set_defaults(func=_cmd_ls)
+    return p
 
+
+def _model_parsers(sub) -> None:
+    """The commands that make models: demo, generate, finetune, unlearn (and eval)."""
     d = sub.add_parser("demo", help="run the whole job end to end on the built-in benchmark")
     d.add_argument("--out", default="obliviate-demo")
     d.add_argument("--seed", type=int, default=0)
@@ -264,6 +274,9 @@ def build_parser() -> argparse.ArgumentParser:
         s.add_argument("overrides", nargs="*", help=_overrides_help())
         s.set_defaults(func=func)
 
+
+def _results_parsers(sub) -> None:
+    """The commands that read models or results: report, import, score, audit."""
     r = sub.add_parser("report", help="render results JSON files into report.html / report.md")
     r.add_argument("results", nargs="+")
     r.add_argument("--out", required=True, help="folder for report.html and report.md")
@@ -294,13 +307,6 @@ def build_parser() -> argparse.ArgumentParser:
     au.add_argument("overrides", nargs="*", help="target=DIR oracle=DIR benchmark=DIR "
                     "[audits=rephrase,relearning ...] [params.relearning.lr=1e-4]")
     au.set_defaults(func=_cmd_audit)
-
-    _request_parser(sub)
-
-    ls = sub.add_parser("ls", help="list registered components")
-    ls.add_argument("what", choices=["methods", "metrics", "audits"])
-    ls.set_defaults(func=_cmd_ls)
-    return p
 
 
 def main(argv: list[str] | None = None) -> int:
