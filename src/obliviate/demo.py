@@ -50,11 +50,29 @@ def run_demo(cfg: DemoConfig) -> Path:
     root = Path(cfg.out)
     t0 = time.perf_counter()
     timings: dict[str, float] = {}
+    bench = _benchmark_stage(cfg, root)
+    models = _models_stage(cfg, root, bench, timings)
+    models.update(_unlearning_stage(cfg, root, bench, models["target"], timings))
+    rows = _evaluation_stage(cfg, root, bench, models, timings)
+    audits = _audits_stage(cfg, root, bench, models, timings)
+    report = _report_stage(cfg, root, rows, audits, timings, t0)
+    if cfg.requests:
+        _requests_stage(cfg, root, bench, models, timings)
+    return report
+
+
+def _benchmark_stage(cfg: DemoConfig, root: Path) -> Path:
+    """Generate the built-in benchmark unless it exists; returns its folder."""
     bench = root / "benchmark"
     if not bench.exists():
         generate(bench, seed=cfg.seed, entities=cfg.entities)
     _say(f"[1/6] benchmark: {bench} ({cfg.entities} people, split {cfg.forget_split})", cfg.progress)
+    return bench
 
+
+def _models_stage(cfg: DemoConfig, root: Path, bench: Path,
+                  timings: dict[str, float]) -> dict[str, Path]:
+    """Fine-tune the target (all people) and the oracle (retain people) unless they exist."""
     models = {}
     for role in ("target", "oracle"):
         path = root / "models" / role
@@ -65,12 +83,18 @@ def run_demo(cfg: DemoConfig) -> Path:
             timings[f"finetune_{role}"] = time.perf_counter() - t
         models[role] = path
     _say(f"[2/6] target and oracle models: {root / 'models'}", cfg.progress)
+    return models
 
+
+def _unlearning_stage(cfg: DemoConfig, root: Path, bench: Path, target: Path,
+                      timings: dict[str, float]) -> dict[str, Path]:
+    """Unlearn the forget split from the target with each method unless already done."""
+    models = {}
     for method in cfg.methods:
         path = root / "models" / f"target-{method}"
         if not path.exists():
             t = time.perf_counter()
-            unlearn(UnlearnConfig(model=str(models["target"]), method=method, benchmark=str(bench),
+            unlearn(UnlearnConfig(model=str(target), method=method, benchmark=str(bench),
                                   forget_split=cfg.forget_split, seed=cfg.seed,
                                   optim=OptimConfig(lr=cfg.unlearn_lr, steps=cfg.unlearn_steps,
                                                     batch_size=32, warmup_ratio=0.0,
@@ -79,7 +103,12 @@ def run_demo(cfg: DemoConfig) -> Path:
             timings[f"unlearn_{method}"] = time.perf_counter() - t
         models[method] = path
     _say(f"[3/6] unlearned with: {', '.join(cfg.methods)}", cfg.progress)
+    return models
 
+
+def _evaluation_stage(cfg: DemoConfig, root: Path, bench: Path, models: dict[str, Path],
+                      timings: dict[str, float]) -> list[dict]:
+    """Evaluate oracle, target and each unlearned model against the oracle (reusing results)."""
     results_dir = root / "results"
     rows = []
     oracle_res = None
@@ -101,19 +130,28 @@ def run_demo(cfg: DemoConfig) -> Path:
         rows.append(res)
     _say(f"[4/6] evaluated {len(rows)} models against the oracle; results in {results_dir}",
          cfg.progress)
-    audits = _audits(cfg, root, bench, models, timings)
+    return rows
+
+
+def _report_stage(cfg: DemoConfig, root: Path, rows: list[dict], audits: list[dict],
+                  timings: dict[str, float], t0: float) -> Path:
+    """Write the report and the demo's config and timings; returns the report path."""
     report = write_report(rows, root, title="obliviate demo: unlearning the built-in benchmark",
                           audits=audits)
     timings["total"] = time.perf_counter() - t0
     write_json_atomic(root / "demo.json", {"config": to_dict(cfg), "seconds": timings})
     _say(f"[5/6] audited {len(audits)} unlearned models; report: {report}", cfg.progress)
-    if cfg.requests:
-        t = time.perf_counter()
-        ledger_page = _requests(cfg, root, bench, models)
-        timings["requests"] = time.perf_counter() - t
-        write_json_atomic(root / "demo.json", {"config": to_dict(cfg), "seconds": timings})
-        _say(f"[6/6] deletion requests applied; ledger: {ledger_page}", cfg.progress)
     return report
+
+
+def _requests_stage(cfg: DemoConfig, root: Path, bench: Path, models: dict[str, Path],
+                    timings: dict[str, float]) -> None:
+    """Apply the deletion requests through the ledger and add their time to demo.json."""
+    t = time.perf_counter()
+    ledger_page = _requests(cfg, root, bench, models)
+    timings["requests"] = time.perf_counter() - t
+    write_json_atomic(root / "demo.json", {"config": to_dict(cfg), "seconds": timings})
+    _say(f"[6/6] deletion requests applied; ledger: {ledger_page}", cfg.progress)
 
 
 def _requests(cfg: DemoConfig, root: Path, bench_dir: Path, models: dict[str, Path]) -> Path:
@@ -152,7 +190,7 @@ def _requests(cfg: DemoConfig, root: Path, bench_dir: Path, models: dict[str, Pa
         return write_text_atomic(project / "ledger.html", ledger_html(ledger))
 
 
-def _audits(cfg: DemoConfig, root: Path, bench: Path, models: dict[str, Path],
+def _audits_stage(cfg: DemoConfig, root: Path, bench: Path, models: dict[str, Path],
             timings: dict[str, float]) -> list[dict]:
     """Robustness audits of each unlearned model (target and oracle measured once)."""
     import json
