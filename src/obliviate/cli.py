@@ -88,7 +88,8 @@ def _cmd_report(args) -> None:
         except (OSError, ValueError, AttributeError):
             is_audit = False
         (audits.append(json.loads(Path(p).read_text())) if is_audit else rows.append(load_results(p)))
-    print(f"report written to {write_report(rows, args.out, audits=audits or None)}")
+    out = write_report(rows, args.out, audits=audits or None, sources=args.results)
+    print(f"report written to {out}")
 
 
 def _cmd_import(args) -> None:

@@ -40,11 +40,14 @@ class Step:
     `world_size`: processes sharing the batch (objectives divide by the global count).
     `backward(term)`: backpropagate one summand of the step's loss at once, so a loss with two
     batches holds one batch's activations at a time (gradients add up: the step is unchanged).
+    `mean(t)`: the mean of a per-process value over the processes (None on one process), for
+    decisions every process must take alike.
     """
 
     index: int
     world_size: int = 1
     backward: Callable[[torch.Tensor], None] | None = None
+    mean: Callable[[torch.Tensor], torch.Tensor] | None = None  # mean over the processes
 
 
 LossFn = Callable[[Any, dict[str, dict[str, torch.Tensor]], Step],
@@ -289,7 +292,8 @@ def _step(run: _Run, loss_fn: LossFn, cfg: OptimConfig, step: int, desc: str,
     batches = {n: next(s) for n, s in run.streams.items()}
     if cfg.optimizer == "sophia" and step % cfg.hessian_every == 0:
         _update_curvature(run.model, run.optimizer, next(iter(batches.values())), acc)
-    loss, info = loss_fn(run.model, batches, Step(step, acc.num_processes, acc.backward))
+    mean = (lambda t: acc.reduce(t, reduction="mean")) if acc.num_processes > 1 else None
+    loss, info = loss_fn(run.model, batches, Step(step, acc.num_processes, acc.backward, mean))
     # each process holds its shard's part; their mean is the whole batch's loss, and every
     # process must take the same decision on it
     seen = acc.reduce(loss.detach(), reduction="mean") if acc.num_processes > 1 else loss.detach()

@@ -352,11 +352,12 @@ def _forget_stop(run: _Run) -> float:
 
 def _step_loss(run: _Run, model, batches, step: Step):
     """The method's loss; the step's world size and early backward reach it through its Context."""
-    run.ctx.world_size, run.ctx.backward = step.world_size, step.backward
+    ctx = run.ctx
+    ctx.world_size, ctx.backward, ctx.mean_over_processes = step.world_size, step.backward, step.mean
     try:
-        return run.method.loss(model, batches, run.ctx)
+        return run.method.loss(model, batches, ctx)
     finally:
-        run.ctx.backward = None
+        ctx.backward = ctx.mean_over_processes = None
 
 
 def _checkpointing(run: _Run, out: Path) -> Checkpointing | None:

@@ -60,8 +60,8 @@ class Context:
     method may update across steps (e.g. a dual variable), saved with checkpoints.
     `reference_model()` gives the model as it was before unlearning, without holding a second
     model when that can be avoided. During a step the training loop sets `world_size` (pass it
-    to the objectives, which divide by the whole batch's count) and `backward`, which
-    `backward_now` uses.
+    to the objectives, which divide by the whole batch's count), `backward`, which
+    `backward_now` uses, and `mean_over_processes`, which `global_value` uses.
     """
 
     pad_id: int = 0
@@ -73,7 +73,17 @@ class Context:
     seed: int = 0
     world_size: int = 1
     backward: Callable[[torch.Tensor], None] | None = None
+    mean_over_processes: Callable[[torch.Tensor], torch.Tensor] | None = None
     _snapshot: list[tuple[torch.nn.Parameter, torch.Tensor]] | None = None
+
+    def global_value(self, term: torch.Tensor) -> float:
+        """A shard's term as the whole batch's number: each process holds its shard's sum over
+        the global count / world size, so the whole batch's value is the mean over processes.
+        For decisions every process must take alike (a dual variable, a threshold)."""
+        value = term.detach()
+        if self.mean_over_processes is not None:
+            value = self.mean_over_processes(value)
+        return float(value)
 
     def backward_now(self, term: torch.Tensor) -> torch.Tensor:
         """Backpropagate `term` (one summand of the step's loss) now and return it detached:

@@ -38,4 +38,5 @@ class FLAT:
         bad_score = mean_token_prob(forward(model, f), f["labels"])
         good_score = mean_token_prob(forward(model, good), good["labels"])
         loss = flat(good_score, bad_score, self.divergence, ctx.world_size)
-        return loss, {"good_p": float(good_score.mean()), "bad_p": float(bad_score.mean())}
+        return loss, {"good_p": float(good_score.detach().mean()),
+                      "bad_p": float(bad_score.detach().mean())}

@@ -34,10 +34,12 @@ class PDU:
         forget = logit_flatness(logits, ctx.world_size)
         retain = batch_nll(model, batches["retain"], ctx.world_size)
         st = ctx.state.setdefault("pdu", {"lam": self.lam, "eps": self.retain_eps})
+        # the bound and the dual step read the whole batch's retain loss, so every
+        # data-parallel process keeps the same dual variable
+        whole = ctx.global_value(retain)
         if st["eps"] is None:
-            st["eps"] = float(retain.detach()) + self.retain_slack
-        violation = retain - st["eps"]
-        loss = self.gamma * forget + st["lam"] * violation
-        info = {"flatness": float(forget.detach()), "retain": float(retain.detach()), "lam": st["lam"]}
-        st["lam"] = dual_ascent(st["lam"], float(violation.detach()), self.dual_step)
+            st["eps"] = whole + self.retain_slack
+        loss = self.gamma * forget + st["lam"] * (retain - st["eps"])
+        info = {"flatness": float(forget.detach()), "retain": whole, "lam": st["lam"]}
+        st["lam"] = dual_ascent(st["lam"], whole - st["eps"], self.dual_step)
         return loss, info
