@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..config import from_dict, merge, parse_overrides, to_dict
 from ..data import load_examples
@@ -34,6 +34,9 @@ from ..errors import ObliviateError
 from ..io import ensure_not_inside, write_json_atomic, write_text_atomic
 from . import measure as M
 from .store import Ledger, Request, Version, digest, file_sha256, item_hash, weights_sha256
+
+if TYPE_CHECKING:
+    from ..unlearning import UnlearnConfig
 
 # fields of UnlearnConfig that the ledger sets itself, never a request's overrides
 RESERVED = ("model", "forget", "retain", "benchmark", "forget_split")
@@ -303,10 +306,45 @@ def _apply_one(ledger: Ledger, req: Request, progress: bool) -> int:
         raise ObliviateError(f"request {req.id} failed: {message}") from exc
 
 
+@dataclass
+class _Inputs:
+    """What one version is built from, checked and resolved before its folder is touched."""
+
+    settings: ProjectSettings
+    parent_dir: Path
+    forget: list[Example]
+    exclude: set[str]  # item hashes never trained on again: every forgotten item, this request's
+    retain: list[Example]
+    dropped: int  # retain items removed because they were forgotten
+    cfg: UnlearnConfig
+    stop: dict[str, float] | None  # the holdout-level stop, when calibrated
+
+
 def _build_version(ledger: Ledger, req: Request, parent: Version, stage: Path,
                    say: Callable[[str], None]) -> tuple[str, dict[str, Any], dict]:
     """Unlearn (or reuse a finished model of an interrupted attempt), evaluate, audit and write
     every file of the version folder, the manifest last. Returns what the ledger records."""
+    inputs = _check_inputs(ledger, req, parent)
+    _prepare_stage(stage, _stage_plan(req, parent, inputs))
+    timings: dict[str, float] = {}
+    _unlearn_or_resume(req, parent, stage, inputs, say, timings)
+    measured = _evaluate_step(ledger, req, parent, stage, inputs, say, timings)
+    audit_res = _audit_step(req, stage, inputs, measured, say, timings)
+    write_json_atomic(stage / "results.json", measured["after"])
+    write_json_atomic(stage / "audit.json", audit_res)
+    say("writing the evidence report")
+    sha = weights_sha256(stage / "model")
+    summary = {"request": req.id, "method": req.method, "config": to_dict(inputs.cfg),
+               "retain_dropped": inputs.dropped, "timings": timings,
+               "oracle": measured["oracle_metrics"], "stop": inputs.stop}
+    _write_evidence(ledger, req, parent, stage, inputs, sha, summary, measured, audit_res)
+    # last: a folder with a manifest is complete, and only then does the caller record it
+    _write_manifest(stage, req, parent, sha)
+    return sha, summary, measured["measurements"]
+
+
+def _check_inputs(ledger: Ledger, req: Request, parent: Version) -> _Inputs:
+    """Check the parent's weights and the request's data; resolve retain set, config and stop."""
     settings = project_settings(ledger)
     parent_dir = ledger.model_path(parent)
     if not parent_dir.exists() or weights_sha256(parent_dir) != parent.weights_sha256:
@@ -322,48 +360,79 @@ def _build_version(ledger: Ledger, req: Request, parent: Version, stage: Path,
         stop = calibrated_stop(parent_dir, forget, read_items(settings.holdout, "holdout"),
                                settings, cfg.guard.probe_items)
         cfg.guard.forget_stop = stop["forget_stop"]
-    plan = {"request": req.id, "parent": parent.id, "parent_sha256": parent.weights_sha256,
-            "forget_digest": req.forget_digest, "retain_dropped": dropped, "config": to_dict(cfg)}
+    return _Inputs(settings, parent_dir, forget, exclude, retain, dropped, cfg, stop)
+
+
+def _stage_plan(req: Request, parent: Version, inputs: _Inputs) -> dict[str, Any]:
+    """What this folder builds: an interrupted attempt with the same plan can be resumed."""
+    return {"request": req.id, "parent": parent.id, "parent_sha256": parent.weights_sha256,
+            "forget_digest": req.forget_digest, "retain_dropped": inputs.dropped,
+            "config": to_dict(inputs.cfg)}
+
+
+def _prepare_stage(stage: Path, plan: dict[str, Any]) -> None:
+    """Keep the folder of an attempt at the same plan, replace any other, and record the plan."""
     if stage.exists() and not _stage_matches(stage, plan):
         shutil.rmtree(stage)
     stage.mkdir(parents=True, exist_ok=True)
     write_json_atomic(stage / "stage.json", plan)
-    timings = {}
+
+
+def _unlearn_or_resume(req: Request, parent: Version, stage: Path, inputs: _Inputs,
+                       say: Callable[[str], None], timings: dict[str, float]) -> None:
+    """Unlearn into stage/model, unless an interrupted attempt already finished that model."""
     if (stage / "model").is_dir():
         say(f"resuming: the unlearned model in {stage / 'model'} is complete")
-    else:
-        say(f"unlearning with {req.method} from version {parent.id}")
-        from ..unlearning import unlearn_examples
+        return
+    say(f"unlearning with {req.method} from version {parent.id}")
+    from ..unlearning import unlearn_examples
 
-        t0 = time.perf_counter()
-        unlearn_examples(cfg, forget, retain, stage / "model", progress=False)
-        timings["unlearn_s"] = round(time.perf_counter() - t0, 2)
+    t0 = time.perf_counter()
+    unlearn_examples(inputs.cfg, inputs.forget, inputs.retain, stage / "model", progress=False)
+    timings["unlearn_s"] = round(time.perf_counter() - t0, 2)
+
+
+def _evaluate_step(ledger: Ledger, req: Request, parent: Version, stage: Path, inputs: _Inputs,
+                   say: Callable[[str], None], timings: dict[str, float]) -> dict[str, Any]:
+    """Measure the new version, its parent and the oracle (see `_measure_new`)."""
     say("evaluating")
     t0 = time.perf_counter()
-    measured = _measure_new(ledger, settings, req, parent, stage / "model", forget, exclude)
+    measured = _measure_new(ledger, inputs.settings, req, parent, stage / "model", inputs.forget,
+                            inputs.exclude)
     timings["evaluate_s"] = round(time.perf_counter() - t0, 2)
+    return measured
+
+
+def _audit_step(req: Request, stage: Path, inputs: _Inputs, measured: dict[str, Any],
+                say: Callable[[str], None], timings: dict[str, float]) -> dict[str, Any]:
+    """Audit the new version against its parent and add the audit metrics to its measurements."""
     say("auditing")
     t0 = time.perf_counter()
-    audit_res = audit_version(settings, stage / "model", parent_dir, forget, retain)
+    audit_res = audit_version(inputs.settings, stage / "model", inputs.parent_dir, inputs.forget,
+                              inputs.retain)
     timings["audit_s"] = round(time.perf_counter() - t0, 2)
     measured["measurements"][(-1, req.id)].update(M.audit_metrics(audit_res))
-    write_json_atomic(stage / "results.json", measured["after"])
-    write_json_atomic(stage / "audit.json", audit_res)
-    say("writing the evidence report")
-    sha = weights_sha256(stage / "model")
-    summary = {"request": req.id, "method": req.method, "config": to_dict(cfg),
-               "retain_dropped": dropped, "timings": timings, "oracle": measured["oracle_metrics"],
-               "stop": stop}
+    return audit_res
+
+
+def _write_evidence(ledger: Ledger, req: Request, parent: Version, stage: Path, inputs: _Inputs,
+                    sha: str, summary: dict[str, Any], measured: dict[str, Any],
+                    audit_res: dict[str, Any]) -> None:
+    """Write the request's evidence report into the version folder."""
     from .evidence import EvidenceInputs, evidence_html
 
+    forget, settings = inputs.forget, inputs.settings
     write_text_atomic(stage / "evidence.html", evidence_html(ledger, EvidenceInputs(
         req, parent, parent.id + 1, sha, summary, measured, audit_res,
         [item_hash(x) for x in forget], settings.samples)))
+
+
+def _write_manifest(stage: Path, req: Request, parent: Version, sha: str) -> None:
+    """Write the manifest (hashes of every other file of the folder); it marks the folder done."""
     files = sorted(p for p in stage.rglob("*") if p.is_file() and p.name != "manifest.json")
     write_json_atomic(stage / "manifest.json", {
         "version": parent.id + 1, "request": req.id, "parent": parent.id, "weights_sha256": sha,
         "files": {str(p.relative_to(stage)): file_sha256(p) for p in files}})
-    return sha, summary, measured["measurements"]
 
 
 def calibrated_stop(parent_dir: Path, forget: list[Example], holdout: list[Example],
