@@ -10,14 +10,20 @@ stopped.
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .api import EvalConfig, FinetuneConfig, UnlearnConfig, evaluate, finetune, generate, unlearn
+from .audits import AuditConfig, audit
 from .config import to_dict
+from .data import Benchmark
 from .evaluation import derive, load_results, save_results
-from .io import write_json_atomic
+from .io import write_json_atomic, write_text_atomic
+from .ledger import Ledger, ProjectSettings, add_request, apply, init_project
+from .ledger.evidence import ledger_html
+from .methods import METHODS
 from .report import write_report
 from .train import OptimConfig
 
@@ -43,8 +49,6 @@ def _say(msg: str, progress: bool) -> None:
 
 def run_demo(cfg: DemoConfig) -> Path:
     """Run every stage (skipping finished ones); returns the report path."""
-    from .methods import METHODS
-
     for method in cfg.methods:  # an unknown name fails now, not after training two models
         METHODS.get(method)
     root = Path(cfg.out)
@@ -157,13 +161,6 @@ def _requests_stage(cfg: DemoConfig, root: Path, bench: Path, models: dict[str, 
 def _requests(cfg: DemoConfig, root: Path, bench_dir: Path, models: dict[str, Path]) -> Path:
     """The deletion-request workflow on the target: one request per forget person, applied
     in order with NPO, each with its evidence report; returns the ledger page."""
-    import json
-
-    from .data import Benchmark
-    from .io import write_text_atomic
-    from .ledger import Ledger, ProjectSettings, add_request, apply, init_project
-    from .ledger.evidence import ledger_html
-
     bench = Benchmark.load(bench_dir)
     data, project = root / "requests" / "data", root / "requests" / "project"
     people = bench.splits[cfg.forget_split][:cfg.requests]
@@ -193,10 +190,6 @@ def _requests(cfg: DemoConfig, root: Path, bench_dir: Path, models: dict[str, Pa
 def _audits_stage(cfg: DemoConfig, root: Path, bench: Path, models: dict[str, Path],
             timings: dict[str, float]) -> list[dict]:
     """Robustness audits of each unlearned model (target and oracle measured once)."""
-    import json
-
-    from .audits import AuditConfig, audit
-
     out, ends = [], {}
     for method in cfg.methods:
         path = root / "results" / f"audit-{method}.json"

@@ -7,16 +7,16 @@ from pathlib import Path
 
 from ..errors import ObliviateError
 from . import measure as M
-from .store import Ledger, weights_sha256
-from .workflow import (
+from .project import (
     announce,
-    audit_version,
     forgotten_hashes,
     measure_sets,
     project_settings,
     retain_items,
     verified_forget,
 )
+from .store import Ledger, weights_sha256
+from .workflow import audit_version
 
 
 @dataclass

@@ -18,211 +18,42 @@ folder when it was building the same thing (the model is reused), else removes i
 from __future__ import annotations
 
 import functools
+import json
 import re
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from ..config import from_dict, merge, parse_overrides, to_dict
-from ..data import load_examples
+from ..audits import AuditConfig, audit
+from ..audits.base import AuditData, knowledge
+from ..config import parse_overrides, to_dict
 from ..data.examples import Example
-from ..encoding import DEFAULT_TEMPLATE
 from ..errors import ObliviateError
-from ..io import ensure_not_inside, write_json_atomic, write_text_atomic
+from ..io import write_json_atomic, write_text_atomic
+from ..models import load_model
+from ..unlearning import UnlearnConfig, unlearn_examples
 from . import measure as M
-from .store import Ledger, Request, Version, digest, file_sha256, item_hash, weights_sha256
+from .evidence import EvidenceInputs, evidence_html
+from .project import (
+    ProjectSettings,
+    announce,
+    forgotten_hashes,
+    measure_sets,
+    past_forget_sets,
+    project_settings,
+    read_items,
+    retain_items,
+    unlearn_config,
+    verified_forget,
+)
+from .store import Ledger, Request, Version, file_sha256, item_hash, weights_sha256
 
-if TYPE_CHECKING:
-    from ..unlearning import UnlearnConfig
-
-# fields of UnlearnConfig that the ledger sets itself, never a request's overrides
-RESERVED = ("model", "forget", "retain", "benchmark", "forget_split")
 VERSION_DIR = re.compile(r"^v\d{4,}$")
 
 
-@dataclass
-class ProjectSettings:
-    """One project's fixed inputs: the base model and the data every version is measured on."""
-
-    base: str = ""  # the model before any request (never modified)
-    retain: str = ""  # retain data: unlearning's retain set and the utility measure
-    holdout: str = ""  # non-members for membership inference (MIA AUC, ROC curves)
-    utility: list[str] = field(default_factory=list)  # further utility sets (e.g. world facts)
-    oracle: str = ""  # a model never trained on any requested data: forget quality, audit residuals
-    audits: list[str] = field(default_factory=lambda: ["rephrase", "few_shot", "quantization",
-                                                       "relearning"])
-    audit_params: dict[str, dict[str, Any]] = field(default_factory=dict)
-    max_retain: int = 200  # retain items measured (and used by the audits: the first 64)
-    max_new_tokens: int = 48
-    samples: int = 5  # model answers to forget questions shown in each evidence report
-    # Stop unlearning once the forget items are no more likely than never-seen (holdout) items:
-    # the level of a model that never saw them. Pushing further is over-unlearning, which a
-    # membership attack detects too, and it costs utility request after request. A request's
-    # own guard.forget_stop override wins.
-    stop_at_holdout: bool = True
-    template: str = DEFAULT_TEMPLATE
-    trust_remote_code: bool = False
-
-
-def announce(progress: bool, rid: int | None, text: str) -> None:
-    if progress:
-        print(f"[request {rid}] {text}" if rid is not None else text, flush=True)
-
-
-def _abs(path: str) -> str:
-    return str(Path(path).expanduser().resolve()) if path else ""
-
-
-# ---------------------------------------------------------------------------- init / add
-def init_project(root: str | Path, settings: ProjectSettings) -> Path:
-    """Create the ledger of a project directory with version 0 = `settings.base`."""
-    from ..audits import AUDITS
-
-    root = Path(root)
-    if not settings.base:
-        raise ObliviateError("a project needs its base model: --model DIR")
-    from ..models import resolve_source
-
-    folder, gguf = resolve_source(Path(settings.base).expanduser() if settings.base != "smollm2"
-                                  else settings.base)
-    if not Path(folder).is_dir():
-        raise ObliviateError(f"base model not found: {settings.base} (a local folder with "
-                             "safetensors weights, or a GGUF file)")
-    base = Path(folder) / gguf if gguf else Path(folder)
-    ensure_not_inside(root, base if base.is_dir() else base.parent, "model")
-    for name in settings.audits:
-        AUDITS.get(name)  # unknown audits fail here, with a suggestion
-    for path in [settings.retain, settings.holdout, *settings.utility]:
-        if path and not load_examples(_abs(path)):
-            raise ObliviateError(f"{path} holds no items")
-    if settings.oracle and not Path(settings.oracle).is_dir():
-        raise ObliviateError(f"oracle model not found: {settings.oracle}")
-    resolved = ProjectSettings(**{**to_dict(settings), "base": _abs(str(base)),
-                                  "retain": _abs(settings.retain), "holdout": _abs(settings.holdout),
-                                  "utility": [_abs(u) for u in settings.utility],
-                                  "oracle": _abs(settings.oracle)})
-    Ledger.create(root, {"settings": to_dict(resolved)}, resolved.base,
-                  weights_sha256(Path(resolved.base))).close()
-    return root
-
-
-def project_settings(ledger: Ledger) -> ProjectSettings:
-    return from_dict(ProjectSettings, ledger.settings()["settings"])
-
-
-def unlearn_config(method: str, overrides: list[str], model: str = ""):
-    """The UnlearnConfig of a request (validates the method and every override key)."""
-    from ..methods import build
-    from ..unlearning import UnlearnConfig
-
-    data = parse_overrides(overrides)
-    bad = [k for k in RESERVED if k in data]
-    if bad:
-        raise ObliviateError(f"'{bad[0]}' is set by the ledger for each request; remove it "
-                             "(use --forget / --retain)")
-    cfg = from_dict(UnlearnConfig, merge(data, {"method": method, "model": model}))
-    build(cfg.method, cfg.params)  # unknown method or parameter: "did you mean" error
-    return cfg
-
-
-def read_items(path: str | Path, what: str) -> list[Example]:
-    """A request's data file: it must exist locally, parse and hold at least one item."""
-    path = Path(path)
-    if not path.is_file():
-        raise ObliviateError(f"{what} file not found: {path}")
-    items = load_examples(path)
-    if not items:
-        raise ObliviateError(f"{what} file {path} holds no items: there is nothing to "
-                             f"{'forget' if what == 'forget' else 'keep'}")
-    return items
-
-
-def add_request(root: str | Path, subject: str, forget: str, retain: str = "",
-                method: str = "npo", overrides: list[str] = ()) -> int:
-    """Record a pending request: item hashes of `forget` (never its text), method, config."""
-    if not subject.strip():
-        raise ObliviateError("a request needs a subject (a name or a ticket reference)")
-    unlearn_config(method, list(overrides))
-    items = read_items(forget, "forget")
-    retain_digest = digest(item_hash(x) for x in read_items(retain, "retain")) if retain else None
-    with Ledger.open(root) as ledger:
-        return ledger.add_request(subject.strip(), _abs(forget), [item_hash(x) for x in items],
-                                  _abs(retain) or None, retain_digest, method, list(overrides))
-
-
-def cancel_request(root: str | Path, rid: int) -> None:
-    with Ledger.open(root) as ledger, ledger.apply_lock():
-        req = ledger.request(rid)
-        if req.status not in ("pending", "failed"):
-            raise ObliviateError(f"request {rid} is {req.status}; only pending or failed "
-                                 "requests can be cancelled")
-        ledger.set_status(rid, "cancelled", None, "cancelled by the user")
-
-
-# ---------------------------------------------------------------------------- inputs
-def verified_forget(ledger: Ledger, req: Request) -> list[Example]:
-    """The request's forget items, after checking the file still holds exactly what was added."""
-    items = read_items(req.forget_path, "forget")
-    if digest(item_hash(x) for x in items) != req.forget_digest:
-        recorded = ledger.item_hashes(req.id)
-        changed = sum(item_hash(x) not in recorded for x in items)
-        raise ObliviateError(
-            f"request {req.id}: {req.forget_path} changed since the request was added "
-            f"({changed} of {len(items)} items differ from the {req.n_items} recorded); restore "
-            "the original file, or cancel this request and add the new file as a new one")
-    return items
-
-
-def forgotten_hashes(ledger: Ledger, upto_version: int | None = None) -> set[str]:
-    """Item hashes of every request done at `upto_version` (all done requests if None)."""
-    out: set[str] = set()
-    for r in ledger.requests():
-        if r.status == "done" and (upto_version is None or r.version_id <= upto_version):
-            out |= ledger.item_hashes(r.id)
-    return out
-
-
-def retain_items(ledger: Ledger, settings: ProjectSettings, req: Request | None,
-                 exclude: set[str]) -> tuple[list[Example], int]:
-    """The retain set without any forgotten item (deleted data is never trained on again);
-    returns it and how many items were dropped."""
-    path = req.retain_path if req is not None and req.retain_path else settings.retain
-    if not path:
-        return [], 0
-    items = read_items(path, "retain")
-    if req is not None and req.retain_path and digest(item_hash(x) for x in items) != req.retain_digest:
-        raise ObliviateError(f"request {req.id}: the retain file {path} changed since the "
-                             "request was added")
-    kept = [x for x in items if item_hash(x) not in exclude]
-    return kept, len(items) - len(kept)
-
-
-def measure_sets(settings: ProjectSettings, forget: dict[int, list[Example]],
-          retain: list[Example]) -> M.Sets:
-    return M.Sets(forget=forget, retain=retain[:settings.max_retain],
-                  holdout=read_items(settings.holdout, "holdout") if settings.holdout else [],
-                  utility={Path(u).stem: read_items(u, "utility") for u in settings.utility},
-                  template=settings.template, max_new_tokens=settings.max_new_tokens)
-
-
-def past_forget_sets(ledger: Ledger, upto_version: int | None) -> tuple[dict[int, list[Example]], dict[int, str]]:
-    """Forget items of requests done at `upto_version`, and why any cannot be measured any
-    more (the user deleted or changed the file after applying it)."""
-    sets, missing = {}, {}
-    for r in ledger.requests():
-        if r.status != "done" or (upto_version is not None and r.version_id > upto_version):
-            continue
-        try:
-            sets[r.id] = verified_forget(ledger, r)
-        except ObliviateError as exc:
-            missing[r.id] = f"not measured: {exc}"
-    return sets, missing
-
-
-# ---------------------------------------------------------------------------- apply
 def _open_requests(ledger: Ledger) -> list[Request]:
     return [r for r in ledger.requests() if r.status in ("pending", "failed")]
 
@@ -274,8 +105,6 @@ def apply(root: str | Path, rid: int | None = None, apply_all: bool = False,
 
 
 def _stage_matches(stage: Path, plan: dict[str, Any]) -> bool:
-    import json
-
     try:
         return json.loads((stage / "stage.json").read_text()) == plan
     except (OSError, ValueError):
@@ -385,8 +214,6 @@ def _unlearn_or_resume(req: Request, parent: Version, stage: Path, inputs: _Inpu
         say(f"resuming: the unlearned model in {stage / 'model'} is complete")
         return
     say(f"unlearning with {req.method} from version {parent.id}")
-    from ..unlearning import unlearn_examples
-
     t0 = time.perf_counter()
     unlearn_examples(inputs.cfg, inputs.forget, inputs.retain, stage / "model", progress=False)
     timings["unlearn_s"] = round(time.perf_counter() - t0, 2)
@@ -419,8 +246,6 @@ def _write_evidence(ledger: Ledger, req: Request, parent: Version, stage: Path, 
                     sha: str, summary: dict[str, Any], measured: dict[str, Any],
                     audit_res: dict[str, Any]) -> None:
     """Write the request's evidence report into the version folder."""
-    from .evidence import EvidenceInputs, evidence_html
-
     forget, settings = inputs.forget, inputs.settings
     write_text_atomic(stage / "evidence.html", evidence_html(ledger, EvidenceInputs(
         req, parent, parent.id + 1, sha, summary, measured, audit_res,
@@ -440,9 +265,6 @@ def calibrated_stop(parent_dir: Path, forget: list[Example], holdout: list[Examp
     """The guard's forget_stop (a fraction of the starting forget probability) at which the
     forget items are as likely as holdout items under the parent model. The guard measures
     the first `probe_items` forget items, so the same items set the start here."""
-    from ..audits.base import knowledge
-    from ..models import load_model
-
     model, tok = load_model(parent_dir, trust_remote_code=settings.trust_remote_code)
     p_forget = knowledge(model, tok, forget[:probe_items], settings.template)
     p_holdout = knowledge(model, tok, holdout, settings.template)
@@ -485,9 +307,6 @@ def _measure_new(ledger: Ledger, settings: ProjectSettings, req: Request, parent
 
 def audit_version(settings: ProjectSettings, model_dir: Path, parent_dir: Path,
            forget: list[Example], retain: list[Example]) -> dict[str, Any]:
-    from ..audits import AuditConfig, audit
-    from ..audits.base import AuditData
-
     cfg = AuditConfig(model=str(model_dir), target=str(parent_dir), oracle=settings.oracle,
                       audits=list(settings.audits), params=settings.audit_params,
                       template=settings.template, trust_remote_code=settings.trust_remote_code)
