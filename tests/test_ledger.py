@@ -186,8 +186,8 @@ def test_calibrated_stop_is_the_holdout_to_forget_probability_ratio(monkeypatch)
         seen.append([ex.question for ex in examples])
         return probs["holdout"] if examples == holdout else probs["forget"]
 
-    monkeypatch.setattr("obliviate.audits.base.knowledge", knowledge)
-    monkeypatch.setattr("obliviate.models.load_model", lambda *args, **kwargs: (None, None))
+    monkeypatch.setattr("obliviate.ledger.workflow.knowledge", knowledge)
+    monkeypatch.setattr("obliviate.ledger.workflow.load_model", lambda *args, **kwargs: (None, None))
     stop = calibrated_stop(Path("parent"), forget, holdout, ProjectSettings(), probe_items=3)
     assert stop == {"forget_prob": 0.8, "holdout_prob": 0.2, "forget_stop": pytest.approx(0.25)}
     assert ["q0", "q1", "q2"] in seen and ["h"] in seen

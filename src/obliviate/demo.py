@@ -140,8 +140,10 @@ def _evaluation_stage(cfg: DemoConfig, root: Path, bench: Path, models: dict[str
 def _report_stage(cfg: DemoConfig, root: Path, rows: list[dict], audits: list[dict],
                   timings: dict[str, float], t0: float) -> Path:
     """Write the report and the demo's config and timings; returns the report path."""
+    names = ["oracle", "target", *cfg.methods]
+    sources = [f"results/{n}.json" for n in names] + [f"results/audit-{m}.json" for m in cfg.methods]
     report = write_report(rows, root, title="obliviate demo: unlearning the built-in benchmark",
-                          audits=audits)
+                          audits=audits, sources=sources)
     timings["total"] = time.perf_counter() - t0
     write_json_atomic(root / "demo.json", {"config": to_dict(cfg), "seconds": timings})
     _say(f"[5/6] audited {len(audits)} unlearned models; report: {report}", cfg.progress)

@@ -52,11 +52,13 @@ def dataset_column(dataset: str, role: str, key: str) -> Column:
 
 
 def headline_columns(rows: list[dict[str, Any]]) -> list[Column]:
-    """The main table: the derived metrics measured for any model, then each dataset's
-    headline metrics (those whose registry entry names the dataset's role)."""
+    """The main table: the derived metrics with a number for any model (PrivLeak only once a
+    mia suite ran), then each dataset's headline metrics (those whose registry entry names the
+    dataset's role)."""
     cols: list[Column] = []
     for m in in_order("derived"):
-        if "model" in m.headline and any(m.name in res.get("metrics", {}) for res in rows):
+        if "model" in m.headline and any(isinstance(res.get("metrics", {}).get(m.name), float)
+                                         for res in rows):
             cols.append((m.name, m.title, m.arrow()))
     for name, role in _datasets(rows):
         keys = _aggregate_keys(rows, name)
