@@ -11,6 +11,7 @@ from obliviate.evaluation import Engine
 from obliviate.evaluation.engine import extraction_strength
 from obliviate.io import atomic_dir, ensure_not_inside
 from obliviate.models import TinyModelConfig, build_tiny_model, train_tokenizer
+from tinyfit import fit
 
 # Questions of different lengths: batches of their prompts need padding, so padding bugs show.
 QUESTIONS = ["Where does person {} live?", "Where does person {} live now?",
@@ -75,23 +76,8 @@ def answering(tiny):
     from obliviate.encoding import collate
 
     model, tok = tiny
-    model = copy.deepcopy(model).train()
     batch = collate([encode(tok, ex, i) for i, ex in enumerate(EXAMPLES)], tok.pad_token_id)
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny matrices: one thread is fastest, and immune to a busy machine
-    try:
-        for _ in range(150):
-            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-            loss = torch.nn.functional.cross_entropy(
-                logits[:, :-1].reshape(-1, logits.size(-1)), batch["labels"][:, 1:].reshape(-1),
-                ignore_index=-100)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    finally:
-        torch.set_num_threads(threads)
-    return model.eval(), tok
+    return fit(copy.deepcopy(model), batch, steps=150, lr=3e-3), tok
 
 
 def test_generation_is_batch_independent(answering, monkeypatch):

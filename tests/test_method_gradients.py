@@ -23,6 +23,7 @@ from obliviate.data import Example
 from obliviate.encoding import collate, encode
 from obliviate.methods import Context, build
 from obliviate.models import TinyModelConfig, build_tiny_model, train_tokenizer
+from tinyfit import fit, one_thread
 
 FORGET = [Example(question="Where does Ana live?", answer="Ana lives in Tula."),
           Example(question="What does Bo do for a living these days?",
@@ -47,29 +48,8 @@ def subject():
         "idk": [encode(tok, dataclasses.replace(ex, answer=REFUSALS[i]), i) for i, ex in enumerate(FORGET)],
     }
     batch = collate(items["forget"] + items["retain"] + items["idk"], tok.pad_token_id)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
-    with one_thread():
-        for _ in range(40):
-            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-            loss = torch.nn.functional.cross_entropy(
-                logits[:, :-1].reshape(-1, logits.size(-1)), batch["labels"][:, 1:].reshape(-1),
-                ignore_index=-100)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    model.eval()
+    model = fit(model, batch, steps=40, lr=1e-2)
     return model, tok, Context(pad_id=tok.pad_token_id, items=items)
-
-
-class one_thread:
-    """Tiny matrices: one thread is fastest and immune to a busy machine."""
-
-    def __enter__(self):
-        self.threads = torch.get_num_threads()
-        torch.set_num_threads(1)
-
-    def __exit__(self, *exc):
-        torch.set_num_threads(self.threads)
 
 
 def token_logp(model, item) -> torch.Tensor:
