@@ -4,6 +4,7 @@ the evidence report, and crash / concurrency safety of `apply` (SIGKILL, two pro
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 import os
 import re
@@ -15,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from obliviate.data import Benchmark
+from obliviate.data import Benchmark, load_examples
 from obliviate.data.examples import Example
 from obliviate.errors import ObliviateError
 from obliviate.ledger import (
@@ -27,12 +28,11 @@ from obliviate.ledger import (
     init_project,
     verify,
 )
+from obliviate.ledger.hashing import KEYED, LEGACY, Hasher
 from obliviate.ledger.store import (
     LEDGER_FILE,
     MIGRATIONS,
     SCHEMA_VERSION,
-    digest,
-    item_hash,
     weights_sha256,
 )
 
@@ -66,10 +66,14 @@ def _project(root: Path, memorised: Path, data: Path, **kw) -> Path:
 
 
 # ---------------------------------------------------------------------------- hashing
-def test_item_hash_is_sha256_of_normalised_text():
-    # by definition: sha256("question" 0x1f "answer") after NFKC and whitespace collapsing
+def test_item_hash_is_keyed_over_normalised_text():
+    # by definition: HMAC-SHA256 under the project key of the normalised fields as a JSON array
+    key = bytes(range(32))
+    item_hash = Hasher(KEYED, key, Path("k")).item
+    digest = Hasher(KEYED, key, Path("k")).digest
     ex = Example(question="Where was Ana born?", answer="In Tula.")
-    assert item_hash(ex) == hashlib.sha256(b"Where was Ana born?\x1fIn Tula.").hexdigest()
+    message = b'["obliviate.item/1","","Where was Ana born?","In Tula.",null,null,[],null,null]'
+    assert item_hash(ex) == hmac.new(key, message, hashlib.sha256).hexdigest()
     # spacing and compatibility forms (the "ﬁ" ligature, a full-width digit) are the same item
     assert item_hash(Example(question=" Where  was Ana\tborn? ", answer="In Tula.\n")) == item_hash(ex)
     assert (item_hash(Example(question="ﬁle ２", answer="x"))
@@ -86,14 +90,16 @@ def test_migrates_a_version_1_ledger_and_refuses_a_newer_one(tmp_path):
     for statement in MIGRATIONS[0].split(";"):
         if statement.strip():
             conn.execute(statement)
+    conn.execute("INSERT INTO project VALUES ('settings', '{}')")  # written by every init
     conn.execute("INSERT INTO requests (subject, created_at, status, forget_path, forget_digest, "
                  "n_items, method, overrides) VALUES ('t-1', 'x', 'pending', '/f', 'd', 3, 'npo', '[]')")
     conn.execute("PRAGMA user_version = 1")
     conn.close()
     with Ledger.open(tmp_path) as ledger:
-        assert ledger.schema_version() == SCHEMA_VERSION == 2
+        assert ledger.schema_version() == SCHEMA_VERSION == 3
         assert [r.subject for r in ledger.requests()] == ["t-1"]  # data survives the migration
         assert ledger.measurements() == {}  # the table added by migration 2 exists
+        assert ledger.hasher.scheme == LEGACY  # migration 3: its hashes stay unkeyed
         assert ledger.conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         ledger.conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
     with pytest.raises(ObliviateError, match="newer than this obliviate"):
@@ -108,10 +114,9 @@ def test_add_stores_hashes_not_text_and_rejects_bad_input(tmp_path, memorised, d
     rid = add_request(proj, "ticket 42", str(forget), method="npo", overrides=FAST)
     with Ledger.open(proj) as ledger:
         req = ledger.request(rid)
-        items = [Example(**{k: v for k, v in json.loads(line).items() if k in ("question", "answer")})
-                 for line in forget.read_text().splitlines()]
+        items = load_examples(forget)
         assert (req.status, req.n_items) == ("pending", len(items))
-        assert ledger.item_hashes(rid) == {item_hash(x) for x in items}
+        assert ledger.item_hashes(rid) == {ledger.hasher.item(x) for x in items}
         ledger.conn.execute("PRAGMA wal_checkpoint(FULL)")
     raw = b"".join(p.read_bytes() for p in proj.iterdir() if p.name.startswith(LEDGER_FILE))
     for x in items:  # neither questions nor answers are stored anywhere in the ledger files
@@ -152,7 +157,7 @@ def test_apply_refuses_changed_or_missing_forget_files_and_keeps_order(tmp_path,
         apply(proj, progress=False)
     forget.unlink()
     with pytest.raises(ObliviateError, match="forget file not found"):
-        apply(proj, progress=False)
+        apply(proj, r1, progress=False)  # a failed request is retried only when named
     with Ledger.open(proj) as ledger:
         req = ledger.request(r1)
         assert req.status == "failed" and "not found" in req.error and req.version_id is None
@@ -160,8 +165,10 @@ def test_apply_refuses_changed_or_missing_forget_files_and_keeps_order(tmp_path,
     # a failed request blocks the queue loudly: the next one cannot jump ahead of it
     with pytest.raises(ObliviateError, match=f"request {r1} \\(failed\\) comes before request {r2}"):
         apply(proj, r2, progress=False)
+    with pytest.raises(ObliviateError, match=f"request {r1} failed: forget file not found"):
+        apply(proj, progress=False)
     forget.write_text(original)  # restored: the failed request is retried and done
-    assert apply(proj, progress=False) == [1]
+    assert apply(proj, r1, progress=False) == [1]
     with Ledger.open(proj) as ledger:
         assert ledger.request(r1).status == "done" and ledger.request(r2).status == "pending"
         kinds = [e["kind"] for e in ledger.events(r1)]

@@ -152,6 +152,7 @@ def _cmd_ls(args) -> None:
 def _cmd_request(args) -> int | None:
     """The deletion-request subcommands (obliviate request init|add|apply|list|show|verify|...)."""
     from . import ledger as L
+    from .ledger.show import printable as p  # user text never reaches the terminal raw
 
     project = args.project
     if args.action == "init":
@@ -161,7 +162,7 @@ def _cmd_request(args) -> int | None:
         if args.audits is not None:
             given["audits"] = [a.strip() for a in args.audits.split(",") if a.strip()]
         settings = from_dict(L.ProjectSettings, merge(parse_overrides(args.overrides), given))
-        print(f"ledger created in {L.init_project(project, settings)} (version 0: {args.model})")
+        print(f"ledger created in {p(L.init_project(project, settings))} (version 0: {p(args.model)})")
     elif args.action == "add":
         rid = L.add_request(project, args.subject, args.forget, args.retain or "", args.method,
                             args.overrides)
@@ -174,14 +175,14 @@ def _cmd_request(args) -> int | None:
         L.cancel_request(project, args.id)
         print(f"request {args.id} cancelled")
     elif args.action in ("list", "show"):
-        from .ledger.show import show_list, show_request
+        from .ledger.show import show_list, show_request  # these escape what they show
 
         print(show_list(project) if args.action == "list" else show_request(project, args.id))
     elif args.action == "verify":
         ok, checks = L.verify(project, args.id, args.tolerance)
         for c in checks:
-            print(f"{'ok ' if c.ok else 'BAD'} {c.metric:36s} recorded {c.recorded!s:24.24s} "
-                  f"now {c.measured!s:24.24s}")
+            print(f"{'ok ' if c.ok else 'BAD'} {p(c.metric):36s} recorded {p(c.recorded):24.24s} "
+                  f"now {p(c.measured):24.24s}")
         print("verified: every recorded number reproduced" if ok
               else "NOT verified: some numbers differ from the record (see BAD lines)")
         return 0 if ok else 1
@@ -190,7 +191,7 @@ def _cmd_request(args) -> int | None:
 
         with L.Ledger.open(project) as ledger:
             out = write_text_atomic(args.out or f"{project}/ledger.html", ledger_html(ledger))
-        print(f"ledger report written to {out}")
+        print(f"ledger report written to {p(out)}")
     return None
 
 

@@ -2,10 +2,11 @@
 the evidence that it worked (`project`: settings and requests; `workflow`: applying them, the project layout and crash
 safety)."""
 
+from .hashing import Hasher, normalise
 from .project import ProjectSettings, add_request, cancel_request, init_project
-from .store import SCHEMA_VERSION, Ledger, LedgerBusy, item_hash, normalise
+from .store import SCHEMA_VERSION, Ledger, LedgerBusy
 from .verify import Check, verify
 from .workflow import apply
 
-__all__ = ["SCHEMA_VERSION", "Check", "Ledger", "LedgerBusy", "ProjectSettings", "add_request", "apply",
-           "cancel_request", "init_project", "item_hash", "normalise", "verify"]
+__all__ = ["SCHEMA_VERSION", "Check", "Hasher", "Ledger", "LedgerBusy", "ProjectSettings",
+           "add_request", "apply", "cancel_request", "init_project", "normalise", "verify"]

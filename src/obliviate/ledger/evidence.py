@@ -33,7 +33,7 @@ class EvidenceInputs:
     `measured` holds what the workflow measured (before / after / oracle Results, the
     new measurements keyed by (version, request) with -1 for the new version, the oracle's
     metrics per request); `summary` the version summary (config, timings, retain_dropped);
-    `hashes` the forget items' sha256 in file order; `samples` how many answers to show."""
+    `hashes` the forget items' item hashes in file order; `samples` how many answers to show."""
 
     request: Request
     parent: Version

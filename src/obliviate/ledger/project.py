@@ -23,7 +23,7 @@ from ..methods import build
 from ..models import resolve_source
 from ..unlearning import UnlearnConfig
 from . import measure as M
-from .store import Ledger, Request, digest, item_hash, weights_sha256
+from .store import Ledger, Request, weights_sha256
 
 # fields of UnlearnConfig that the ledger sets itself, never a request's overrides
 RESERVED = ("model", "forget", "retain", "benchmark", "forget_split")
@@ -121,15 +121,19 @@ def read_items(path: str | Path, what: str) -> list[Example]:
 
 def add_request(root: str | Path, subject: str, forget: str, retain: str = "",
                 method: str = "npo", overrides: list[str] = ()) -> int:
-    """Record a pending request: item hashes of `forget` (never its text), method, config."""
+    """Record a pending request: keyed hashes of `forget`'s items (never their text), method,
+    config."""
     if not subject.strip():
         raise ObliviateError("a request needs a subject (a name or a ticket reference)")
     unlearn_config(method, list(overrides))
     items = read_items(forget, "forget")
-    retain_digest = digest(item_hash(x) for x in read_items(retain, "retain")) if retain else None
+    kept = read_items(retain, "retain") if retain else None
     with Ledger.open(root) as ledger:
-        return ledger.add_request(subject.strip(), _abs(forget), [item_hash(x) for x in items],
-                                  _abs(retain) or None, retain_digest, method, list(overrides))
+        h = ledger.hasher
+        retain_digest = h.digest(h.item(x) for x in kept) if kept is not None else None
+        return ledger.add_request(subject.strip(), _abs(forget), [h.item(x) for x in items],
+                                  _abs(retain) or None, retain_digest, method, list(overrides),
+                                  contents=[h.content(x) for x in items])
 
 
 def cancel_request(root: str | Path, rid: int) -> None:
@@ -145,9 +149,10 @@ def cancel_request(root: str | Path, rid: int) -> None:
 def verified_forget(ledger: Ledger, req: Request) -> list[Example]:
     """The request's forget items, after checking the file still holds exactly what was added."""
     items = read_items(req.forget_path, "forget")
-    if digest(item_hash(x) for x in items) != req.forget_digest:
+    h = ledger.hasher
+    if h.digest(h.item(x) for x in items) != req.forget_digest:
         recorded = ledger.item_hashes(req.id)
-        changed = sum(item_hash(x) not in recorded for x in items)
+        changed = sum(h.item(x) not in recorded for x in items)
         raise ObliviateError(
             f"request {req.id}: {req.forget_path} changed since the request was added "
             f"({changed} of {len(items)} items differ from the {req.n_items} recorded); restore "
@@ -156,11 +161,12 @@ def verified_forget(ledger: Ledger, req: Request) -> list[Example]:
 
 
 def forgotten_hashes(ledger: Ledger, upto_version: int | None = None) -> set[str]:
-    """Item hashes of every request done at `upto_version` (all done requests if None)."""
+    """Content hashes of the items of every request done at `upto_version` (all done requests
+    if None): what is never trained on again."""
     out: set[str] = set()
     for r in ledger.requests():
         if r.status == "done" and (upto_version is None or r.version_id <= upto_version):
-            out |= ledger.item_hashes(r.id)
+            out |= ledger.content_hashes(r.id)
     return out
 
 
@@ -172,10 +178,11 @@ def retain_items(ledger: Ledger, settings: ProjectSettings, req: Request | None,
     if not path:
         return [], 0
     items = read_items(path, "retain")
-    if req is not None and req.retain_path and digest(item_hash(x) for x in items) != req.retain_digest:
+    h = ledger.hasher
+    if req is not None and req.retain_path and h.digest(h.item(x) for x in items) != req.retain_digest:
         raise ObliviateError(f"request {req.id}: the retain file {path} changed since the "
                              "request was added")
-    kept = [x for x in items if item_hash(x) not in exclude]
+    kept = [x for x in items if h.content(x) not in exclude]
     return kept, len(items) - len(kept)
 
 

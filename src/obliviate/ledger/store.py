@@ -1,7 +1,7 @@
 """The deletion-request ledger: one SQLite file per project directory.
 
-What it keeps: each request's subject label, the SHA-256 of every forget item's normalised text
-(never the text itself), the model versions (version 0 is the base, never modified), the
+What it keeps: each request's subject label, a keyed hash of every forget item (never the text
+itself; see `hashing`), the model versions (version 0 is the base, never modified), the
 measurements of every version on every past request, and an event log. SQLite in WAL mode with
 `synchronous=FULL`: every state change is one transaction, so a killed process leaves the
 ledger as it was before that transaction or after it, never between. Long work (unlearning,
@@ -17,77 +17,25 @@ import hashlib
 import json
 import os
 import sqlite3
-import unicodedata
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..data.examples import Example
 from ..errors import ObliviateError
+from .hashing import KEYED, Hasher, create_key, read_key
+from .paths import (
+    KEY_FILE,
+    LEDGER_FILE,
+    LOCK_FILE,
+    SQLITE_SIDE_FILES,
+    open_nofollow,
+    refuse_symlinks,
+    remove,
+)
+from .schema import MIGRATIONS, SCHEMA_VERSION, check_sqlite_header, not_a_ledger
 
-LEDGER_FILE = "obliviate-ledger.sqlite"
-LOCK_FILE = "obliviate-ledger.lock"
 STATUSES = ("pending", "done", "failed", "cancelled")
-
-# Each entry upgrades the schema by one version; a ledger is migrated forward on open, inside
-# one transaction per step. Never edit a released step: append a new one.
-MIGRATIONS: list[str] = [
-    # 1: requests, their item hashes, model versions, the event log
-    """
-    CREATE TABLE project (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-    CREATE TABLE requests (
-        id INTEGER PRIMARY KEY,
-        subject TEXT NOT NULL,
-        created_at TEXT NOT NULL,
-        status TEXT NOT NULL CHECK (status IN ('pending', 'done', 'failed', 'cancelled')),
-        forget_path TEXT NOT NULL,
-        forget_digest TEXT NOT NULL,
-        n_items INTEGER NOT NULL,
-        retain_path TEXT,
-        retain_digest TEXT,
-        method TEXT NOT NULL,
-        overrides TEXT NOT NULL,
-        error TEXT,
-        attempts INTEGER NOT NULL DEFAULT 0,
-        version_id INTEGER REFERENCES versions(id)
-    );
-    CREATE TABLE request_items (
-        request_id INTEGER NOT NULL REFERENCES requests(id),
-        sha256 TEXT NOT NULL,
-        PRIMARY KEY (request_id, sha256)
-    );
-    CREATE TABLE versions (
-        id INTEGER PRIMARY KEY,
-        parent_id INTEGER REFERENCES versions(id),
-        request_id INTEGER REFERENCES requests(id),
-        path TEXT NOT NULL,
-        weights_sha256 TEXT NOT NULL,
-        created_at TEXT NOT NULL,
-        summary TEXT NOT NULL
-    );
-    CREATE TABLE events (
-        id INTEGER PRIMARY KEY,
-        at TEXT NOT NULL,
-        request_id INTEGER,
-        kind TEXT NOT NULL,
-        detail TEXT NOT NULL
-    );
-    """,
-    # 2: per-(version, request) measurements, so forgetting is tracked across versions
-    """
-    CREATE TABLE measurements (
-        version_id INTEGER NOT NULL REFERENCES versions(id),
-        request_id INTEGER NOT NULL,  -- 0: a model-level number (utility)
-        metric TEXT NOT NULL,
-        value REAL,
-        note TEXT,
-        PRIMARY KEY (version_id, request_id, metric)
-    );
-    """,
-]
-SCHEMA_VERSION = len(MIGRATIONS)
-
 
 class LedgerBusy(ObliviateError):
     """Another process holds the ledger's apply lock."""
@@ -97,24 +45,7 @@ def now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
-# ---------------------------------------------------------------------------- hashing
-def normalise(text: str) -> str:
-    """NFKC, whitespace runs collapsed to one space, trimmed: an edit that only changes
-    spacing or Unicode composition is the same item; any other edit is a different one."""
-    return " ".join(unicodedata.normalize("NFKC", text).split())
-
-
-def item_hash(ex: Example) -> str:
-    """SHA-256 of the normalised question and answer (passage text for text items)."""
-    parts = [normalise(ex.question or ""), normalise(ex.answer)]
-    return hashlib.sha256("\x1f".join(parts).encode("utf-8")).hexdigest()
-
-
-def digest(hashes: Iterable[str]) -> str:
-    """One digest of a set of items, independent of their order in the file."""
-    return hashlib.sha256("\n".join(sorted(hashes)).encode("ascii")).hexdigest()
-
-
+# ---------------------------------------------------------------------------- files
 def file_sha256(path: Path, chunk: int = 1 << 22) -> str:
     h = hashlib.sha256()
     with path.open("rb") as fh:
@@ -173,13 +104,18 @@ class Ledger:
 
     def __init__(self, root: Path, conn: sqlite3.Connection):
         self.root, self.conn = root, conn
+        self.hasher = Hasher(KEYED, None, root / KEY_FILE)
 
     # ------------------------------------------------------------------ open / create
     @staticmethod
-    def _connect(path: Path) -> sqlite3.Connection:
+    def _connect(path: Path, new: bool = False) -> sqlite3.Connection:
         # autocommit mode: transactions are explicit (BEGIN IMMEDIATE in `transaction`)
         conn = sqlite3.connect(path, timeout=10.0, isolation_level=None)
         conn.row_factory = sqlite3.Row
+        if not new and conn.execute("PRAGMA user_version").fetchone()[0] == 0:
+            conn.close()  # someone else's database: change nothing in it, not even its journal
+            raise ObliviateError(not_a_ledger(path, "an SQLite database without the ledger's "
+                                                     "tables"))
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=FULL")
         conn.execute("PRAGMA foreign_keys=ON")
@@ -187,34 +123,56 @@ class Ledger:
 
     @classmethod
     def open(cls, root: str | Path) -> Ledger:
+        """Open (and migrate) a project's ledger; refuses symlinked project paths, a file that
+        is not a ledger, and a ledger without its settings."""
         root = Path(root)
         path = root / LEDGER_FILE
+        refuse_symlinks(root)
         if not path.is_file():
             raise ObliviateError(f"no ledger in {root}: run `obliviate request init --project "
                                  f"{root} --model BASE` first")
+        check_sqlite_header(path)
         try:
             ledger = cls(root, cls._connect(path))
             ledger.migrate()
+            if "settings" not in ledger.settings():
+                ledger.close()
+                raise ObliviateError(not_a_ledger(path, "no project settings"))
         except sqlite3.DatabaseError as exc:
             raise ObliviateError(f"{path}: not a readable ledger ({exc})") from None
+        scheme = ledger.settings()["hash_scheme"]
+        ledger.hasher = Hasher(scheme, read_key(root) if scheme == KEYED else None, root / KEY_FILE)
         return ledger
 
     @classmethod
     def create(cls, root: str | Path, settings: dict[str, Any], base_path: str,
                base_sha: str) -> Ledger:
+        """A new ledger with version 0 = the base model, and the project's new hash key."""
         root = Path(root)
         path = root / LEDGER_FILE
-        if path.exists():
+        if path.exists() or path.is_symlink():
             raise ObliviateError(f"{root} already has a ledger ({path.name})")
         root.mkdir(parents=True, exist_ok=True)
-        ledger = cls(root, cls._connect(path))
-        ledger.migrate()
-        with ledger.transaction() as c:
-            for key, value in settings.items():
-                c.execute("INSERT INTO project VALUES (?, ?)", (key, json.dumps(value)))
-            c.execute("INSERT INTO versions VALUES (0, NULL, NULL, ?, ?, ?, ?)",
-                      (base_path, base_sha, now(), json.dumps({"note": "the base model"})))
-            ledger._event(c, None, "init", f"base model {base_path} (weights {base_sha[:12]})")
+        refuse_symlinks(root)
+        key = create_key(root)
+        ledger = None
+        try:
+            ledger = cls(root, cls._connect(path, new=True))
+            ledger.migrate()
+            ledger.hasher = Hasher(KEYED, key, root / KEY_FILE)
+            with ledger.transaction() as c:
+                for name, value in {**settings, "hash_scheme": KEYED}.items():
+                    c.execute("INSERT OR REPLACE INTO project VALUES (?, ?)",
+                              (name, json.dumps(value)))
+                c.execute("INSERT INTO versions VALUES (0, NULL, NULL, ?, ?, ?, ?)",
+                          (base_path, base_sha, now(), json.dumps({"note": "the base model"})))
+                ledger._event(c, None, "init", f"base model {base_path} (weights {base_sha[:12]})")
+        except BaseException:
+            if ledger is not None:
+                ledger.close()
+            for name in (LEDGER_FILE, *SQLITE_SIDE_FILES, KEY_FILE):  # init can run again
+                remove(root / name, ignore_errors=True)
+            raise
         return ledger
 
     def close(self) -> None:
@@ -259,8 +217,7 @@ class Ledger:
         flock is released by the kernel when the holder dies, so SIGKILL leaves no stale lock."""
         import fcntl
 
-        path = self.root / LOCK_FILE
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = open_nofollow(self.root / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -282,17 +239,20 @@ class Ledger:
     # ------------------------------------------------------------------ requests
     def add_request(self, subject: str, forget_path: str, hashes: list[str],
                     retain_path: str | None, retain_digest: str | None, method: str,
-                    overrides: list[str]) -> int:
-        unique = sorted(set(hashes))
+                    overrides: list[str], contents: list[str] | None = None) -> int:
+        """Record a pending request from its items' hashes (`contents`: their content hashes,
+        in the same order; the item hashes when not given)."""
+        pairs = dict(zip(hashes, contents if contents is not None else hashes, strict=True))
         with self.transaction() as c:
             cur = c.execute(
                 "INSERT INTO requests (subject, created_at, status, forget_path, forget_digest, "
                 "n_items, retain_path, retain_digest, method, overrides) "
                 "VALUES (?, ?, 'pending', ?, ?, ?, ?, ?, ?, ?)",
-                (subject, now(), forget_path, digest(hashes), len(hashes), retain_path,
+                (subject, now(), forget_path, self.hasher.digest(hashes), len(hashes), retain_path,
                  retain_digest, method, json.dumps(overrides)))
             rid = cur.lastrowid
-            c.executemany("INSERT INTO request_items VALUES (?, ?)", [(rid, h) for h in unique])
+            c.executemany("INSERT INTO request_items (request_id, sha256, content_hash) "
+                          "VALUES (?, ?, ?)", [(rid, h, pairs[h]) for h in sorted(pairs)])
             self._event(c, rid, "add", f"{len(hashes)} forget items, method {method}")
         return rid
 
@@ -314,6 +274,11 @@ class Ledger:
     def item_hashes(self, rid: int) -> set[str]:
         return {r[0] for r in self.conn.execute(
             "SELECT sha256 FROM request_items WHERE request_id = ?", (rid,))}
+
+    def content_hashes(self, rid: int) -> set[str]:
+        """What training would read of the request's items (see `hashing`)."""
+        return {r[0] for r in self.conn.execute(
+            "SELECT content_hash FROM request_items WHERE request_id = ?", (rid,))}
 
     def set_status(self, rid: int, status: str, error: str | None = None, event: str = "") -> None:
         with self.transaction() as c:

@@ -32,6 +32,7 @@ def verify(root: str | Path, rid: int, tolerance: float = 1e-4,
     """Re-measure a done request's version (weights hash, evaluation, audits) and compare
     with what the ledger recorded when it was applied."""
     with Ledger.open(root) as ledger, ledger.apply_lock():
+        ledger.hasher.check()  # a keyed ledger whose key is gone cannot read its requests
         req = ledger.request(rid)
         if req.status != "done":
             raise ObliviateError(f"request {rid} is {req.status}: only done requests can be verified")

@@ -20,7 +20,6 @@ from __future__ import annotations
 import functools
 import json
 import re
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -37,6 +36,7 @@ from ..models import load_model
 from ..unlearning import UnlearnConfig, unlearn_examples
 from . import measure as M
 from .evidence import EvidenceInputs, evidence_html
+from .paths import VERSIONS_DIR, remove
 from .project import (
     ProjectSettings,
     announce,
@@ -49,9 +49,13 @@ from .project import (
     unlearn_config,
     verified_forget,
 )
-from .store import Ledger, Request, Version, file_sha256, item_hash, weights_sha256
+from .show import printable
+from .store import Ledger, Request, Version, file_sha256, weights_sha256
 
 VERSION_DIR = re.compile(r"^v\d{4,}$")
+# the files a version is made of, besides its model folder; anything else in the folder (a
+# half-written temp file or model copy left by a kill) is not part of it
+VERSION_FILES = ("stage.json", "results.json", "audit.json", "evidence.html")
 
 
 def _open_requests(ledger: Ledger) -> list[Request]:
@@ -73,21 +77,27 @@ def _queue(ledger: Ledger, rid: int | None, apply_all: bool) -> list[Request]:
                 f"applied in order. Apply {first.id} first, or cancel it "
                 f"(`obliviate request cancel {first.id}`)")
         return [req]
+    if open_ and open_[0].status == "failed":  # retried only when asked for by its id
+        first = open_[0]
+        raise ObliviateError(
+            f"request {first.id} failed: {printable(first.error or 'no error recorded')}; retry "
+            f"it with `obliviate request apply {first.id}` or cancel it with "
+            f"`obliviate request cancel {first.id}`")
     return open_ if apply_all else open_[:1]
 
 
 def _clean_versions_dir(ledger: Ledger, keep: str) -> None:
     """Remove version folders that no ledger row registers (left by a killed run), except
     `keep`, the folder the next apply will build (it may be resumable)."""
-    vdir = ledger.root / "versions"
-    if not vdir.is_dir():
+    vdir = ledger.root / VERSIONS_DIR
+    if vdir.is_symlink() or not vdir.is_dir():  # a symlink: refused when the ledger opened
         return
     registered = {ledger.model_path(v).parent.name for v in ledger.versions() if v.id > 0}
     for child in vdir.iterdir():
         if child.name in registered or child.name == keep:
             continue
         if VERSION_DIR.match(child.name) or child.name.startswith(".tmp-"):
-            shutil.rmtree(child, ignore_errors=True)
+            remove(child, ignore_errors=True)
 
 
 def apply(root: str | Path, rid: int | None = None, apply_all: bool = False,
@@ -96,6 +106,7 @@ def apply(root: str | Path, rid: int | None = None, apply_all: bool = False,
     version ids. A failed request is recorded as failed with its error, and stops the queue."""
     done: list[int] = []
     with Ledger.open(root) as ledger, ledger.apply_lock():
+        ledger.hasher.check()  # a keyed ledger whose key is gone cannot read its requests
         queue = _queue(ledger, rid, apply_all)
         if not queue:
             announce(progress, None, "no pending requests")
@@ -116,7 +127,7 @@ def _apply_one(ledger: Ledger, req: Request, progress: bool) -> int:
     Any error marks the request failed (with the message); Ctrl-C leaves it pending."""
     parent = ledger.latest_version()
     vid = parent.id + 1
-    stage = ledger.root / "versions" / f"v{vid:04d}"
+    stage = ledger.root / VERSIONS_DIR / f"v{vid:04d}"
     _clean_versions_dir(ledger, keep=stage.name)
     ledger.start_attempt(req.id)
     say = functools.partial(announce, progress, req.id)
@@ -142,7 +153,7 @@ class _Inputs:
     settings: ProjectSettings
     parent_dir: Path
     forget: list[Example]
-    exclude: set[str]  # item hashes never trained on again: every forgotten item, this request's
+    exclude: set[str]  # content hashes never trained on again: every forgotten item, this request's
     retain: list[Example]
     dropped: int  # retain items removed because they were forgotten
     cfg: UnlearnConfig
@@ -180,7 +191,7 @@ def _check_inputs(ledger: Ledger, req: Request, parent: Version) -> _Inputs:
         raise ObliviateError(f"version {parent.id} ({parent_dir}) is missing or its weights "
                              "changed since it was recorded; restore it before applying")
     forget = verified_forget(ledger, req)
-    exclude = forgotten_hashes(ledger) | ledger.item_hashes(req.id)
+    exclude = forgotten_hashes(ledger) | ledger.content_hashes(req.id)
     retain, dropped = retain_items(ledger, settings, req, exclude)
     cfg = unlearn_config(req.method, req.overrides, str(parent_dir))
     stop = None
@@ -200,10 +211,14 @@ def _stage_plan(req: Request, parent: Version, inputs: _Inputs) -> dict[str, Any
 
 
 def _prepare_stage(stage: Path, plan: dict[str, Any]) -> None:
-    """Keep the folder of an attempt at the same plan, replace any other, and record the plan."""
-    if stage.exists() and not _stage_matches(stage, plan):
-        shutil.rmtree(stage)
+    """Keep the folder of an attempt at the same plan, replace any other, and record the plan.
+    Temp files and half-saved model copies (`.tmp-*`, `.old-*`) left by a kill are removed."""
+    if stage.is_symlink() or (stage.exists() and not _stage_matches(stage, plan)):
+        remove(stage)
     stage.mkdir(parents=True, exist_ok=True)
+    for child in stage.iterdir():
+        if child.name.startswith(".") or child.is_symlink():
+            remove(child)
     write_json_atomic(stage / "stage.json", plan)
 
 
@@ -249,12 +264,15 @@ def _write_evidence(ledger: Ledger, req: Request, parent: Version, stage: Path, 
     forget, settings = inputs.forget, inputs.settings
     write_text_atomic(stage / "evidence.html", evidence_html(ledger, EvidenceInputs(
         req, parent, parent.id + 1, sha, summary, measured, audit_res,
-        [item_hash(x) for x in forget], settings.samples)))
+        [ledger.hasher.item(x) for x in forget], settings.samples)))
 
 
 def _write_manifest(stage: Path, req: Request, parent: Version, sha: str) -> None:
-    """Write the manifest (hashes of every other file of the folder); it marks the folder done."""
-    files = sorted(p for p in stage.rglob("*") if p.is_file() and p.name != "manifest.json")
+    """Write the manifest (hashes of the files the version is made of: its model's and
+    VERSION_FILES); it marks the folder done."""
+    model = [p for p in (stage / "model").rglob("*") if p.is_file() and not p.is_symlink()
+             and not any(part.startswith((".tmp-", ".old-")) for part in p.parts)]
+    files = sorted([*model, *(stage / f for f in VERSION_FILES if (stage / f).is_file())])
     write_json_atomic(stage / "manifest.json", {
         "version": parent.id + 1, "request": req.id, "parent": parent.id, "weights_sha256": sha,
         "files": {str(p.relative_to(stage)): file_sha256(p) for p in files}})
