@@ -137,6 +137,17 @@ def test_files_outside_the_project_are_never_touched(project, capsys):
     assert _error(capsys, "request", "apply", "--project", str(proj)) == f"{key} is a symlink; remove it"
     key.unlink()
     (project.tmp / "key").rename(key)
+    db, moved = proj / LEDGER_FILE, project.tmp / "outside" / "ledger.sqlite"
+    db.rename(moved)
+    db.symlink_to(moved)
+    ledger_before = _snapshot(moved)
+    for command in (["list"], ["apply"]):
+        assert _error(capsys, "request", *command, "--project", str(proj)) == (
+            f"{db} is a symlink; remove it")
+    assert _snapshot(moved) == ledger_before  # not migrated, not switched to WAL, not written
+    db.unlink()
+    moved.rename(db)
+    assert _cli(capsys, "request", "list", "--project", str(proj))[0] == 0
     assert (elsewhere / "v0007").is_dir()
 
 
