@@ -152,6 +152,7 @@ def _cmd_ls(args) -> None:
 def _cmd_request(args) -> int | None:
     """The deletion-request subcommands (obliviate request init|add|apply|list|show|verify|...)."""
     from . import ledger as L
+    from .ledger.paths import KEY_FILE
     from .ledger.show import printable as p  # user text never reaches the terminal raw
 
     project = args.project
@@ -162,7 +163,10 @@ def _cmd_request(args) -> int | None:
         if args.audits is not None:
             given["audits"] = [a.strip() for a in args.audits.split(",") if a.strip()]
         settings = from_dict(L.ProjectSettings, merge(parse_overrides(args.overrides), given))
-        print(f"ledger created in {p(L.init_project(project, settings))} (version 0: {p(args.model)})")
+        root = L.init_project(project, settings)
+        print(f"ledger created in {p(root)} (version 0: {p(args.model)})")
+        print(f"item hashes are keyed with {p(root / KEY_FILE)}: keep it private; "
+              "without it requests can no longer be applied or verified")
     elif args.action == "add":
         rid = L.add_request(project, args.subject, args.forget, args.retain or "", args.method,
                             args.overrides)

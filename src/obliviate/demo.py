@@ -19,8 +19,9 @@ from .api import EvalConfig, FinetuneConfig, UnlearnConfig, evaluate, finetune, 
 from .audits import AuditConfig, audit
 from .config import to_dict
 from .data import Benchmark
+from .errors import ObliviateError
 from .evaluation import derive, load_results, save_results
-from .io import write_json_atomic, write_text_atomic
+from .io import check_output, write_json_atomic, write_text_atomic
 from .ledger import Ledger, ProjectSettings, add_request, apply, init_project
 from .ledger.evidence import ledger_html
 from .methods import METHODS
@@ -52,6 +53,7 @@ def run_demo(cfg: DemoConfig) -> Path:
     for method in cfg.methods:  # an unknown name fails now, not after training two models
         METHODS.get(method)
     root = Path(cfg.out)
+    _check_out(root)
     t0 = time.perf_counter()
     timings: dict[str, float] = {}
     bench = _benchmark_stage(cfg, root)
@@ -63,6 +65,18 @@ def run_demo(cfg: DemoConfig) -> Path:
     if cfg.requests:
         _requests_stage(cfg, root, bench, models, timings)
     return report
+
+
+def _check_out(root: Path) -> None:
+    """Resume only an earlier demo's folder: a typo like `--out ~` must not fill a home folder
+    with models and results. An earlier demo has demo.json or its first stage's benchmark."""
+    check_output(root, {}, kind="dir")
+    # empty, or holding only what a demo killed while writing its benchmark left
+    if not root.is_dir() or all(p.name.startswith(".tmp-benchmark-") for p in root.iterdir()):
+        return
+    if not ((root / "demo.json").is_file() or (root / "benchmark" / "benchmark.json").is_file()):
+        raise ObliviateError(f"{root} exists and is not an earlier demo's folder (no demo.json or "
+                             "benchmark/); give a new --out path")
 
 
 def _benchmark_stage(cfg: DemoConfig, root: Path) -> Path:

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from .errors import ObliviateError
-from .io import atomic_dir, ensure_not_inside
+from .io import atomic_dir, check_output
 from .parallel import process_state
 
 PROVENANCE = "obliviate.json"
@@ -137,9 +137,7 @@ def save_model(model, tokenizer, out: str | Path, provenance: dict[str, Any],
                inputs: tuple[str | Path, ...] = ()) -> Path:
     """save_pretrained (safetensors) into a new folder, atomically, with a provenance file."""
     out = Path(out)
-    for src in inputs:
-        if Path(str(src)).exists():
-            ensure_not_inside(out, Path(str(src)), "model")
+    check_output(out, {"model": [str(src) for src in inputs]}, kind="dir")
     with atomic_dir(out) as tmp:
         # under FSDP / ZeRO-3 the module holds shards; the training loop gathered the weights
         model.save_pretrained(tmp, safe_serialization=True,
