@@ -13,7 +13,7 @@ from pathlib import Path
 
 from .config import from_dict, load_config, merge, parse_overrides
 from .errors import ObliviateError
-from .io import write_json_atomic, write_text_atomic
+from .io import check_output, write_json_atomic, write_text_atomic
 
 
 def _overrides_help() -> str:
@@ -34,6 +34,7 @@ def _cmd_demo(args) -> None:
 def _cmd_generate(args) -> None:
     from .api import generate
 
+    check_output(args.out, {}, kind="dir")
     out = generate(args.out, seed=args.seed, entities=args.entities)
     print(f"benchmark written to {out} (datasheet: {out / 'DATASHEET.md'})")
 
@@ -42,6 +43,8 @@ def _cmd_finetune(args) -> None:
     from .api import FinetuneConfig, finetune
 
     cfg = load_config(FinetuneConfig, args.config, args.overrides)
+    check_output(args.out, {"base model": cfg.base if cfg.base != "tiny" else None,
+                            "benchmark": cfg.benchmark, "config": args.config}, kind="dir")
     out = finetune(cfg, args.out)
     if _is_main_process():
         print(f"model written to {out}")
@@ -51,6 +54,8 @@ def _cmd_unlearn(args) -> None:
     from .api import UnlearnConfig, unlearn
 
     cfg = load_config(UnlearnConfig, args.config, args.overrides)
+    check_output(args.out, {"model": cfg.model, "benchmark": cfg.benchmark, "forget data": cfg.forget,
+                            "retain data": cfg.retain, "config": args.config}, kind="dir")
     out = unlearn(cfg, args.out)
     if _is_main_process():
         print(f"unlearned model written to {out}")
@@ -67,6 +72,11 @@ def _cmd_eval(args) -> None:
     from .evaluation import save_results
 
     cfg = load_config(EvalConfig, args.config, args.overrides)
+    check_output(args.out, {"model": cfg.model, "MIA reference model": cfg.mia_reference,
+                            "forget data": cfg.forget, "retain data": cfg.retain,
+                            "holdout data": cfg.holdout, "utility data": cfg.utility,
+                            "benchmark": cfg.benchmark, "reference results": cfg.reference,
+                            "config": args.config})
     res = evaluate(cfg, name=args.name)
     if not _is_main_process():
         return
@@ -81,6 +91,7 @@ def _cmd_report(args) -> None:
     from .evaluation import load_results
     from .report import write_report
 
+    check_output(args.out, {"results": args.results}, kind="dir", files=("report.html", "report.md"))
     rows, audits = [], []
     for p in args.results:  # results and audit files may be mixed
         try:
@@ -96,6 +107,7 @@ def _cmd_import(args) -> None:
     from .evaluation import save_results
     from .evaluation.interop import import_openunlearning, import_tofu
 
+    check_output(args.out, {"source": args.source})
     reader = import_tofu if args.format == "tofu" else import_openunlearning
     res = reader(args.source, name=args.name)
     print(f"results written to {save_results(res, args.out)} "
@@ -106,6 +118,8 @@ def _cmd_score(args) -> None:
     from .evaluation import derive
     from .evaluation.interop import load_any_results
 
+    if args.json:
+        check_output(args.json, {"results": args.results, "reference results": args.reference})
     res = load_any_results(args.results)
     ref = load_any_results(args.reference) if args.reference else None
     scores = derive(res, ref)
@@ -123,6 +137,8 @@ def _cmd_audit(args) -> None:
 
     flags = [f"{k}={getattr(args, k)}" for k in ("target", "oracle", "benchmark") if getattr(args, k)]
     cfg = load_config(AuditConfig, args.config, [f"model={args.model}", *flags, *args.overrides])
+    check_output(args.out, {"model": cfg.model, "target": cfg.target, "oracle": cfg.oracle,
+                            "benchmark": cfg.benchmark, "config": args.config})
     print(f"auditing {cfg.model} (residual knowledge: 1 = the target's, 0 = the oracle's)")
     res = audit(cfg)
     print(f"audit results written to {write_json_atomic(args.out, res)}")
@@ -194,9 +210,23 @@ def _cmd_request(args) -> int | None:
         from .ledger.evidence import ledger_html
 
         with L.Ledger.open(project) as ledger:
-            out = write_text_atomic(args.out or f"{project}/ledger.html", ledger_html(ledger))
+            out = args.out or f"{project}/ledger.html"
+            check_output(out, _ledger_inputs(ledger))
+            out = write_text_atomic(out, ledger_html(ledger))
         print(f"ledger report written to {p(out)}")
     return None
+
+
+def _ledger_inputs(ledger) -> dict[str, list]:
+    """What the ledger page is built from: the ledger, every version and every data file."""
+    from .ledger.paths import internal_paths
+
+    s = ledger.settings()["settings"]
+    return {"ledger": internal_paths(ledger.root),
+            "model version": [ledger.model_path(v) for v in ledger.versions()],
+            "oracle model": [s.get("oracle")],
+            "data": [s.get("retain"), s.get("holdout"), *s.get("utility", []),
+                     *[p for r in ledger.requests() for p in (r.forget_path, r.retain_path)]]}
 
 
 def _request_parser(sub) -> None:
