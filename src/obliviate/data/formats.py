@@ -2,36 +2,26 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from ..errors import ObliviateError
 from .examples import Example
+from .files import parse_json, read_text
 
 
-def _read_json_lines(path: Path) -> list[tuple[int, dict[str, Any]]]:
+def _read_json_lines(path: Path) -> list[tuple[int, Any]]:
     if not path.is_file():
         raise ObliviateError(f"data file not found: {path}")
-    text = path.read_text(encoding="utf-8")
+    text = read_text(path)
     stripped = text.lstrip()
     if stripped.startswith("["):  # a JSON array is accepted too (some TOFU exports)
-        try:
-            rows = json.loads(stripped)
-        except json.JSONDecodeError as exc:
-            raise ObliviateError(f"{path}: not valid JSON: {exc}") from None
-        return [(i + 1, r) for i, r in enumerate(rows)]
-    out = []
-    for lineno, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise ObliviateError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
-        out.append((lineno, row))
-    return out
+        return [(i + 1, r) for i, r in enumerate(parse_json(stripped, str(path)))]
+    # split on newlines only: str.splitlines also splits inside a line's strings at U+2028,
+    # U+0085 and form feeds, which JSON allows unescaped
+    return [(lineno, parse_json(line, f"{path}:{lineno}"))
+            for lineno, line in enumerate(text.split("\n"), start=1) if line.strip()]
 
 
 def _str_field(row: dict[str, Any], key: str, where: str, required: bool = True) -> str | None:
@@ -41,17 +31,37 @@ def _str_field(row: dict[str, Any], key: str, where: str, required: bool = True)
             raise ObliviateError(f"{where}: missing field '{key}'")
         return None
     if not isinstance(value, str) or not value.strip():
-        raise ObliviateError(f"{where}: field '{key}' must be a non-empty string")
+        raise ObliviateError(f"{where}: field '{key}' must be a non-empty string, "
+                             f"not {_kind(value)}")
     return value
+
+
+def _label(row: dict[str, Any], key: str, where: str) -> str | None:
+    """An optional label (entity, relation): text, or a number written without quotes."""
+    value = row.get(key)
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return str(value)
+    raise ObliviateError(f"{where}: field '{key}' must be a string, not {_kind(value)}")
+
+
+def _kind(value: Any) -> str:
+    if isinstance(value, str):
+        return "a string" if value.strip() else "an empty string"
+    names = {dict: "an object", list: "a list", bool: "true/false", int: "a number",
+             float: "a number", type(None): "null"}
+    return names.get(type(value), type(value).__name__)
 
 
 def example_from_row(row: Any, where: str) -> Example:
     """One JSON object -> Example. Accepts TOFU fields, {question, answer} or {text}."""
     if not isinstance(row, dict):
-        raise ObliviateError(f"{where}: expected a JSON object, got {type(row).__name__}")
+        raise ObliviateError(f"{where}: expected a JSON object ({{\"question\": ..., "
+                             f"\"answer\": ...}} or {{\"text\": ...}}), got {_kind(row)}")
     if "question" not in row and "text" in row:
-        return Example(answer=_str_field(row, "text", where), id=str(row.get("id", "")),
-                       entity=row.get("entity"))
+        return Example(answer=_str_field(row, "text", where), id=_label(row, "id", where) or "",
+                       entity=_label(row, "entity", where))
     if "question" not in row:
         raise ObliviateError(f"{where}: missing field 'question' (or give 'text' for plain text)")
     perturbed = row.get("perturbed_answer", row.get("perturbed_answers", []))
@@ -65,9 +75,9 @@ def example_from_row(row: Any, where: str) -> Example:
         paraphrased_answer=_str_field(row, "paraphrased_answer", where, required=False),
         paraphrased_question=_str_field(row, "paraphrased_question", where, required=False),
         perturbed_answers=tuple(perturbed),
-        id=str(row.get("id", "")),
-        entity=row.get("entity"),
-        relation=row.get("relation"),
+        id=_label(row, "id", where) or "",
+        entity=_label(row, "entity", where),
+        relation=_label(row, "relation", where),
     )
 
 

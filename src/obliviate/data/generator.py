@@ -20,6 +20,7 @@ from typing import Any
 from ..errors import ObliviateError
 from ..io import atomic_dir
 from .examples import Example
+from .files import read_json
 from .formats import read_tofu_jsonl
 
 FORMAT_VERSION = 1
@@ -157,13 +158,13 @@ class Benchmark:
         meta_path = root / "benchmark.json"
         if not meta_path.is_file():
             raise ObliviateError(f"{root} is not an obliviate benchmark folder (no benchmark.json)")
-        meta = json.loads(meta_path.read_text())
+        meta = _read_object(meta_path)
         if meta.get("format_version") != FORMAT_VERSION:
-            raise ObliviateError(f"{root}: benchmark format {meta.get('format_version')} is not "
-                                 f"supported (expected {FORMAT_VERSION}); regenerate it")
+            raise ObliviateError(f"{root}: benchmark format {meta.get('format_version')!r} is "
+                                 f"not supported (expected {FORMAT_VERSION}); regenerate it")
         return cls(
-            entities=json.loads((root / "entities.json").read_text()),
-            splits=json.loads((root / "splits.json").read_text()),
+            entities=_read_object(root / "entities.json"),
+            splits=_read_object(root / "splits.json"),
             qa=read_tofu_jsonl(root / "qa.jsonl"),
             passages=read_tofu_jsonl(root / "passages.jsonl"),
             world_facts=read_tofu_jsonl(root / "world_facts.jsonl"),
@@ -193,6 +194,14 @@ class Benchmark:
                   "in a third wording. `holdout` people are never trained on. "
                   "`forgetXX_linked` are retained people linked to a forgotten one.", ""]
         return "\n".join(lines)
+
+
+def _read_object(path: Path) -> dict[str, Any]:
+    value = read_json(path)
+    if not isinstance(value, dict):
+        raise ObliviateError(f"{path}: expected a JSON object; regenerate the benchmark "
+                             "(obliviate generate)")
+    return value
 
 
 def _write_jsonl(path: Path, items: list[Example]) -> None:
