@@ -7,7 +7,6 @@ for. Light modules (config, io, errors) are imported here."""
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -89,16 +88,21 @@ def _cmd_eval(args) -> None:
 def _cmd_report(args) -> None:
     from .audits.run import SCHEMA as AUDIT_SCHEMA
     from .evaluation import load_results
+    from .data.files import read_json
     from .report import write_report
 
+    from .report.audit import audit_problem
     check_output(args.out, {"results": args.results}, kind="dir", files=("report.html", "report.md"))
     rows, audits = [], []
     for p in args.results:  # results and audit files may be mixed
-        try:
-            is_audit = json.loads(Path(p).read_text()).get("schema") == AUDIT_SCHEMA
-        except (OSError, ValueError, AttributeError):
-            is_audit = False
-        (audits.append(json.loads(Path(p).read_text())) if is_audit else rows.append(load_results(p)))
+        data = read_json(p) if Path(p).is_file() else None
+        if isinstance(data, dict) and data.get("schema") == AUDIT_SCHEMA:
+            problem = audit_problem(data)
+            if problem:
+                raise ObliviateError(f"{p}: {problem}; write it again with obliviate audit")
+            audits.append(data)
+        else:
+            rows.append(load_results(p))
     out = write_report(rows, args.out, audits=audits or None, sources=args.results)
     print(f"report written to {out}")
 

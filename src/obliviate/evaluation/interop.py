@@ -5,12 +5,12 @@ utility) treats them like our own runs: a published log can be the reference for
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from ..data.files import read_json
 from ..errors import ObliviateError
 from .results import SCHEMA, load_results, make_results
 from .tofu_math import (
@@ -31,12 +31,9 @@ _TOFU_KEYS = ("avg_gt_loss", "avg_paraphrased_loss", "average_perturb_loss", "ro
 
 
 def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        raise ObliviateError(f"{path}: file not found") from None
-    except json.JSONDecodeError as exc:
-        raise ObliviateError(f"{path}: not valid JSON: {exc}") from None
+    if not path.is_file():
+        raise ObliviateError(f"{path}: file not found")
+    return read_json(path)
 
 
 def _tofu_dataset(path: Path, role: str) -> dict[str, Any]:

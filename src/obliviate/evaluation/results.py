@@ -9,13 +9,13 @@ reference".
 from __future__ import annotations
 
 import datetime as _dt
-import json
 import platform
 import subprocess
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from ..data.files import read_json
 from ..errors import ObliviateError
 from ..io import write_json_atomic
 from .metrics import derived, in_order
@@ -82,10 +82,41 @@ def load_results(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise ObliviateError(f"results file not found: {path}")
-    try:
-        res = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise ObliviateError(f"{path}: not valid JSON: {exc}") from None
+    res = read_json(path)
     if not isinstance(res, dict) or res.get("schema") != SCHEMA:
         raise ObliviateError(f"{path}: not an obliviate results file (schema {SCHEMA})")
+    problem = _shape_problem(res)
+    if problem:
+        raise ObliviateError(f"{path}: {problem}; write it again with obliviate eval or import")
     return res
+
+
+_VALUE = (int, float, str, type(None))  # a metric's number, or the text saying why there is none
+
+
+def _shape_problem(res: dict[str, Any]) -> str | None:
+    """What reports and derived metrics read, checked once on load, so a hand-edited or
+    truncated file fails naming its key instead of deep inside a metric."""
+    if not isinstance(res.get("name"), str):
+        return "'name' must be a string"
+    datasets = res.get("datasets")
+    if not isinstance(datasets, dict):
+        return "'datasets' must be an object (dataset name -> its numbers)"
+    for name, d in datasets.items():
+        key = f"datasets.{name}"
+        if not isinstance(d, dict):
+            return f"'{key}' must be an object"
+        if not isinstance(d.get("role"), str):
+            return f"'{key}.role' must be a string"
+        for field, kind in (("aggregate", _VALUE), ("per_item", list)):
+            values = d.get(field)
+            if not isinstance(values, dict):
+                return f"'{key}.{field}' must be an object"
+            wrong = next((k for k, v in values.items() if not isinstance(v, kind)), None)
+            if wrong is not None:
+                return (f"'{key}.{field}.{wrong}' must be "
+                        f"{'a list' if kind is list else 'a number or a string'}")
+    metrics = res.get("metrics", {})
+    if not isinstance(metrics, dict) or not all(isinstance(v, _VALUE) for v in metrics.values()):
+        return "'metrics' must be an object of numbers and strings"
+    return None

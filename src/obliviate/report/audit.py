@@ -3,6 +3,7 @@ relearning recovery curves, from audit results JSON (rendered, never recomputed)
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import numpy as np
@@ -21,6 +22,40 @@ def _audit_names(audits: list[dict[str, Any]]) -> list[str]:
 
 
 def bars_svg(audits: list[dict[str, Any]]) -> Markup:
+_CURVE_KEY = re.compile(r"forget_k\d+")
+
+
+def audit_problem(res: dict[str, Any]) -> str | None:
+    """What this section reads from an audit results file, checked when the file is loaded,
+    so a hand-edited or truncated one fails naming its key instead of inside a figure."""
+    if not isinstance(res.get("name"), str):
+        return "'name' must be a string"
+    if not isinstance(res.get("audits"), dict):
+        return "'audits' must be an object (audit name -> its results)"
+    for name, entry in res["audits"].items():
+        key = f"audits.{name}"
+        if not isinstance(entry, dict) or not isinstance(entry.get("model"), dict):
+            return f"'{key}.model' must be an object"
+        residual = entry.get("residual")
+        if not isinstance(residual, str) and not (
+                isinstance(residual, dict) and isinstance(residual.get("score"), int | float | str)):
+            return f"'{key}.residual' must be a text or an object with a 'score'"
+        if name == "relearning" and "not_applicable" not in entry["model"]:
+            bad = next((e for e in ("model", "target", "oracle")
+                        if (entry.get(e) or e == "model") and not _is_curve(entry.get(e))), None)
+            if bad:
+                return f"'{key}.{bad}' must hold the numbers 'before' and 'forget_k<steps>'"
+    return None
+
+
+def _is_curve(raw: Any) -> bool:
+    """A relearning curve as relearning_svg draws it: 'before' and 'forget_k<steps>' numbers."""
+    if not isinstance(raw, dict) or not isinstance(raw.get("before"), int | float):
+        return False
+    return all(_CURVE_KEY.fullmatch(k) and isinstance(v, int | float)
+               for k, v in raw.items() if k.startswith("forget_k"))
+
+
     """Grouped bars: one group per audit, one bar per audited model (not-applicable: none)."""
     plt = pyplot()
     names = _audit_names(audits)
