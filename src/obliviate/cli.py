@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 from .config import from_dict, load_config, merge, parse_overrides
 from .errors import ObliviateError
@@ -87,11 +88,11 @@ def _cmd_eval(args) -> None:
 
 def _cmd_report(args) -> None:
     from .audits.run import SCHEMA as AUDIT_SCHEMA
-    from .evaluation import load_results
     from .data.files import read_json
+    from .evaluation import load_results
     from .report import write_report
-
     from .report.audit import audit_problem
+
     check_output(args.out, {"results": args.results}, kind="dir", files=("report.html", "report.md"))
     rows, audits = [], []
     for p in args.results:  # results and audit files may be mixed
@@ -273,9 +274,18 @@ def _request_parser(sub) -> None:
     rq.set_defaults(func=_cmd_request)
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors in one line, like every other error (the usage is one --help away)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {_one_line(message)} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="obliviate", description="Remove what a language model "
-                                "knows, and prove it is gone.")
+    p = _Parser(prog="obliviate", description="Remove what a language model "
+                "knows, and prove it is gone.")
+    p.add_argument("--debug", action="store_true", help="show the traceback of an error "
+                   "(also accepted after the subcommand)")
     sub = p.add_subparsers(dest="command", required=True)
     _model_parsers(sub)
     _results_parsers(sub)
@@ -349,24 +359,40 @@ def _results_parsers(sub) -> None:
     au.set_defaults(func=_cmd_audit)
 
 
+def _one_line(text: str) -> str:
+    return " ".join(line.strip() for line in str(text).splitlines() if line.strip())
+
+
+def _error_line(exc: Exception) -> str:
+    if isinstance(exc, ObliviateError):
+        return _one_line(str(exc))
+    return (f"unexpected {type(exc).__name__}: {_one_line(str(exc))} "
+            "(this is a bug; run with --debug for the traceback)")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     # key=value overrides may follow options given after a positional argument, which
-    # argparse leaves unparsed ("audit MODEL --out X target=..."): collect them here
+    # argparse leaves unparsed ("audit MODEL --out X target=..."): collect them here; so is
+    # --debug after the subcommand, which only the top-level parser declares
     args, extra = parser.parse_known_args(argv)
+    if "--debug" in extra:
+        args.debug, extra = True, [e for e in extra if e != "--debug"]
     if extra:
         if not hasattr(args, "overrides") or any(e.startswith("-") or "=" not in e for e in extra):
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
         args.overrides = [*args.overrides, *extra]
     try:
         rc = args.func(args)
-    except ObliviateError as exc:
-        print(f"obliviate: error: {exc}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print("\nobliviate: interrupted; finished outputs are kept, unfinished ones were "
               "discarded. Run the same command again to resume.", file=sys.stderr)
         return 130
+    except Exception as exc:  # any exception from user input is a bug: one line, not a traceback
+        if args.debug:
+            raise
+        print(f"obliviate: error: {_error_line(exc)}", file=sys.stderr)
+        return 2
     return rc or 0
 
 
