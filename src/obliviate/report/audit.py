@@ -10,6 +10,7 @@ import numpy as np
 from markupsafe import Markup
 
 from .html import figure_svg, pyplot
+from .markdown import md_cell
 
 
 def _residuals(res: dict[str, Any]) -> dict[str, float | str]:
@@ -21,7 +22,6 @@ def _audit_names(audits: list[dict[str, Any]]) -> list[str]:
     return sorted({n for a in audits for n in a["audits"]})
 
 
-def bars_svg(audits: list[dict[str, Any]]) -> Markup:
 _CURVE_KEY = re.compile(r"forget_k\d+")
 
 
@@ -56,6 +56,7 @@ def _is_curve(raw: Any) -> bool:
                for k, v in raw.items() if k.startswith("forget_k"))
 
 
+def bars_svg(audits: list[dict[str, Any]]) -> Markup:
     """Grouped bars: one group per audit, one bar per audited model (not-applicable: none)."""
     plt = pyplot()
     names = _audit_names(audits)
@@ -107,10 +108,10 @@ def audit_markdown(audits: list[dict[str, Any]]) -> str:
     lines = ["", "## Robustness audits", "",
              "Residual knowledge of the forget set under each attack: 1 = as much as the target "
              "(before unlearning), 0 = as little as the oracle.", "",
-             "| model | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+             "| model | " + " | ".join(map(md_cell, names)) + " |", "|---|" + "---|" * len(names)]
     for a in audits:
         r = _residuals(a)
-        lines.append(f"| {a['name']} | " + " | ".join(
+        lines.append(f"| {md_cell(a['name'])} | " + " | ".join(
             f"{r[n]:.2f}" if isinstance(r.get(n), float) else "n/a" for n in names) + " |")
     return "\n".join(lines) + "\n"
 

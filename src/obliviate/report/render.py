@@ -12,6 +12,7 @@ from ..io import write_text_atomic
 from .audit import audit_context, audit_markdown
 from .columns import detail_tables, headline_columns
 from .html import figure_svg, fmt, pyplot, render
+from .markdown import md_cell
 
 __all__ = ["fmt", "render_html", "render_markdown", "write_report"]
 
@@ -44,22 +45,25 @@ def _reference(rows: list[dict[str, Any]]) -> str | None:
 
 
 def _markdown_table(rows: list[dict[str, Any]], columns) -> list[str]:
-    head = "| model | " + " | ".join(f"{t} {d}".strip() for _, t, d in columns) + " |"
+    """Every cell through md_cell: names, titles (they hold dataset names) and values all come
+    from results files."""
+    head = "| model | " + " | ".join(md_cell(f"{t} {d}".strip()) for _, t, d in columns) + " |"
     lines = [head, "|" + "---|" * (len(columns) + 1)]
     for res in rows:
-        m = res["metrics"]
-        lines.append(f"| {res['name']} | " + " | ".join(fmt(m.get(k)) for k, _, _ in columns) + " |")
+        m = res.get("metrics", {})
+        lines.append(f"| {md_cell(res['name'])} | "
+                     + " | ".join(md_cell(fmt(m.get(k))) for k, _, _ in columns) + " |")
     return lines
 
 
 def render_markdown(rows: list[dict[str, Any]], title: str = "obliviate report") -> str:
     """report.md: the headline table, one row per Results, then every dataset's numbers."""
-    lines = [f"# {title}", "", *_markdown_table(rows, headline_columns(rows))]
+    lines = [f"# {md_cell(title)}", "", *_markdown_table(rows, headline_columns(rows))]
     for name, columns in detail_tables(rows):
-        lines += ["", f"## {name}", "", *_markdown_table(rows, columns)]
+        lines += ["", f"## {md_cell(name)}", "", *_markdown_table(rows, columns)]
     ref = _reference(rows)
     if ref:
-        lines += ["", f"Forget quality is measured against `{ref}`."]
+        lines += ["", f"Forget quality is measured against {md_cell(ref)}."]
     return "\n".join(lines) + "\n"
 
 
