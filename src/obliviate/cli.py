@@ -103,7 +103,7 @@ def _cmd_report(args) -> None:
                 raise ObliviateError(f"{p}: {problem}; write it again with obliviate audit")
             audits.append(data)
         else:
-            rows.append(load_results(p))
+            rows.append(load_results(p, metrics=True))
     out = write_report(rows, args.out, audits=audits or None, sources=args.results)
     print(f"report written to {out}")
 

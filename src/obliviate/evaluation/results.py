@@ -78,7 +78,9 @@ def save_results(res: dict[str, Any], path: str | Path) -> Path:
     return write_json_atomic(path, res)
 
 
-def load_results(path: str | Path) -> dict[str, Any]:
+def load_results(path: str | Path, metrics: bool = False) -> dict[str, Any]:
+    """A results file, its shape checked; `metrics`: it must hold the derived numbers a
+    report shows (obliviate eval writes them; imported logs have none)."""
     path = Path(path)
     if not path.is_file():
         raise ObliviateError(f"results file not found: {path}")
@@ -88,6 +90,9 @@ def load_results(path: str | Path) -> dict[str, Any]:
     problem = _shape_problem(res)
     if problem:
         raise ObliviateError(f"{path}: {problem}; write it again with obliviate eval or import")
+    if metrics and "metrics" not in res:
+        raise ObliviateError(f"{path}: no 'metrics' to report: a report shows what obliviate eval "
+                             "derives, and imported logs have none (obliviate score shows theirs)")
     return res
 
 
@@ -116,7 +121,25 @@ def _shape_problem(res: dict[str, Any]) -> str | None:
             if wrong is not None:
                 return (f"'{key}.{field}.{wrong}' must be "
                         f"{'a list' if kind is list else 'a number or a string'}")
+        problem = _derived_inputs_problem(key, d)
+        if problem:
+            return problem
     metrics = res.get("metrics", {})
     if not isinstance(metrics, dict) or not all(isinstance(v, _VALUE) for v in metrics.values()):
         return "'metrics' must be an object of numbers and strings"
+    return None
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _derived_inputs_problem(key: str, d: dict[str, Any]) -> str | None:
+    """The numbers the derived metrics compute with (metrics/derived.py): the forget set's
+    per-item truth ratios (forget quality's KS test) and the mia set's Min-K% AUC (PrivLeak)."""
+    ratios = d["per_item"].get("truth_ratio")
+    if d["role"] == "forget" and ratios is not None and not (ratios and all(map(_number, ratios))):
+        return f"'{key}.per_item.truth_ratio' must be a non-empty list of numbers"
+    if d["role"] == "mia" and not _number(d["aggregate"].get("auc_min_k")):
+        return f"'{key}.aggregate.auc_min_k' must be a number"
     return None
