@@ -10,6 +10,7 @@ import contextlib
 import dataclasses
 import io
 import json
+import os
 import typing
 from pathlib import Path
 
@@ -148,11 +149,22 @@ def test_config_files(workdir, content):
 
 
 # ---------------------------------------------------------------------------- the CLI
+@contextlib.contextmanager
+def _inside(folder: Path):
+    """A relative path a random argument names lands in the test's folder (contextlib.chdir
+    needs Python 3.11)."""
+    before = os.getcwd()
+    os.chdir(folder)
+    try:
+        yield
+    finally:
+        os.chdir(before)
+
+
 def _run(workdir: Path, argv: list[str]) -> None:
     """main(argv) in `workdir`: success, or exit code 2 with exactly one stderr line."""
     err = io.StringIO()
-    with contextlib.chdir(workdir), contextlib.redirect_stderr(err), \
-            contextlib.redirect_stdout(io.StringIO()):
+    with _inside(workdir), contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
         try:
             code = main(argv)
         except SystemExit as exc:  # argparse: usage errors and --help
