@@ -8,6 +8,8 @@ import hashlib
 import json
 import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -236,3 +238,12 @@ def test_report_md_escapes_names_and_values(tmp_path):
         rows_ = table.splitlines()
         cells = {len(re.findall(r"(?<!\\)\|", r)) for r in rows_}
         assert len(cells) == 1, table  # every row has as many cells as the header
+
+
+def test_a_reader_that_leaves_early_is_not_an_error():
+    """`obliviate ls metrics | head -1`: the pipe closes before the listing is written."""
+    proc = subprocess.Popen([sys.executable, "-m", "obliviate.cli", "ls", "metrics"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()  # before the interpreter has even started: every write is refused
+    assert proc.wait(timeout=60) == 1
+    assert proc.stderr.read() == b""

@@ -7,6 +7,7 @@ for. Light modules (config, io, errors) are imported here."""
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import NoReturn
@@ -388,6 +389,9 @@ def main(argv: list[str] | None = None) -> int:
         print("\nobliviate: interrupted; finished outputs are kept, unfinished ones were "
               "discarded. Run the same command again to resume.", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader of our output left early (`obliviate ls metrics | head`)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+        return 1
     except Exception as exc:  # any exception from user input is a bug: one line, not a traceback
         if args.debug:
             raise
