@@ -41,8 +41,9 @@ def parse_json(text: str, where: str) -> Any:
     try:
         value = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise ObliviateError(f"{where}: not valid JSON ({exc.msg} at line {exc.lineno} "
-                             f"column {exc.colno})") from None
+        # a JSON line is parsed alone: its own "line 1" would contradict FILE:LINE
+        at = f"line {exc.lineno} column {exc.colno}" if exc.lineno > 1 else f"column {exc.colno}"
+        raise ObliviateError(f"{where}: not valid JSON ({exc.msg} at {at})") from None
     except RecursionError:
         raise ObliviateError(f"{where}: JSON nested too deeply") from None
     except ValueError as exc:  # e.g. an integer of more than 4300 digits
