@@ -6,6 +6,7 @@ Every run stores the resolved config (`to_dict`) beside its results (ARCHITECTUR
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from pathlib import Path
@@ -32,19 +33,59 @@ def _unwrap_optional(tp: Any) -> tuple[Any, bool]:
     return tp, False
 
 
+_NULLS = ("null", "none", "~")
+
+
+def _structured(value: Any, where: str) -> Any:
+    """`[a, b]` / `{k: v}` given as text (a key=value override) parsed as YAML; other text
+    stays text. A field's declared type decides, so a text field keeps brackets and colons."""
+    if isinstance(value, str) and value.strip()[:1] in ("[", "{"):
+        try:
+            return yaml.safe_load(value)
+        except yaml.YAMLError as exc:
+            raise ObliviateError(f"{where}: cannot read {value!r} as a list or mapping "
+                                 f"({str(exc).splitlines()[0]})") from None
+    return value
+
+
+def _number(value: Any, tp: type, where: str) -> int | float:
+    if isinstance(value, bool) or isinstance(value, dict | list | tuple):
+        raise ObliviateError(f"{where}: expected a number, got {value!r}")
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ObliviateError(f"{where}: expected {tp.__name__}, got {value!r}") from None
+    if not math.isfinite(number):
+        raise ObliviateError(f"{where}: expected a finite number, got {value!r}")
+    if tp is int:
+        if number != int(number):
+            raise ObliviateError(f"{where}: expected an integer, got {value!r}")
+        return int(number)
+    return number
+
+
 def _coerce(value: Any, tp: Any, where: str) -> Any:
-    """Convert a YAML/CLI value to the declared type, or raise a clear error."""
+    """Convert a YAML value or the text of a key=value override to the declared type, or raise
+    a clear error. Text fields take the text as it is (a prompt template may hold brackets,
+    colons or a trailing space); a mapping or a list given for one is an error."""
     tp, optional = _unwrap_optional(tp)
-    if value is None:
+    if value is None or (optional and tp is not str and isinstance(value, str)
+                         and value.strip().lower() in _NULLS):
         if optional:
             return None
         raise ObliviateError(f"{where}: a value is required (got null)")
+    if tp is str:
+        if isinstance(value, dict | list | tuple):
+            raise ObliviateError(f"{where}: expected text, got {type(value).__name__} {value!r}")
+        return value if isinstance(value, str) else str(value)
     if dataclasses.is_dataclass(tp):
+        value = _structured(value, where)
         if not isinstance(value, dict):
             raise ObliviateError(f"{where}: expected a mapping, got {value!r}")
         return from_dict(tp, value, prefix=f"{where}.")
     origin = typing.get_origin(tp)
     if origin in (list, tuple):
+        value = _structured(value, where)
         if isinstance(value, str):
             value = [v for v in (s.strip() for s in value.split(",")) if v]
         if not isinstance(value, list | tuple):
@@ -53,28 +94,39 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         items = [_coerce(v, item_tp, f"{where}[{i}]") for i, v in enumerate(value)]
         return items if origin is list else tuple(items)
     if origin is dict:
+        value = _structured(value, where)
         if not isinstance(value, dict):
             raise ObliviateError(f"{where}: expected a mapping, got {value!r}")
         return dict(value)
     if tp is bool:
         if isinstance(value, bool):
             return value
-        if isinstance(value, str) and value.lower() in ("true", "yes", "1", "false", "no", "0"):
-            return value.lower() in ("true", "yes", "1")
+        if isinstance(value, str) and value.strip().lower() in ("true", "yes", "1", "false", "no", "0"):
+            return value.strip().lower() in ("true", "yes", "1")
         raise ObliviateError(f"{where}: expected true/false, got {value!r}")
     if tp in (int, float):
-        if isinstance(value, bool):
-            raise ObliviateError(f"{where}: expected a number, got {value!r}")
-        try:
-            number = tp(value) if not isinstance(value, str) else tp(float(value))
-        except (TypeError, ValueError):
-            raise ObliviateError(f"{where}: expected {tp.__name__}, got {value!r}") from None
-        if tp is int and float(value) != number:
-            raise ObliviateError(f"{where}: expected an integer, got {value!r}")
-        return number
-    if tp is str:
-        return str(value)
+        return _number(value, tp, where)
     return value
+
+
+class ConfigError(ObliviateError):
+    """A config value out of its range, raised by a config's own check (`require`); the
+    parser adds the path of the key (`optim.steps`)."""
+
+    def __init__(self, key: str, message: str) -> None:
+        self.key, self.message = key, message
+        super().__init__(f"{key}: {message}")
+
+
+def require(ok: bool, key: str, message: str) -> None:
+    """A config dataclass's check of one value (called from its __post_init__)."""
+    if not ok:
+        raise ConfigError(key, message)
+
+
+def require_choice(value: str, choices: tuple[str, ...], key: str) -> None:
+    require(value in choices, key, f"unknown value '{value}'{suggest(value, list(choices))}; "
+            f"one of: {', '.join(choices)}")
 
 
 def from_dict(cls: type[C], data: dict[str, Any], prefix: str = "") -> C:
@@ -97,6 +149,8 @@ def from_dict(cls: type[C], data: dict[str, Any], prefix: str = "") -> C:
         kwargs[k] = _coerce(v, types_[k], f"{prefix}{k}")
     try:
         return cls(**kwargs)
+    except ConfigError as exc:  # a value out of range: name it by its full path
+        raise ObliviateError(f"{prefix}{exc.key}: {exc.message}") from None
     except TypeError as exc:  # a required field is missing
         raise ObliviateError(f"{prefix or cls.__name__}: {exc}") from None
 
@@ -110,15 +164,18 @@ def _default_of(f: dataclasses.Field) -> Any:
 
 
 def parse_overrides(pairs: list[str]) -> dict[str, Any]:
-    """['a.b=1', 'c=x'] -> {'a': {'b': 1}, 'c': 'x'}; values parsed as YAML scalars."""
+    """['a.b=1', 'c=x'] -> {'a': {'b': '1'}, 'c': 'x'}. Values stay text: `from_dict` converts
+    each to its field's declared type, so a text field gets exactly what was typed."""
     out: dict[str, Any] = {}
     for pair in pairs:
         if "=" not in pair:
             raise ObliviateError(f"override '{pair}' is not of the form key=value")
-        key, raw = pair.split("=", 1)
-        value = yaml.safe_load(raw) if raw != "" else ""
-        node = out
+        key, value = pair.split("=", 1)
         parts = key.strip().split(".")
+        if not all(p.strip() for p in parts):
+            raise ObliviateError(f"override '{pair}': the key before '=' is empty or has an "
+                                 "empty part (write section.key=value)")
+        node = out
         for part in parts[:-1]:
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
@@ -145,10 +202,16 @@ def load_config(cls: type[C], path: str | Path | None = None, overrides: list[st
         path = Path(path)
         if not path.is_file():
             raise ObliviateError(f"config file not found: {path}")
-        try:
-            loaded = yaml.safe_load(path.read_text()) or {}
+        try:  # utf-8-sig: a byte-order mark some editors write is not part of the text
+            loaded = yaml.safe_load(path.read_bytes().decode("utf-8-sig")) or {}
+        except UnicodeDecodeError as exc:
+            raise ObliviateError(f"config file {path} is not UTF-8 text (byte {exc.start}); "
+                                 "save it as UTF-8") from None
         except yaml.YAMLError as exc:
-            raise ObliviateError(f"config file {path} is not valid YAML: {exc}") from None
+            raise ObliviateError(f"config file {path} is not valid YAML: "
+                                 f"{' '.join(str(exc).split())}") from None
+        except RecursionError:
+            raise ObliviateError(f"config file {path} is nested too deeply") from None
         if not isinstance(loaded, dict):
             raise ObliviateError(f"config file {path} must hold a mapping at the top level")
         data = loaded

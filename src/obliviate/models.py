@@ -22,6 +22,7 @@ import torch
 from huggingface_hub.errors import StrictDataclassError
 from safetensors import SafetensorError
 
+from .config import require
 from .data.files import read_json
 from .errors import ObliviateError
 from .io import atomic_dir, check_output
@@ -40,6 +41,14 @@ class TinyModelConfig:
     intermediate: int = 256
     vocab_size: int = 1024
     max_positions: int = 512
+
+    def __post_init__(self) -> None:
+        for key in ("layers", "hidden", "heads", "intermediate", "max_positions"):
+            require(getattr(self, key) > 0, key, f"must be positive (got {getattr(self, key)})")
+        require(self.hidden % self.heads == 0, "heads",
+                f"must divide hidden ({self.hidden} is not a multiple of {self.heads})")
+        # the byte-level tokenizer starts from 256 byte symbols plus 3 special tokens
+        require(self.vocab_size >= 260, "vocab_size", f"must be at least 260 (got {self.vocab_size})")
 
 
 def train_tokenizer(texts: list[str], vocab_size: int = 2048):

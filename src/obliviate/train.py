@@ -28,6 +28,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Sampler
 
+from .config import require, require_choice
 from .encoding import Encoded, collate
 from .errors import ObliviateError
 from .optim import Sophia, gnb_loss
@@ -54,6 +55,10 @@ LossFn = Callable[[Any, dict[str, dict[str, torch.Tensor]], Step],
                   tuple[torch.Tensor, dict[str, float]]]
 
 
+SCHEDULES = ("cosine", "constant", "linear")
+OPTIMIZERS = ("adamw", "sophia")
+
+
 @dataclass
 class OptimConfig:
     lr: float | None = 3e-3  # None: the caller's default (a method's own)
@@ -69,6 +74,20 @@ class OptimConfig:
     # a resumable checkpoint beside the output every k steps (0: off); rerunning the same
     # command after a crash or Ctrl-C continues from it, with the same result
     checkpoint_every: int = 0
+
+    def __post_init__(self) -> None:
+        # above 100 no optimiser here does anything useful, and past float32's range the
+        # update itself fails inside torch
+        require(self.lr is None or 0 < self.lr <= 100, "lr", f"must be in (0, 100] (got {self.lr})")
+        for key in ("steps", "batch_size", "hessian_every"):
+            require(getattr(self, key) > 0, key, f"must be positive (got {getattr(self, key)})")
+        require(0.0 <= self.warmup_ratio <= 1.0, "warmup_ratio",
+                f"must be between 0 and 1 (got {self.warmup_ratio})")
+        for key in ("weight_decay", "grad_clip", "checkpoint_every"):
+            require(getattr(self, key) >= 0, key, f"must be 0 or more (got {getattr(self, key)})")
+        require(self.sophia_rho > 0, "sophia_rho", f"must be positive (got {self.sophia_rho})")
+        require_choice(self.schedule, SCHEDULES, "schedule")
+        require_choice(self.optimizer, OPTIMIZERS, "optimizer")
 
 
 def set_seed(seed: int) -> None:
@@ -309,6 +328,14 @@ def _step(run: _Run, loss_fn: LossFn, cfg: OptimConfig, step: int, desc: str,
     run.scheduler.step()
     run.optimizer.zero_grad(set_to_none=True)
     return {"loss": float(seen), **info, "lr": run.scheduler.get_last_lr()[0]}
+
+
+def check_finite(model, what: str, cfg: OptimConfig) -> None:
+    """A model with a NaN or infinite weight is a failed run, never a result."""
+    for name, p in model.named_parameters():
+        if not bool(torch.isfinite(p.detach()).all()):
+            raise ObliviateError(f"{what} produced non-finite weights ({name} holds NaN or inf); "
+                                 f"lower optim.lr (it was {cfg.lr:g}) or optim.steps")
 
 
 def train(model, loss_fn: LossFn, loaders: dict[str, DataLoader], cfg: OptimConfig,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 import time
 import warnings
 from collections.abc import Iterator
@@ -21,17 +22,18 @@ from typing import Any
 
 import torch
 
-from .config import to_dict
+from .config import require, to_dict
 from .data import Benchmark, Example, load_examples, validate_split
 from .encoding import DEFAULT_TEMPLATE, Encoded, encode
 from .errors import ObliviateError
-from .methods import Context, MethodStack, build
+from .methods import Context, MethodStack, build, typed_params
 from .methods.base import cache_seq_nll, mean_answer_prob
 from .models import load_model, save_model, save_on_main
 from .train import (
     Checkpointing,
     OptimConfig,
     Step,
+    check_finite,
     checkpoint_dir,
     fingerprint,
     make_loader,
@@ -54,6 +56,11 @@ class LoraSettings:
     dropout: float = 0.0
     target_modules: list[str] = field(default_factory=list)  # empty: the method's, or all linear
 
+    def __post_init__(self) -> None:
+        require(self.r > 0, "r", f"must be positive (got {self.r})")
+        require(self.alpha > 0, "alpha", f"must be positive (got {self.alpha})")
+        require(0.0 <= self.dropout < 1.0, "dropout", f"must be in [0, 1) (got {self.dropout})")
+
 
 @dataclass
 class GuardConfig:
@@ -69,6 +76,14 @@ class GuardConfig:
     every: int = 5
     probe_items: int = 32
     keep_last_good: bool = True  # keeps a CPU copy of the trainable weights at each check
+
+    def __post_init__(self) -> None:
+        require(0.0 <= self.retain_floor < 1.0, "retain_floor",
+                f"must be in [0, 1) (got {self.retain_floor}); 0 turns the guard off")
+        require(self.forget_stop is None or 0.0 <= self.forget_stop <= 1.0, "forget_stop",
+                f"must be in [0, 1] (got {self.forget_stop}); 0 never stops early")
+        require(self.every > 0, "every", f"must be positive (got {self.every})")
+        require(self.probe_items > 0, "probe_items", f"must be positive (got {self.probe_items})")
 
 
 @dataclass
@@ -90,6 +105,11 @@ class UnlearnConfig:
     template: str = DEFAULT_TEMPLATE
     trust_remote_code: bool = False
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        # the method and its parameters are checked now, before anything loads; the params
+        # are kept typed, so the config written beside results says 0.5, not '0.5'
+        self.params = typed_params(self.method, self.params)
 
 
 def default_lr(method, lora: bool) -> float:
@@ -186,6 +206,8 @@ class RetainGuard:
         """Raise CollapseError on a collapse; return True when the forget target is reached."""
         if not final and (step + 1) % self.cfg.every:
             return False
+        if final:  # whatever the guard's settings: a model whose outputs overflow is no result
+            self._require_finite(self.measure(self.forget_probe), "forget", step)
         if self.forget_stop > 0 and not final:
             self.forget_last = self.measure(self.forget_probe)
             if self.forget_last <= self.forget_stop * self.forget_start:
@@ -193,6 +215,7 @@ class RetainGuard:
         if not self.active:
             return self.stopped_at is not None
         self.last = self.measure(self.probe)
+        self._require_finite(self.last, "retain", step)
         if self.last < self.cfg.retain_floor * self.start:
             raise CollapseError(
                 f"retain probability fell to {self.last:.3g} at step {step + 1} (started at "
@@ -201,6 +224,13 @@ class RetainGuard:
         self.good_step = step + 1
         self._keep()
         return self.stopped_at is not None
+
+    @staticmethod
+    def _require_finite(p: float, which: str, step: int) -> None:
+        # NaN compares False with everything: a NaN probe would pass the floor test unnoticed
+        if not math.isfinite(p):
+            raise CollapseError(f"the {which} probability became {p} at step {step + 1}: the "
+                                "model's outputs are no longer finite. Lower optim.lr or optim.steps")
 
     def state_dict(self) -> dict[str, Any]:
         """What a resumed run needs (the start values are re-measured identically)."""
@@ -290,10 +320,11 @@ def unlearn_examples(cfg: UnlearnConfig, forget: list[Example], retain: list[Exa
                      after_backward=(_mask_gradients(run.ctx.grad_masks) if run.ctx.grad_masks
                                      else None),
                      checkpoint=run.checkpoint)
+        run.method.finish(run.model, run.ctx)
+        check_finite(run.model, f"unlearning with {cfg.method}", run.optim)
+        run.guard.check(run.optim.steps - 1, final=True)
     except ObliviateError as exc:
         raise ObliviateError(f"{exc}{_save_last_good(run.model, run.tok, cfg, out, run.guard, str(exc))}") from None
-    run.method.finish(run.model, run.ctx)
-    run.guard.check(run.optim.steps - 1, final=True)
     prov = _provenance(run, forget, retain, logs, time.perf_counter() - start)
     return save_on_main(_finalise(run.model, cfg.lora.enabled), run.tok, out, prov, (cfg.model,),
                         checkpoint_dir(out) if run.checkpoint else None)

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..config import from_dict, to_dict
+from ..config import from_dict, require, require_choice, to_dict
 from ..data import Benchmark
 from ..encoding import DEFAULT_TEMPLATE
 from ..errors import ObliviateError
@@ -33,6 +33,14 @@ class AuditConfig:
     max_retain: int = 64
     template: str = DEFAULT_TEMPLATE
     trust_remote_code: bool = False
+
+    def __post_init__(self) -> None:
+        for name in [*self.audits, *self.params]:
+            require_choice(name, tuple(AUDITS.names()), "audits" if name in self.audits else "params")
+        require(self.max_retain > 0, "max_retain", f"must be positive (got {self.max_retain})")
+        # each audit's parameters checked and typed now, before any model loads
+        self.params = {name: {k: getattr(from_dict(AUDITS.get(name), p, prefix=f"params.{name}."), k)
+                              for k in p} for name, p in self.params.items()}
 
 
 def audit_data(cfg: AuditConfig) -> AuditData:

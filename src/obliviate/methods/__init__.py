@@ -23,7 +23,7 @@ from . import (  # noqa: F401  (registration at definition)
     wagle,
     wga,
 )
-from .base import METHODS, Context, build
+from .base import METHODS, Context, build, typed_params
 from .wrapping import MethodStack, describe, needs_of
 
-__all__ = ["METHODS", "Context", "MethodStack", "build", "describe", "needs_of"]
+__all__ = ["METHODS", "Context", "MethodStack", "build", "describe", "needs_of", "typed_params"]

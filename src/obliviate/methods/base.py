@@ -221,6 +221,16 @@ def cache_answer_logits(model, items: list[Encoded], pad_id: int, batch_size: in
     return out
 
 
+def typed_params(name: str, params: dict[str, Any], prefix: str = "params.") -> dict[str, Any]:
+    """`params` (e.g. key=value text) checked against method `name` and converted to the
+    declared types; a wrapper's base_params recursively."""
+    method = build(name, params, prefix)
+    out = {k: getattr(method, k) for k in params}
+    if getattr(type(method), "wraps", False) and "base_params" in params:
+        out["base_params"] = typed_params(method.base, method.base_params, f"{prefix}base_params.")
+    return out
+
+
 def build(name: str, params: dict[str, Any] | None = None, prefix: str = "params."):
     """An instance of method `name` from a dict of hyper-parameters (strict keys). A wrapper's
     base method is built too (as `inner`), so its parameters are checked at once."""
