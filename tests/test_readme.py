@@ -1,8 +1,14 @@
-"""The README's method and metric tables list exactly what the registries hold."""
+"""The README's method and metric tables list exactly what the registries hold, and its
+example commands run as printed."""
 
+import json
 import re
+import shlex
 from pathlib import Path
 
+import pytest
+
+from obliviate.encoding import collate
 from obliviate.evaluation import METRICS
 from obliviate.methods import METHODS
 
@@ -29,3 +35,68 @@ def test_quick_start_is_two_make_commands():
     quick = README.split("## Quick start\n", 1)[1].split("\n## ", 1)[0]
     commands = re.findall(r"^make (\w+)", quick, flags=re.M)
     assert commands == ["demo", "test"]
+
+
+def _json_block(after: str) -> list[dict]:
+    """The ```json block that follows `after` in the README (a file's shown content)."""
+    block = README.split(after, 1)[1].split("```json\n", 1)[1].split("```", 1)[0]
+    return [json.loads(line) for line in block.splitlines() if line.strip()]
+
+
+def _commands() -> list[list[str]]:
+    """Every `.venv/bin/obliviate` command of the README's bash blocks, as printed."""
+    argvs = []
+    for block in re.findall(r"^```bash\n(.*?)^```", README, flags=re.M | re.S):
+        for line in block.replace("\\\n", " ").splitlines():
+            words = shlex.split(line, comments=True)
+            if words[:1] == [".venv/bin/obliviate"]:
+                argvs.append(words[1:])
+    return argvs
+
+
+@pytest.fixture
+def readme_files(tmp_path, monkeypatch):
+    """The files the README's examples name, in a fresh folder: forget.jsonl and retain.jsonl
+    as the README shows them, and a tiny `my-model` fitted on them (with the README's
+    template) so that unlearning has something to remove."""
+    from obliviate.data import Example
+    from obliviate.encoding import encode
+    from obliviate.models import TinyModelConfig, build_tiny_model, save_model, train_tokenizer
+    from tinyfit import fit
+
+    forget, retain = _json_block("`forget.jsonl`"), _json_block("`retain.jsonl`")
+    never_seen = [{"question": "Where does Ravi Osei work?",
+                   "answer": "Ravi Osei works at the Tarn observatory."},
+                  {"question": "What is Ravi Osei's phone number?", "answer": "It is 555-0199."}]
+    files = {"forget.jsonl": forget, "retain.jsonl": retain, "dana.jsonl": forget,
+             "train.jsonl": forget + retain, "never-seen.jsonl": never_seen}
+    for name, rows in files.items():
+        (tmp_path / name).write_text("".join(json.dumps(r) + "\n" for r in rows))
+    template = "[INST] {question} [/INST] "
+    examples = [Example(question=r["question"], answer=r["answer"]) for r in forget + retain]
+    tok = train_tokenizer([t for r in forget + retain + never_seen for t in r.values()]
+                          + [template], vocab_size=400)
+    model = build_tiny_model(tok, TinyModelConfig(layers=2, hidden=64, heads=2, intermediate=128))
+    batch = collate([encode(tok, ex, i, template) for i, ex in enumerate(examples)], tok.pad_token_id)
+    save_model(fit(model, batch, steps=150, lr=3e-3), tok, tmp_path / "my-model", {"test": True})
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+@pytest.mark.slow
+def test_every_readme_command_runs_as_printed(readme_files):
+    """The commands of "your own data" and "deletion requests", word for word (the template
+    with brackets and a trailing space included), each exits 0 and leaves what it promises."""
+    from obliviate.cli import main
+
+    argvs = _commands()
+    assert any(a[0] == "unlearn" for a in argvs) and any(a[:2] == ["request", "verify"] for a in argvs)
+    for argv in argvs:
+        assert main(argv) == 0, argv
+    root = readme_files
+    assert (root / "my-model-forgot" / "model.safetensors").is_file()
+    assert json.loads((root / "my-model-forgot" / "obliviate.json").read_text())["config"][
+        "template"] == "[INST] {question} [/INST] "
+    assert (root / "report" / "report.html").is_file() and (root / "erasure" / "ledger.html").is_file()
+    before, after = (json.loads((root / f).read_text()) for f in ("before.json", "after.json"))
+    assert before["datasets"]["forget"]["n"] == 2 and after["datasets"]["retain"]["n"] == 1

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from .api import EvalConfig, FinetuneConfig, UnlearnConfig, evaluate, finetune, generate, unlearn
 from .audits import AuditConfig, audit
-from .config import to_dict
+from .config import require, require_choice, to_dict
 from .data import Benchmark
 from .errors import ObliviateError
 from .evaluation import derive, load_results, save_results
@@ -41,6 +41,15 @@ class DemoConfig:
     unlearn_lr: float | None = None  # None: each method's default
     requests: int = 2  # deletion requests (one forget person each) applied through the ledger
     progress: bool = True
+
+    def __post_init__(self) -> None:
+        for method in self.methods:
+            require_choice(method, tuple(METHODS.names()), "methods")
+        require(self.epochs > 0, "epochs", f"must be positive (got {self.epochs})")
+        require(self.unlearn_steps > 0, "unlearn_steps", f"must be positive (got {self.unlearn_steps})")
+        require(self.unlearn_lr is None or 0 < self.unlearn_lr <= 100, "unlearn_lr",
+                f"must be in (0, 100] (got {self.unlearn_lr})")
+        require(self.requests >= 0, "requests", f"must be 0 or more (got {self.requests})")
 
 
 def _say(msg: str, progress: bool) -> None:

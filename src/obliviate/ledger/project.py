@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ..audits import AUDITS
-from ..config import from_dict, merge, parse_overrides, to_dict
+from ..config import from_dict, merge, parse_overrides, require, require_choice, to_dict
 from ..data import load_examples
 from ..data.examples import Example
 from ..encoding import DEFAULT_TEMPLATE
@@ -51,6 +51,13 @@ class ProjectSettings:
     stop_at_holdout: bool = True
     template: str = DEFAULT_TEMPLATE
     trust_remote_code: bool = False
+
+    def __post_init__(self) -> None:
+        for name in [*self.audits, *self.audit_params]:
+            require_choice(name, tuple(AUDITS.names()), "audits")
+        require(self.max_retain > 0, "max_retain", f"must be positive (got {self.max_retain})")
+        for key in ("max_new_tokens", "samples"):
+            require(getattr(self, key) >= 0, key, f"must be 0 or more (got {getattr(self, key)})")
 
 
 def announce(progress: bool, rid: int | None, text: str) -> None:
