@@ -24,7 +24,10 @@ def provenance() -> dict[str, object]:
     """Commit, tree state, date, CPU count and torch threads of this run."""
     import torch
 
-    dirty = bool(_git("status", "--porcelain", "--untracked-files=no", "--", "src", "benchmarks"))
+    # results files are what benchmarks write: one benchmark's output does not make the next
+    # one's code uncommitted
+    dirty = bool(_git("status", "--porcelain", "--untracked-files=no", "--", "src", "benchmarks",
+                      ":(exclude)benchmarks/results"))
     return {"commit": _git("rev-parse", "HEAD") or "unknown", "dirty": dirty,
             "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
