@@ -83,7 +83,7 @@ def test_mia_suite_separates_a_memorised_forget_set(memorised):
     assert derive(res, oracle_like)["privleak"] == pytest.approx(expected)
     assert expected < -80
     assert "undefined" in derive(oracle_like, res)["privleak"]
-    with pytest.raises(ob.ObliviateError, match="unknown suite"):
+    with pytest.raises(ob.ObliviateError, match="suites: unknown value 'muse2' \\(did you mean 'muse'"):
         ob.evaluate(ob.EvalConfig(model=str(memorised / "target"), benchmark=str(memorised / "bench"),
                                   suites=["muse2"]), progress=False)
 
