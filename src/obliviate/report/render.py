@@ -17,17 +17,58 @@ from .markdown import md_cell
 __all__ = ["fmt", "render_html", "render_markdown", "write_report"]
 
 
+REFERENCE_FQ = "1 (reference)"
+LEVELS = ("error", "warning")  # of the findings a report shows, in this order
+
+
+def _with_reference_fq(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The rows as shown: the reference's forget quality, when it was not computed (it was
+    evaluated without a reference of its own), is that of a model against itself, 1 by
+    definition. Other rows, and the results dicts, are left as they are."""
+    out = []
+    for res in rows:
+        named = any(other is not res and other.get("reference") == res.get("name") for other in rows)
+        fq = res.get("metrics", {}).get("forget_quality")
+        if named and isinstance(fq, str) and fq.startswith("not computed"):
+            res = {**res, "metrics": {**res["metrics"], "forget_quality": REFERENCE_FQ}}
+        out.append(res)
+    return out
+
+
+def findings(rows: list[dict[str, Any]]) -> list[tuple[str, list[str], str]]:
+    """(level, names of the rows it was found in, message) of every error and warning the rows'
+    `checks` hold (data.checks.Finding.to_json()), errors first; a finding shared by several
+    rows (the same data evaluated under several models) is listed once."""
+    seen: dict[tuple[str, str], list[str]] = {}
+    for res in rows:
+        for f in res.get("checks") or []:
+            if isinstance(f, dict) and f.get("level") in LEVELS and isinstance(f.get("message"), str):
+                names = seen.setdefault((f["level"], f["message"]), [])
+                if res["name"] not in names:
+                    names.append(res["name"])
+    return [(level, names, message) for (level, message), names
+            in sorted(seen.items(), key=lambda kv: LEVELS.index(kv[0][0]))]
+
+
+def scatter_points(rows: list[dict[str, Any]]) -> list[tuple[str, float, float]]:
+    """(name, model utility, forget quality) of each model that has both as numbers, the
+    reference's shown forget quality at 1 and a p-value of exactly 0 at the log axis' floor."""
+    points = []
+    for res in _with_reference_fq(rows):
+        m = res["metrics"]
+        fq, mu = m.get("forget_quality"), m.get("model_utility")
+        fq = 1.0 if fq == REFERENCE_FQ else fq
+        if isinstance(fq, float) and isinstance(mu, float):
+            points.append((res["name"], mu, max(fq, 1e-30)))
+    return points
+
+
 def _scatter_svg(rows: list[dict[str, Any]]) -> Markup:
     """Forget quality (log scale) vs model utility, one labelled point per model."""
     fig, ax = pyplot().subplots(figsize=(6.4, 4.2), dpi=100)
-    for res in rows:
-        m = res["metrics"]
-        fq, mu = m.get("forget_quality"), m.get("model_utility")
-        if not isinstance(fq, float) or not isinstance(mu, float):
-            continue
-        fq = max(fq, 1e-30)  # log axis: a p-value of exactly 0 sits on the floor
+    for name, mu, fq in scatter_points(rows):
         ax.scatter([mu], [fq], s=60)
-        ax.annotate(res["name"], (mu, fq), textcoords="offset points", xytext=(6, 4), fontsize=9)
+        ax.annotate(name, (mu, fq), textcoords="offset points", xytext=(6, 4), fontsize=9)
     ax.set_yscale("log")
     ax.margins(x=0.15)  # room for the labels of the outermost points
     ax.axhline(0.05, color="grey", linestyle="--", linewidth=1)
@@ -56,9 +97,22 @@ def _markdown_table(rows: list[dict[str, Any]], columns) -> list[str]:
     return lines
 
 
+def _markdown_banner(rows: list[dict[str, Any]]) -> list[str]:
+    found = findings(rows)
+    if not found:
+        return []
+    lines = ["> **Check these before reading the numbers:**", ">"]
+    lines += [f"> - **{level}** ({md_cell(', '.join(names))}): {md_cell(message)}"
+              for level, names, message in found]
+    return [*lines, ""]
+
+
 def render_markdown(rows: list[dict[str, Any]], title: str = "obliviate report") -> str:
-    """report.md: the headline table, one row per Results, then every dataset's numbers."""
-    lines = [f"# {md_cell(title)}", "", *_markdown_table(rows, headline_columns(rows))]
+    """report.md: the errors and warnings of the checks, the headline table, one row per
+    Results, then every dataset's numbers."""
+    rows = _with_reference_fq(rows)
+    lines = [f"# {md_cell(title)}", "", *_markdown_banner(rows),
+             *_markdown_table(rows, headline_columns(rows))]
     for name, columns in detail_tables(rows):
         lines += ["", f"## {md_cell(name)}", "", *_markdown_table(rows, columns)]
     ref = _reference(rows)
@@ -70,9 +124,12 @@ def render_markdown(rows: list[dict[str, Any]], title: str = "obliviate report")
 def render_html(rows: list[dict[str, Any]], title: str = "obliviate report",
                 audits: list[dict[str, Any]] | None = None,
                 sources: Sequence[str | Path] | None = None) -> str:
-    """report.html: the headline table, the forget-quality/utility plot, every dataset's
-    numbers and, with `audits`, the audit section (columns from the metric registry). `sources` are the files the Results were read from, named in the footer."""
-    return render("report.html", title=title, columns=headline_columns(rows),
+    """report.html: the errors and warnings of the checks, the headline table, the
+    forget-quality/utility plot, every dataset's numbers and, with `audits`, the audit section
+    (columns from the metric registry). `sources` are the files the Results were read from,
+    named in the footer."""
+    rows = _with_reference_fq(rows)
+    return render("report.html", title=title, checks=findings(rows), columns=headline_columns(rows),
                   details=detail_tables(rows), rows=rows,
                   reference=_reference(rows), scatter=_scatter_svg(rows),
                   audits=audit_context(audits) if audits else None,
