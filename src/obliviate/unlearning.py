@@ -9,12 +9,10 @@ train with the collapse guard -> the method's `finish` -> merge LoRA -> save ato
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import math
 import time
 import warnings
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -23,12 +21,13 @@ from typing import Any
 import torch
 
 from .config import require, to_dict
-from .data import Benchmark, Example, load_examples, validate_split
+from .data import Benchmark, Example, load_examples, validate_holdout, validate_split
 from .encoding import DEFAULT_TEMPLATE, Encoded, encode
 from .errors import ObliviateError
 from .methods import Context, MethodStack, build, typed_params
-from .methods.base import cache_seq_nll, mean_answer_prob
+from .methods.base import cache_seq_nll, eval_mode, mean_answer_prob
 from .models import load_model, save_model, save_on_main
+from .stopping import HoldoutStop
 from .train import (
     Checkpointing,
     OptimConfig,
@@ -76,6 +75,11 @@ class GuardConfig:
     every: int = 5
     probe_items: int = 32
     keep_last_good: bool = True  # keeps a CPU copy of the trainable weights at each check
+    # the calibrated stop (holdout=FILE): stop once the LOSS attack's AUC of forget items
+    # against never-seen holdout items is at or below stop_auc; both probes hold up to
+    # stop_items items (an AUC of 32 against 32 items wanders by about +-0.07)
+    stop_auc: float = 0.5
+    stop_items: int = 128
 
     def __post_init__(self) -> None:
         require(0.0 <= self.retain_floor < 1.0, "retain_floor",
@@ -84,6 +88,9 @@ class GuardConfig:
                 f"must be in [0, 1] (got {self.forget_stop}); 0 never stops early")
         require(self.every > 0, "every", f"must be positive (got {self.every})")
         require(self.probe_items > 0, "probe_items", f"must be positive (got {self.probe_items})")
+        require(0.0 < self.stop_auc < 1.0, "stop_auc", f"must be in (0, 1) (got {self.stop_auc}); "
+                "0.5 = forget items as likely as never-seen ones")
+        require(self.stop_items > 1, "stop_items", f"must be at least 2 (got {self.stop_items})")
 
 
 @dataclass
@@ -97,6 +104,11 @@ class UnlearnConfig:
     forget_split: str = "forget10"
     forget: str = ""  # ... or JSONL files / hub ids
     retain: str = ""
+    # never-seen items of the forget set's kind: with them the run stops once the forget items
+    # are no more likely than these (the calibrated stop, guard.stop_auc). stop_at_holdout:
+    # None = on when holdout is given; true = also the benchmark's holdout split; false = off
+    holdout: str = ""
+    stop_at_holdout: bool | None = None
     # lr None: the method's own default (`obliviate ls methods` lists them)
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(
         lr=None, steps=60, batch_size=32, warmup_ratio=0.0, schedule="constant"))
@@ -251,16 +263,6 @@ class RetainGuard:
         return True
 
 
-@contextlib.contextmanager
-def eval_mode(model) -> Iterator[None]:
-    was_training = model.training
-    model.eval()
-    try:
-        yield
-    finally:
-        model.train(was_training)
-
-
 def _mask_gradients(masks: dict[torch.nn.Parameter, torch.Tensor]):
     def apply() -> None:
         for p, m in masks.items():
@@ -284,7 +286,25 @@ def unlearn(cfg: UnlearnConfig, out: str | Path, progress: bool = True) -> Path:
     if Path(out).exists():
         raise ObliviateError(f"output {out} already exists; choose a new path or remove it")
     forget, retain = resolve_data(cfg.benchmark, cfg.forget_split, cfg.forget, cfg.retain)
-    return unlearn_examples(cfg, forget, retain, out, progress)
+    return unlearn_examples(cfg, forget, retain, out, progress, holdout=resolve_holdout(cfg))
+
+
+def resolve_holdout(cfg: UnlearnConfig) -> list[Example] | None:
+    """The never-seen items of the calibrated stop, or None when it is off."""
+    if cfg.stop_at_holdout is False:
+        return None
+    if cfg.holdout:
+        return load_examples(cfg.holdout)
+    if not cfg.stop_at_holdout:
+        return None
+    if cfg.benchmark:
+        holdout = Benchmark.load(cfg.benchmark).qa_of("holdout")
+        if holdout:
+            return holdout
+        raise ObliviateError(f"stop_at_holdout=true: benchmark {cfg.benchmark} has no holdout "
+                             "items; give holdout=<file.jsonl>")
+    raise ObliviateError("stop_at_holdout=true needs never-seen items: holdout=<file.jsonl> "
+                         "(or a benchmark with a holdout split)")
 
 
 @dataclass
@@ -298,29 +318,36 @@ class _Run:
     tok: Any = None
     ctx: Context | None = None
     guard: RetainGuard | None = None
+    stop: HoldoutStop | None = None
     checkpoint: Checkpointing | None = None
 
 
 def unlearn_examples(cfg: UnlearnConfig, forget: list[Example], retain: list[Example],
-                     out: str | Path, progress: bool = True) -> Path:
+                     out: str | Path, progress: bool = True,
+                     holdout: list[Example] | None = None) -> Path:
     """`unlearn` on examples already in memory (cfg's data fields are ignored): the deletion
-    ledger filters its retain set before training."""
+    ledger filters its retain set before training. With `holdout` (never-seen items), the run
+    stops once the forget items are no more likely than those (stopping.HoldoutStop)."""
     out = Path(out)
-    run = _plan(cfg, forget, retain, out)
+    run = _plan(cfg, forget, retain, out, holdout)
     _load(run, forget, retain)
     _prepare_model(run)
     streams = _streams(run)
     run.guard = RetainGuard(run.model, run.ctx, cfg.guard, _forget_stop(run))
+    if holdout:
+        run.stop = _holdout_stop(run, holdout)
     run.checkpoint = _checkpointing(run, out)
     start = time.perf_counter()
     try:
-        logs = train(run.model, lambda m, b, step: _step_loss(run, m, b, step), streams, run.optim,
-                     desc=f"unlearn {cfg.method}", progress=progress,
-                     on_step=lambda step, _: run.guard.check(step),
-                     after_backward=(_mask_gradients(run.ctx.grad_masks) if run.ctx.grad_masks
-                                     else None),
-                     checkpoint=run.checkpoint)
+        logs = [] if run.stop is not None and run.stop.stopped_at == 0 else train(
+            run.model, lambda m, b, step: _step_loss(run, m, b, step), streams, run.optim,
+            desc=f"unlearn {cfg.method}", progress=progress,
+            on_step=lambda step, _: _on_step(run, step),
+            after_backward=_mask_gradients(run.ctx.grad_masks) if run.ctx.grad_masks else None,
+            checkpoint=run.checkpoint)
         run.method.finish(run.model, run.ctx)
+        if run.stop is not None:
+            run.stop.finish(len(logs))
         check_finite(run.model, f"unlearning with {cfg.method}", run.optim)
         run.guard.check(run.optim.steps - 1, final=True)
     except ObliviateError as exc:
@@ -330,12 +357,15 @@ def unlearn_examples(cfg: UnlearnConfig, forget: list[Example], retain: list[Exa
                         checkpoint_dir(out) if run.checkpoint else None)
 
 
-def _plan(cfg: UnlearnConfig, forget: list[Example], retain: list[Example], out: Path) -> _Run:
+def _plan(cfg: UnlearnConfig, forget: list[Example], retain: list[Example], out: Path,
+          holdout: list[Example] | None = None) -> _Run:
     """Check everything that can be checked before the model loads; settle the optimiser."""
     method = MethodStack(build(cfg.method, cfg.params))
     if out.exists():
         raise ObliviateError(f"output {out} already exists; choose a new path or remove it")
     validate_split(forget, retain)
+    if holdout is not None:
+        validate_holdout(forget, holdout)
     if "retain" in method.needs() and not retain:
         raise ObliviateError(f"method '{cfg.method}' needs a retain set (retain=<file.jsonl>)")
     lr = cfg.optim.lr or default_lr(method.method, cfg.lora.enabled)
@@ -376,9 +406,27 @@ def _streams(run: _Run) -> dict[str, Any]:
 
 
 def _forget_stop(run: _Run) -> float:
-    """The guard's forget stop: the config's, else the method's recommendation."""
+    """The guard's forget stop: the config's, else the method's recommendation (which the
+    calibrated stop replaces: it knows where the forget items should end)."""
     stop = run.cfg.guard.forget_stop
-    return run.method.declared("forget_stop", 0.0) if stop is None else stop
+    if stop is None:
+        return 0.0 if run.stop is not None or run.cfg.holdout else run.method.declared("forget_stop", 0.0)
+    return stop
+
+
+def _holdout_stop(run: _Run, holdout: list[Example]) -> HoldoutStop:
+    g, tok, template = run.cfg.guard, run.tok, run.cfg.template
+    items = [encode(tok, ex, i, template) for i, ex in enumerate(holdout[:g.stop_items])]
+    stop = HoldoutStop(run.model, run.ctx.items["forget"][:g.stop_items], items, run.ctx.pad_id,
+                       every=g.every, target_auc=g.stop_auc)
+    stop.start()
+    return stop
+
+
+def _on_step(run: _Run, step: int) -> bool:
+    """After each optimiser step: the collapse guard, then the calibrated stop."""
+    done = run.guard.check(step)
+    return (run.stop is not None and run.stop.check(step)) or done
 
 
 def _step_loss(run: _Run, model, batches, step: Step):
@@ -397,12 +445,17 @@ def _checkpointing(run: _Run, out: Path) -> Checkpointing | None:
         return None
     guard, ctx = run.guard, run.ctx
 
+    stop = run.stop
+
     def get_state() -> dict[str, Any]:
-        return {"guard": guard.state_dict(), "method": dict(ctx.state)}
+        return {"guard": guard.state_dict(), "method": dict(ctx.state),
+                "stop": stop.state_dict() if stop is not None else None}
 
     def set_state(state: dict[str, Any]) -> None:
         guard.load_state_dict(state["guard"])
         ctx.state.update(state["method"])
+        if stop is not None and state.get("stop") is not None:
+            stop.load_state_dict(state["stop"])
 
     return Checkpointing(checkpoint_dir(out), run.optim.checkpoint_every,
                          fingerprint(to_dict(run.cfg), list(ctx.items.values())), get_state, set_state)
@@ -415,10 +468,11 @@ def _provenance(run: _Run, forget: list[Example], retain: list[Example],
             "method_params": dataclasses.asdict(run.method.method),
             "needs": list(run.method.needs()), "optim": dataclasses.asdict(run.optim),
             "n_forget": len(forget), "n_retain": len(retain), "train_seconds": round(seconds, 2),
-            "final_loss": logs[-1]["loss"],
+            "final_loss": logs[-1]["loss"] if logs else None,
             "retain_prob": {"start": guard.start, "end": guard.last},
             "forget_prob_probe": {"start": guard.forget_start, "end": guard.forget_last},
-            "steps_run": guard.stopped_at or run.optim.steps}
+            "steps_run": len(logs),
+            "stop": run.stop.record(run.optim.steps) if run.stop is not None else None}
 
 
 def _save_last_good(model, tok, cfg: UnlearnConfig, out: Path, guard: RetainGuard, reason: str) -> str:

@@ -1,7 +1,7 @@
 """Benchmarks and data formats: the only code that knows file layouts."""
 
 from .examples import Example
-from .formats import load_examples, read_tofu_jsonl, validate_split
+from .formats import load_examples, read_tofu_jsonl, validate_holdout, validate_split
 from .generator import Benchmark, generate_benchmark
 
 # `utility=real_world`: 40 general-knowledge QA pairs shipped with the package (capitals,
@@ -24,5 +24,6 @@ __all__ = [
     "load_examples",
     "read_tofu_jsonl",
     "real_world_examples",
+    "validate_holdout",
     "validate_split",
 ]

@@ -135,10 +135,7 @@ def validate_split(forget: Iterable[Example], retain: Iterable[Example]) -> None
     if not forget:
         raise ObliviateError("the forget set is empty: there is nothing to unlearn")
 
-    def key(ex: Example) -> tuple[str | None, str]:
-        return (ex.question, ex.answer)
-
-    overlap = {key(e) for e in forget} & {key(e) for e in retain}
+    overlap = {_key(e) for e in forget} & {_key(e) for e in retain}
     if overlap:
         q, a = sorted(overlap, key=str)[0]
         shown = q if q is not None else a[:60]
@@ -146,3 +143,22 @@ def validate_split(forget: Iterable[Example], retain: Iterable[Example]) -> None
             f"{len(overlap)} item(s) are in both the forget and retain sets, e.g. {shown!r}: "
             "an item cannot be both forgotten and kept"
         )
+
+
+def _key(ex: Example) -> tuple[str | None, str]:
+    return (ex.question, ex.answer)
+
+
+def validate_holdout(forget: Iterable[Example], holdout: Iterable[Example]) -> None:
+    """Holdout items stand for never-seen data: none may be a forget item, and there must be
+    at least two to compare the forget items with."""
+    holdout = list(holdout)
+    if len(holdout) < 2:
+        raise ObliviateError(f"the holdout set has {len(holdout)} item(s): the calibrated stop "
+                             "compares the forget items with at least 2 never-seen items")
+    overlap = {_key(e) for e in forget} & {_key(e) for e in holdout}
+    if overlap:
+        q, a = sorted(overlap, key=str)[0]
+        raise ObliviateError(f"{len(overlap)} item(s) are in both the forget and holdout sets, "
+                             f"e.g. {(q if q is not None else a[:60])!r}: holdout items must be "
+                             "data the model never saw")

@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
 
+import numpy as np
 import torch
 
 from ..config import from_dict
@@ -139,6 +140,17 @@ class Context:
                 p.data = data
 
 
+@contextlib.contextmanager
+def eval_mode(model) -> Iterator[None]:
+    """The model in eval mode for a measurement (no dropout), back in its mode afterwards."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
+
+
 def forward(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """Logits [batch, seq, vocab] of a collated batch."""
     return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
@@ -201,13 +213,18 @@ def cache_seq_nll(model, items: list[Encoded], pad_id: int, batch_size: int = 32
     return torch.cat(out)
 
 
-def mean_answer_prob(model, items: list[Encoded], pad_id: int, batch_size: int = 32) -> float:
-    """Mean over items of exp(-token-averaged answer NLL): TOFU's normalised probability."""
-    probs = []
+def answer_mean_nll(model, items: list[Encoded], pad_id: int, batch_size: int = 32) -> np.ndarray:
+    """Token-averaged answer NLL of each item [n_items] (the LOSS attack's statistic)."""
+    out = []
     for batch, logits in _batched_logits(model, items, pad_id, batch_size):
         total, count = sequence_nll(logits, batch["labels"])
-        probs.append(torch.exp(-total / count.clamp(min=1)).float().cpu())
-    return float(torch.cat(probs).mean())
+        out.append((total / count.clamp(min=1)).double().cpu())
+    return torch.cat(out).numpy() if out else np.zeros(0)
+
+
+def mean_answer_prob(model, items: list[Encoded], pad_id: int, batch_size: int = 32) -> float:
+    """Mean over items of exp(-token-averaged answer NLL): TOFU's normalised probability."""
+    return float(np.exp(-answer_mean_nll(model, items, pad_id, batch_size)).mean())
 
 
 def cache_answer_logits(model, items: list[Encoded], pad_id: int, batch_size: int = 16) -> list[torch.Tensor]:
