@@ -317,3 +317,13 @@ def test_zero_model_utility():
 def test_unknown_model_role_is_refused():
     with pytest.raises(ObliviateError, match="did you mean 'target'"):
         check_results(_results(GOOD, GOOD), role="targte")
+
+
+def test_the_reported_case_errors_first():
+    """The user's data: the target prefers the perturbed answers over the true ones it was
+    trained on (R < 1 on 3 of 4 forget and 3 of 4 retain items), matches the oracle (same
+    ratios: p = 1) and has a model utility of 0: three errors, then the warning."""
+    oracle = _results([0.5, 0.6, 0.7, 1.2], [0.5, 0.6, 0.7, 1.2], utility=0.0, name="oracle")
+    target = _results([0.5, 0.6, 0.7, 1.2], [0.5, 0.6, 0.7, 1.2], utility=0.0, name="target")
+    assert [f.code for f in check_results(target, oracle, role="target")] == [
+        "target_truth_ratio", "target_truth_ratio", "target_forget_quality", "zero_utility"]

@@ -311,7 +311,8 @@ def check_results(res: dict[str, Any], reference: dict[str, Any] | None = None,
 def _prefers_truth(name: str, d: dict[str, Any], role: str) -> list[Finding]:
     """On data it was trained on, a model should give the true (paraphrased) answer more
     probability than the perturbed ones: R = P(paraphrase) / geomean P(perturbed) > 1."""
-    r = np.asarray(d.get("per_item", {}).get("truth_ratio") or [], dtype=np.float64)
+    r = np.asarray([v for v in d.get("per_item", {}).get("truth_ratio") or []
+                    if isinstance(v, int | float)], dtype=np.float64)
     if r.size == 0:
         return []
     wins = int(np.sum(r > 1.0))
@@ -320,7 +321,7 @@ def _prefers_truth(name: str, d: dict[str, Any], role: str) -> list[Finding]:
     return [Finding("error", f"{role}_truth_ratio", (
         f"the {role} prefers the true answer on only {wins} of {r.size} items of {name} "
         f"({wins / r.size:.0%}), data it was trained on: the truth ratio does not compare right "
-        "with wrong here, so truth ratio, forget quality and model utility mean nothing; run "
+        "with wrong here, and neither do forget quality and model utility, built on it; run "
         "obliviate check on the data"), name)]
 
 
@@ -346,11 +347,14 @@ def _zero_utility(res: dict[str, Any]) -> list[Finding]:
     if not isinstance(value, float) or value != 0.0:
         return []
     parts = [m.name for m in in_order() if m.utility_component]
-    zero = [f"{name} {key}" for name, d in res.get("datasets", {}).items()
+    zero = [(name, key) for name, d in res.get("datasets", {}).items()
             if d.get("role") in ("retain", "utility") for key in parts
-            if isinstance(d["aggregate"].get(key), int | float) and d["aggregate"][key] <= 0]
-    why = f" because {', '.join(zero)} {'is' if len(zero) == 1 else 'are'} 0" if zero else ""
+            if isinstance(v := d.get("aggregate", {}).get(key), int | float) and v <= 0]
+    named = ", ".join(f"{name} {key}" for name, key in zero)
+    why = f" because {named} {'is' if len(zero) == 1 else 'are'} 0" if zero else ""
+    hint = ("a truth ratio score of 0 means the model never prefers the true answer, which "
+            "points at the data" if any(key == "truth_ratio" for _, key in zero) else
+            "one part of 0 hides every other")
     return [Finding("warning", "zero_utility", (
-        f"model utility is 0{why} (a harmonic mean is 0 when any part is): a truth ratio score "
-        "of 0 means the model never prefers the true answer, which points at the data; run "
-        "obliviate check on the data before comparing models"), "")]
+        f"model utility is 0{why} (a harmonic mean is 0 when any part is): {hint}; run obliviate "
+        "check on the data before comparing models"), "")]
