@@ -26,13 +26,12 @@ def memorised(tmp_path_factory):
     that benchmark: the shared subject of the method contract tests (about 20 s to train)."""
     import obliviate as ob
     from obliviate.models import TinyModelConfig
-    from obliviate.train import OptimConfig
 
     root = tmp_path_factory.mktemp("memorised")
     ob.generate(root / "bench", seed=1, entities=20)
     ob.finetune(ob.FinetuneConfig(benchmark=str(root / "bench"),
                                   tiny=TinyModelConfig(layers=2, hidden=64, intermediate=128),
-                                  epochs=100, optim=OptimConfig(lr=3e-3, batch_size=32)),
+                                  epochs=100, optim=ob.FinetuneOptim(lr=3e-3, batch_size=32)),
                 root / "target", progress=False)
     return root
 
@@ -42,11 +41,10 @@ def memorised_oracle(memorised):
     """The oracle of `memorised`: the same recipe without the forget10 people."""
     import obliviate as ob
     from obliviate.models import TinyModelConfig
-    from obliviate.train import OptimConfig
 
     if not (memorised / "oracle").exists():
         ob.finetune(ob.FinetuneConfig(benchmark=str(memorised / "bench"), role="oracle",
                                       tiny=TinyModelConfig(layers=2, hidden=64, intermediate=128),
-                                      epochs=100, optim=OptimConfig(lr=3e-3, batch_size=32)),
+                                      epochs=100, optim=ob.FinetuneOptim(lr=3e-3, batch_size=32)),
                     memorised / "oracle", progress=False)
     return memorised

@@ -44,7 +44,7 @@ def test_finetune_resumes_from_its_checkpoint_with_the_same_result(memorised, tm
     import obliviate.api as api
 
     cfg = ob.FinetuneConfig(benchmark=str(memorised / "bench"), tiny=TINY, epochs=3,
-                            optim=OptimConfig(lr=3e-3, batch_size=32, checkpoint_every=5))
+                            optim=ob.FinetuneOptim(lr=3e-3, batch_size=32, checkpoint_every=5))
     whole = ob.finetune(cfg, tmp_path / "whole", progress=False)  # uninterrupted
     assert not (tmp_path / "whole.ckpt").exists()  # removed once the output is saved
 

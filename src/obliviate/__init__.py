@@ -3,6 +3,7 @@
 from .api import (
     EvalConfig,
     FinetuneConfig,
+    FinetuneOptim,
     GuardConfig,
     LoraSettings,
     UnlearnConfig,
@@ -14,8 +15,9 @@ from .api import (
     unlearn,
 )
 from .errors import ObliviateError
+from .quick import forget
 
 __version__ = "0.1.0"
-__all__ = ["EvalConfig", "FinetuneConfig", "GuardConfig", "LoraSettings", "ObliviateError",
+__all__ = ["EvalConfig", "FinetuneConfig", "FinetuneOptim", "GuardConfig", "LoraSettings", "ObliviateError",
            "UnlearnConfig", "evaluate",
-           "finetune", "generate", "load_benchmark", "tofu_sets", "unlearn"]
+           "finetune", "forget", "generate", "load_benchmark", "tofu_sets", "unlearn"]

@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import time
@@ -20,7 +21,16 @@ from pathlib import Path
 from typing import Any
 
 from .config import require, require_choice, to_dict
-from .data import REAL_WORLD, Benchmark, generate_benchmark, load_examples, real_world_examples
+from .data import (
+    REAL_WORLD,
+    Benchmark,
+    Example,
+    generate_benchmark,
+    load_examples,
+    real_world_examples,
+)
+from .data.checks import check_results, check_sets
+from .data.userbench import example_texts
 from .encoding import DEFAULT_TEMPLATE, encode
 from .errors import ObliviateError
 from .evaluation import Engine, EvalSet, derive, evaluate_tofu, load_results, make_results
@@ -31,6 +41,7 @@ from .models import (
     build_tiny_model,
     count_parameters,
     load_model,
+    model_role,
     save_on_main,
     train_tokenizer,
 )
@@ -47,28 +58,72 @@ from .train import (
 from .unlearning import GuardConfig, LoraSettings, UnlearnConfig, resolve_data, unlearn
 
 SUITES = ("tofu", "mia", "memorization", "muse")
-__all__ = ["EvalConfig", "FinetuneConfig", "GuardConfig", "LoraSettings", "UnlearnConfig",
+__all__ = ["EvalConfig", "FinetuneConfig", "FinetuneOptim", "GuardConfig", "LoraSettings", "UnlearnConfig",
            "evaluate", "finetune", "generate", "load_benchmark", "tofu_sets", "unlearn"]
 
 
 # ---------------------------------------------------------------------------- configs
+DEFAULT_EPOCHS = 40.0
+
+
+@dataclass
+class FinetuneOptim(OptimConfig):
+    """Fine-tuning's optimiser settings: `steps` 0 (the default) means "from epochs"."""
+
+    lr: float | None = 3e-3
+    steps: int = 0
+    batch_size: int = 64
+
+    def __post_init__(self) -> None:
+        if self.steps == 0:  # checked against epochs by FinetuneConfig
+            self.steps = 1
+            super().__post_init__()
+            self.steps = 0
+        else:
+            super().__post_init__()
+
+
 @dataclass
 class FinetuneConfig:
-    """Train a model on a benchmark split (target: all people; oracle: retain people only)."""
+    """Train a model: on a benchmark (target: everything; oracle: without the forget split)
+    or on files (`data`, minus the items of `exclude` for the oracle). The length of training
+    is `epochs` passes over the data or `optim.steps` optimiser steps, never both (40 epochs
+    when neither is given)."""
 
     benchmark: str = ""
-    forget_split: str = "forget10"
-    role: str = "target"  # target | oracle
-    base: str = "tiny"  # "tiny" (built from config) or a model folder / hub id
+    forget_split: str = ""  # "": the benchmark's own (forget10 for a generated one)
+    role: str = "target"  # target | oracle (with a benchmark)
+    data: list[str] = field(default_factory=list)  # ... or the training files themselves
+    exclude: list[str] = field(default_factory=list)  # items never trained on (the oracle's)
+    base: str = "tiny"  # "tiny" (built from config), a model folder, a .gguf, smollm2, a hub id
     tiny: TinyModelConfig = field(default_factory=TinyModelConfig)
-    epochs: float = 40.0  # sets optim.steps = ceil(epochs * items / batch_size)
-    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=3e-3, batch_size=64))
+    epochs: float | None = None  # steps = ceil(epochs * items / batch_size)
+    optim: FinetuneOptim = field(default_factory=FinetuneOptim)
     template: str = DEFAULT_TEMPLATE
     seed: int = 0
 
     def __post_init__(self) -> None:
         require_choice(self.role, ("target", "oracle"), "role")
-        require(self.epochs > 0, "epochs", f"must be positive (got {self.epochs})")
+        if type(self.optim) is OptimConfig:  # the Python API may pass a plain OptimConfig
+            self.optim = FinetuneOptim(**dataclasses.asdict(self.optim))
+        require(self.epochs is None or self.epochs > 0, "epochs",
+                f"must be positive (got {self.epochs})")
+        require(self.epochs is None or self.optim.steps == 0, "epochs",
+                f"give epochs={self.epochs:g} or optim.steps={self.optim.steps}, not both: "
+                "one sets the other")
+        require(not (self.benchmark and self.data), "data",
+                "give benchmark=<folder> or data=<files>, not both")
+        require(not (self.exclude and not self.data), "exclude",
+                "excludes items of data=<files>; with a benchmark use role=oracle")
+        require(not (self.data and self.role == "oracle" and not self.exclude), "role",
+                "role=oracle with data=<files> needs exclude=<forget file>: the items the "
+                "oracle never sees")
+
+    def steps_for(self, n_items: int) -> int:
+        if self.optim.steps:
+            return self.optim.steps
+        epochs = DEFAULT_EPOCHS if self.epochs is None else self.epochs
+        return max(1, math.ceil(epochs * n_items / self.optim.batch_size))
 
 
 @dataclass
@@ -77,7 +132,7 @@ class EvalConfig:
 
     model: str = ""
     benchmark: str = ""
-    forget_split: str = "forget10"
+    forget_split: str = ""  # "": the benchmark's own (forget10 for a generated one)
     forget: str = ""
     retain: str = ""
     utility: list[str] = field(default_factory=list)  # extra utility files; real_world: shipped set
@@ -114,35 +169,44 @@ def load_benchmark(path: str | Path) -> Benchmark:
     return Benchmark.load(path)
 
 
-def _benchmark_texts(bench: Benchmark) -> list[str]:
-    texts = []
-    for ex in [*bench.qa, *bench.passages, *bench.world_facts]:
-        texts += [t for t in (ex.question, ex.answer, ex.paraphrased_question,
-                              ex.paraphrased_answer, *ex.perturbed_answers) if t]
-    return texts
+def _training_data(cfg: FinetuneConfig) -> tuple[list[Example], list[str], int]:
+    """(training items, the texts a tiny tokenizer learns from, items excluded). Target and
+    oracle of one benchmark or one set of files share the tokenizer: it sees every text,
+    the excluded items included, so the two models differ only in what they trained on."""
+    if cfg.benchmark:
+        bench = Benchmark.load(cfg.benchmark)
+        return bench.training_set(cfg.forget_split, oracle=cfg.role == "oracle"), bench.texts(), 0
+    if not cfg.data:
+        raise ObliviateError("finetune needs data=<file.jsonl>[,<file>...] or benchmark=<folder> "
+                             "(obliviate benchmark create, or obliviate generate)")
+    items = [ex for path in cfg.data for ex in load_examples(path)]
+    excluded = [ex for path in cfg.exclude for ex in load_examples(path)]
+    drop = {(ex.question, ex.answer) for ex in excluded}
+    kept = [ex for ex in items if (ex.question, ex.answer) not in drop]
+    if cfg.exclude and len(kept) == len(items):
+        raise ObliviateError(f"exclude={','.join(cfg.exclude)}: none of its items is in the "
+                             "training data (items match on question and answer)")
+    if not kept:
+        raise ObliviateError("nothing left to train on: every item of data= is excluded")
+    return kept, example_texts([*items, *excluded]), len(items) - len(kept)
 
 
 # ---------------------------------------------------------------------------- finetune
 def finetune(cfg: FinetuneConfig, out: str | Path, progress: bool = True) -> Path:
     """Train target or oracle with the shared loop; writes a new model folder atomically."""
-    if cfg.role not in ("target", "oracle"):
-        raise ObliviateError(f"role must be 'target' or 'oracle' (got '{cfg.role}')")
-    if not cfg.benchmark:
-        raise ObliviateError("finetune needs benchmark=<folder> (run `obliviate generate` first)")
     out = Path(out)
     if out.exists():
         raise ObliviateError(f"output {out} already exists; choose a new path or remove it")
-    bench = Benchmark.load(cfg.benchmark)
-    data = bench.training_set(cfg.forget_split, oracle=cfg.role == "oracle")
+    data, texts, excluded = _training_data(cfg)
     set_seed(cfg.seed)
     if cfg.base == "tiny":
-        tok = train_tokenizer(_benchmark_texts(bench), cfg.tiny.vocab_size)
+        tok = train_tokenizer(texts, cfg.tiny.vocab_size)
         model = build_tiny_model(tok, cfg.tiny, seed=cfg.seed)
     else:
         model, tok = load_model(cfg.base)
     items = [encode(tok, ex, i, cfg.template) for i, ex in enumerate(data)]
-    steps = max(1, math.ceil(cfg.epochs * len(items) / cfg.optim.batch_size))
-    optim = dataclasses.replace(cfg.optim, steps=steps)
+    steps = cfg.steps_for(len(items))
+    optim = OptimConfig(**{**dataclasses.asdict(cfg.optim), "steps": steps})
     loader = make_loader(items, optim.batch_size, tok.pad_token_id, cfg.seed)
     ckpt = (Checkpointing(checkpoint_dir(out), optim.checkpoint_every,
                           fingerprint(to_dict(cfg), [items]))
@@ -152,20 +216,24 @@ def finetune(cfg: FinetuneConfig, out: str | Path, progress: bool = True) -> Pat
                  desc=f"finetune {cfg.role}", progress=progress, checkpoint=ckpt)
     check_finite(model, "fine-tuning", optim)
     prov = {"produced_by": "obliviate finetune", "config": to_dict(cfg), "steps": steps,
+            "epochs_run": round(steps * optim.batch_size / len(items), 3),
+            "role": "oracle" if cfg.role == "oracle" or cfg.exclude else "target",
             "train_seconds": round(time.perf_counter() - start, 2), "final_loss": logs[-1]["loss"],
-            "n_train_items": len(items), "parameters": count_parameters(model)}
+            "n_train_items": len(items), "n_excluded": excluded,
+            "parameters": count_parameters(model)}
     return save_on_main(model, tok, out, prov, (cfg.base,) if cfg.base != "tiny" else (),
                         ckpt.dir if ckpt else None)
 
 
 # ---------------------------------------------------------------------------- evaluate
-def tofu_sets(benchmark: str | Path, forget_split: str = "forget10", max_retain: int = 200) -> list[EvalSet]:
-    """Forget, retain (first `max_retain` items) and world-facts sets of a benchmark."""
+def tofu_sets(benchmark: str | Path, forget_split: str = "", max_retain: int = 200) -> list[EvalSet]:
+    """Forget, retain (first `max_retain` items) and utility sets of a benchmark."""
     bench = Benchmark.load(benchmark)
-    retain = bench.qa_of(Benchmark.retain_split(forget_split))
-    return [EvalSet("forget", "forget", bench.qa_of(forget_split)),
-            EvalSet("retain", "retain", retain[:max_retain]),
-            EvalSet("world_facts", "utility", bench.world_facts)]
+    sets = [EvalSet("forget", "forget", bench.forget_set(forget_split))]
+    retain = bench.retain_set(forget_split)
+    if retain:
+        sets.append(EvalSet("retain", "retain", retain[:max_retain]))
+    return sets + [EvalSet(name, "utility", items) for name, items in bench.utility_sets().items()]
 
 
 def _eval_sets(cfg: EvalConfig) -> list[EvalSet]:
@@ -194,7 +262,7 @@ def _forget_retain(sets: list[EvalSet]) -> tuple[EvalSet, EvalSet]:
 def _passages(cfg: EvalConfig, sets: list[EvalSet]) -> EvalSet:
     """Forget-set passages for VerbMem: the benchmark's, or the forget file's text items."""
     if cfg.benchmark:
-        return EvalSet("forget_passages", "muse", Benchmark.load(cfg.benchmark).passages_of(cfg.forget_split))
+        return EvalSet("forget_passages", "muse", Benchmark.load(cfg.benchmark).forget_passages(cfg.forget_split))
     forget = _forget_retain(sets)[0]
     return EvalSet("forget_passages", "muse", [ex for ex in forget.examples if ex.is_text])
 
@@ -203,7 +271,11 @@ def _holdout(cfg: EvalConfig) -> EvalSet:
     if cfg.holdout:
         return EvalSet("holdout", "holdout", load_examples(cfg.holdout))
     if cfg.benchmark:
-        return EvalSet("holdout", "holdout", Benchmark.load(cfg.benchmark).qa_of("holdout"))
+        holdout = Benchmark.load(cfg.benchmark).holdout_set()
+        if holdout:
+            return EvalSet("holdout", "holdout", holdout)
+        raise ObliviateError(f"the mia suite needs non-members and benchmark {cfg.benchmark} has "
+                             "no holdout set: give holdout=<file.jsonl>")
     raise ObliviateError("the mia suite needs non-members: holdout=<file.jsonl> (or a benchmark)")
 
 
@@ -237,4 +309,18 @@ def evaluate(cfg: EvalConfig, name: str | None = None, reference: dict[str, Any]
         reference = load_results(cfg.reference)
     res["metrics"] = derive(res, reference)
     res["reference"] = reference["name"] if reference is not None else None
+    res["checks"] = _checks(cfg, sets, res, reference)
     return res
+
+
+def _checks(cfg: EvalConfig, sets: list[EvalSet], res: dict[str, Any],
+            reference: dict[str, Any] | None) -> list[dict[str, str]]:
+    """The data checks of the sets evaluated and the sanity checks of the numbers (a target
+    that does not prefer true answers on its own training data, a target the benchmark cannot
+    tell from the oracle): kept in the results, shown at the top of the report."""
+    data = {s.name: (s.role, s.examples) for s in sets}
+    if "mia" in cfg.suites and (cfg.holdout or cfg.benchmark):
+        with contextlib.suppress(ObliviateError):  # already reported by the mia suite if missing
+            data["holdout"] = ("holdout", _holdout(cfg).examples)
+    role = model_role(cfg.model)
+    return [f.to_json() for f in [*check_sets(data), *check_results(res, reference, role)]]

@@ -296,9 +296,24 @@ def save_on_main(model, tokenizer, out: str | Path, provenance: dict[str, Any],
     return Path(out)
 
 
+def model_role(source: str | Path) -> str | None:
+    """"target" or "oracle" for a model `obliviate finetune` wrote (what it was trained on),
+    else None: an unlearned model, or one from elsewhere."""
+    try:
+        prov = read_provenance(source) if Path(source).is_dir() else {}
+    except ObliviateError:
+        return None
+    if prov.get("produced_by") != "obliviate finetune":
+        return None
+    cfg = prov.get("config", {})
+    role = prov.get("role") or (cfg.get("role") if isinstance(cfg, dict) else None)
+    return role if role in ("target", "oracle") else None
+
+
 def read_provenance(path: str | Path) -> dict[str, Any]:
     p = Path(path) / PROVENANCE
-    return json.loads(p.read_text()) if p.is_file() else {}
+    value = read_json(p) if p.is_file() else {}
+    return value if isinstance(value, dict) else {}
 
 
 def count_parameters(model) -> int:

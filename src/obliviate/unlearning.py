@@ -101,7 +101,7 @@ class UnlearnConfig:
     method: str = "npo"
     params: dict[str, Any] = field(default_factory=dict)  # the method's hyper-parameters
     benchmark: str = ""  # either a benchmark folder + split ...
-    forget_split: str = "forget10"
+    forget_split: str = ""  # "": the benchmark's own (forget10 for a generated one)
     forget: str = ""  # ... or JSONL files / hub ids
     retain: str = ""
     # never-seen items of the forget set's kind: with them the run stops once the forget items
@@ -147,7 +147,7 @@ def resolve_data(benchmark: str, split: str, forget: str, retain: str) -> tuple[
         if forget or retain:
             raise ObliviateError("give either benchmark=... or forget=/retain= files, not both")
         bench = Benchmark.load(benchmark)
-        return bench.qa_of(split), bench.qa_of(Benchmark.retain_split(split))
+        return bench.forget_set(split), bench.retain_set(split)
     if not forget:
         raise ObliviateError("no forget data: give benchmark=<folder> or forget=<file.jsonl>")
     return load_examples(forget), (load_examples(retain) if retain else [])
@@ -298,7 +298,7 @@ def resolve_holdout(cfg: UnlearnConfig) -> list[Example] | None:
     if not cfg.stop_at_holdout:
         return None
     if cfg.benchmark:
-        holdout = Benchmark.load(cfg.benchmark).qa_of("holdout")
+        holdout = Benchmark.load(cfg.benchmark).holdout_set()
         if holdout:
             return holdout
         raise ObliviateError(f"stop_at_holdout=true: benchmark {cfg.benchmark} has no holdout "

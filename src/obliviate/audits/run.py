@@ -27,7 +27,7 @@ class AuditConfig:
     target: str = ""
     oracle: str = ""
     benchmark: str = ""
-    forget_split: str = "forget10"
+    forget_split: str = ""  # "": the benchmark's own (forget10 for a generated one)
     audits: list[str] = field(default_factory=lambda: sorted(AUDITS.names()))
     params: dict[str, dict[str, Any]] = field(default_factory=dict)  # per-audit parameters
     max_retain: int = 64
@@ -47,11 +47,9 @@ def audit_data(cfg: AuditConfig) -> AuditData:
     if not cfg.benchmark:
         raise ObliviateError("audit needs benchmark=<folder> (its forget, retain and linked splits)")
     bench = Benchmark.load(cfg.benchmark)
-    linked = f"{cfg.forget_split}_linked"
-    related = bench.qa_of(linked) if linked in bench.splits else []
-    return AuditData(forget=bench.qa_of(cfg.forget_split),
-                     retain=bench.qa_of(Benchmark.retain_split(cfg.forget_split))[:cfg.max_retain],
-                     template=cfg.template, related=related)
+    return AuditData(forget=bench.forget_set(cfg.forget_split),
+                     retain=bench.retain_set(cfg.forget_split)[:cfg.max_retain],
+                     template=cfg.template, related=bench.linked_set(cfg.forget_split))
 
 
 def run_one(audit_obj, source, data: AuditData, trust_remote_code: bool = False) -> dict[str, Any]:

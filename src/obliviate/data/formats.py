@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -96,6 +97,13 @@ def _with_default_id(ex: Example, default: str) -> Example:
     from dataclasses import replace
 
     return replace(ex, id=default)
+
+
+def write_jsonl(path: Path, items: list[Example]) -> None:
+    """Examples as JSON lines (TOFU field names), the form every reader here reads back."""
+    with path.open("w", encoding="utf-8") as fh:
+        for ex in items:
+            fh.write(json.dumps(ex.to_json(), sort_keys=True, ensure_ascii=False) + "\n")
 
 
 def read_hf_dataset(name: str, config: str | None = None, split: str = "train") -> list[Example]:

@@ -21,7 +21,9 @@ from ..errors import ObliviateError
 from ..io import atomic_dir
 from .examples import Example
 from .files import read_json
-from .formats import read_tofu_jsonl
+from .formats import read_tofu_jsonl, write_jsonl
+from .userbench import KIND as FILES_KIND
+from .userbench import FileBenchmark, example_texts
 
 FORMAT_VERSION = 1
 FORGET_PERCENTS = (1, 5, 10)
@@ -111,6 +113,36 @@ class Benchmark:
     world_facts: list[Example]
     meta: dict[str, Any] = field(default_factory=dict)
 
+    kind = "generated"
+    default_split = "forget10"
+
+    # ---- the benchmark interface (shared with userbench.FileBenchmark) ------------------
+    def split_name(self, split: str) -> str:
+        return split or self.default_split
+
+    def forget_set(self, split: str = "") -> list[Example]:
+        return self.qa_of(self.split_name(split))
+
+    def retain_set(self, split: str = "") -> list[Example]:
+        return self.qa_of(self.retain_split(self.split_name(split)))
+
+    def holdout_set(self) -> list[Example]:
+        return self.qa_of("holdout")
+
+    def utility_sets(self) -> dict[str, list[Example]]:
+        return {"world_facts": list(self.world_facts)}
+
+    def forget_passages(self, split: str = "") -> list[Example]:
+        return self.passages_of(self.split_name(split))
+
+    def linked_set(self, split: str = "") -> list[Example]:
+        linked = f"{self.split_name(split)}_linked"
+        return self.qa_of(linked) if linked in self.splits else []
+
+    def texts(self) -> list[str]:
+        """Every text of the benchmark (a tiny model's tokenizer is trained on them)."""
+        return example_texts([*self.qa, *self.passages, *self.world_facts])
+
     # ---- split views -------------------------------------------------------------------
     def _people(self, split: str) -> set[str]:
         if split not in self.splits:
@@ -133,6 +165,7 @@ class Benchmark:
 
     def training_set(self, forget_split: str, oracle: bool) -> list[Example]:
         """Target: every trained person + world facts. Oracle: the same minus forget people."""
+        forget_split = self.split_name(forget_split)
         keep = self._people(self.retain_split(forget_split)) if oracle else self._people("all")
         return ([ex for ex in self.qa if ex.entity in keep]
                 + [ex for ex in self.passages if ex.entity in keep]
@@ -143,9 +176,9 @@ class Benchmark:
         """Write the benchmark directory atomically (a crash leaves no half-written folder)."""
         out = Path(out)
         with atomic_dir(out) as tmp:
-            _write_jsonl(tmp / "qa.jsonl", self.qa)
-            _write_jsonl(tmp / "passages.jsonl", self.passages)
-            _write_jsonl(tmp / "world_facts.jsonl", self.world_facts)
+            write_jsonl(tmp / "qa.jsonl", self.qa)
+            write_jsonl(tmp / "passages.jsonl", self.passages)
+            write_jsonl(tmp / "world_facts.jsonl", self.world_facts)
             _write_json(tmp / "entities.json", self.entities)
             _write_json(tmp / "splits.json", self.splits)
             _write_json(tmp / "benchmark.json", self.meta)
@@ -153,12 +186,17 @@ class Benchmark:
         return out
 
     @classmethod
-    def load(cls, root: str | Path) -> Benchmark:
+    def load(cls, root: str | Path) -> Benchmark | FileBenchmark:
+        """A benchmark folder of either kind: generated (`obliviate generate`) or made from
+        files (`obliviate benchmark create`)."""
         root = Path(root)
         meta_path = root / "benchmark.json"
         if not meta_path.is_file():
-            raise ObliviateError(f"{root} is not an obliviate benchmark folder (no benchmark.json)")
+            raise ObliviateError(f"{root} is not an obliviate benchmark folder (no benchmark.json); "
+                                 "make one with obliviate generate or obliviate benchmark create")
         meta = _read_object(meta_path)
+        if meta.get("kind", "generated") == FILES_KIND and meta.get("format_version") == FORMAT_VERSION:
+            return FileBenchmark.load(root, meta)
         if meta.get("format_version") != FORMAT_VERSION:
             raise ObliviateError(f"{root}: benchmark format {meta.get('format_version')!r} is "
                                  f"not supported (expected {FORMAT_VERSION}); regenerate it")
@@ -202,12 +240,6 @@ def _read_object(path: Path) -> dict[str, Any]:
         raise ObliviateError(f"{path}: expected a JSON object; regenerate the benchmark "
                              "(obliviate generate)")
     return value
-
-
-def _write_jsonl(path: Path, items: list[Example]) -> None:
-    with path.open("w", encoding="utf-8") as fh:
-        for ex in items:
-            fh.write(json.dumps(ex.to_json(), sort_keys=True, ensure_ascii=False) + "\n")
 
 
 def _write_json(path: Path, obj: Any) -> None:

@@ -27,12 +27,12 @@ from pathlib import Path
 from typing import Any
 
 from ..audits import AuditConfig, audit
-from ..audits.base import AuditData, knowledge
+from ..audits.base import AuditData
 from ..config import parse_overrides, to_dict
 from ..data.examples import Example
 from ..errors import ObliviateError
 from ..io import write_json_atomic, write_text_atomic
-from ..models import load_model
+from ..models import read_provenance
 from ..unlearning import UnlearnConfig, unlearn_examples
 from . import measure as M
 from .evidence import EvidenceInputs, evidence_html
@@ -157,7 +157,7 @@ class _Inputs:
     retain: list[Example]
     dropped: int  # retain items removed because they were forgotten
     cfg: UnlearnConfig
-    stop: dict[str, float] | None  # the holdout-level stop, when calibrated
+    holdout: list[Example] | None  # never-seen items: the calibrated stop, when on
 
 
 def _build_version(ledger: Ledger, req: Request, parent: Version, stage: Path,
@@ -176,7 +176,8 @@ def _build_version(ledger: Ledger, req: Request, parent: Version, stage: Path,
     sha = weights_sha256(stage / "model")
     summary = {"request": req.id, "method": req.method, "config": to_dict(inputs.cfg),
                "retain_dropped": inputs.dropped, "timings": timings,
-               "oracle": measured["oracle_metrics"], "stop": inputs.stop}
+               "oracle": measured["oracle_metrics"],
+               "stop": read_provenance(stage / "model").get("stop")}
     _write_evidence(ledger, req, parent, stage, inputs, sha, summary, measured, audit_res)
     # last: a folder with a manifest is complete, and only then does the caller record it
     _write_manifest(stage, req, parent, sha)
@@ -194,13 +195,11 @@ def _check_inputs(ledger: Ledger, req: Request, parent: Version) -> _Inputs:
     exclude = forgotten_hashes(ledger) | ledger.content_hashes(req.id)
     retain, dropped = retain_items(ledger, settings, req, exclude)
     cfg = unlearn_config(req.method, req.overrides, str(parent_dir))
-    stop = None
+    holdout = None  # the request's own guard.forget_stop wins over the calibrated stop
     if (settings.stop_at_holdout and settings.holdout
             and "forget_stop" not in parse_overrides(req.overrides).get("guard", {})):
-        stop = calibrated_stop(parent_dir, forget, read_items(settings.holdout, "holdout"),
-                               settings, cfg.guard.probe_items)
-        cfg.guard.forget_stop = stop["forget_stop"]
-    return _Inputs(settings, parent_dir, forget, exclude, retain, dropped, cfg, stop)
+        holdout = read_items(settings.holdout, "holdout")
+    return _Inputs(settings, parent_dir, forget, exclude, retain, dropped, cfg, holdout)
 
 
 def _stage_plan(req: Request, parent: Version, inputs: _Inputs) -> dict[str, Any]:
@@ -230,7 +229,8 @@ def _unlearn_or_resume(req: Request, parent: Version, stage: Path, inputs: _Inpu
         return
     say(f"unlearning with {req.method} from version {parent.id}")
     t0 = time.perf_counter()
-    unlearn_examples(inputs.cfg, inputs.forget, inputs.retain, stage / "model", progress=False)
+    unlearn_examples(inputs.cfg, inputs.forget, inputs.retain, stage / "model", progress=False,
+                     holdout=inputs.holdout)
     timings["unlearn_s"] = round(time.perf_counter() - t0, 2)
 
 
@@ -276,20 +276,6 @@ def _write_manifest(stage: Path, req: Request, parent: Version, sha: str) -> Non
     write_json_atomic(stage / "manifest.json", {
         "version": parent.id + 1, "request": req.id, "parent": parent.id, "weights_sha256": sha,
         "files": {str(p.relative_to(stage)): file_sha256(p) for p in files}})
-
-
-def calibrated_stop(parent_dir: Path, forget: list[Example], holdout: list[Example],
-                    settings: ProjectSettings, probe_items: int) -> dict[str, float]:
-    """The guard's forget_stop (a fraction of the starting forget probability) at which the
-    forget items are as likely as holdout items under the parent model. The guard measures
-    the first `probe_items` forget items, so the same items set the start here."""
-    model, tok = load_model(parent_dir, trust_remote_code=settings.trust_remote_code)
-    p_forget = knowledge(model, tok, forget[:probe_items], settings.template)
-    p_holdout = knowledge(model, tok, holdout, settings.template)
-    # 0 would mean "never stop"; a parent that knows the forget set no better than unseen
-    # data stops at the first check
-    ratio = min(1.0, max(p_holdout / max(p_forget, 1e-12), 1e-9))
-    return {"forget_prob": p_forget, "holdout_prob": p_holdout, "forget_stop": ratio}
 
 
 def _measure_new(ledger: Ledger, settings: ProjectSettings, req: Request, parent: Version,
