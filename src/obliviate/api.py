@@ -109,7 +109,7 @@ class FinetuneConfig:
         require(self.epochs is None or self.epochs > 0, "epochs",
                 f"must be positive (got {self.epochs})")
         require(self.epochs is None or self.optim.steps == 0, "epochs",
-                f"give epochs={self.epochs:g} or optim.steps={self.optim.steps}, not both: "
+                f"give epochs={self.epochs} or optim.steps={self.optim.steps}, not both: "
                 "one sets the other")
         require(not (self.benchmark and self.data), "data",
                 "give benchmark=<folder> or data=<files>, not both")
@@ -169,6 +169,10 @@ def load_benchmark(path: str | Path) -> Benchmark:
     return Benchmark.load(path)
 
 
+def _role(cfg: FinetuneConfig) -> str:
+    return "oracle" if cfg.role == "oracle" or cfg.exclude else "target"
+
+
 def _training_data(cfg: FinetuneConfig) -> tuple[list[Example], list[str], int]:
     """(training items, the texts a tiny tokenizer learns from, items excluded). Target and
     oracle of one benchmark or one set of files share the tokenizer: it sees every text,
@@ -188,7 +192,9 @@ def _training_data(cfg: FinetuneConfig) -> tuple[list[Example], list[str], int]:
                              "training data (items match on question and answer)")
     if not kept:
         raise ObliviateError("nothing left to train on: every item of data= is excluded")
-    return kept, example_texts([*items, *excluded]), len(items) - len(kept)
+    trained = {(ex.question, ex.answer) for ex in items}
+    unseen = [ex for ex in excluded if (ex.question, ex.answer) not in trained]
+    return kept, example_texts([*items, *unseen]), len(items) - len(kept)
 
 
 # ---------------------------------------------------------------------------- finetune
@@ -213,11 +219,11 @@ def finetune(cfg: FinetuneConfig, out: str | Path, progress: bool = True) -> Pat
             if optim.checkpoint_every > 0 else None)
     start = time.perf_counter()
     logs = train(model, lambda m, b, step: (batch_nll(m, b["train"], step.world_size), {}), {"train": loader}, optim,
-                 desc=f"finetune {cfg.role}", progress=progress, checkpoint=ckpt)
+                 desc=f"finetune {_role(cfg)}", progress=progress, checkpoint=ckpt)
     check_finite(model, "fine-tuning", optim)
     prov = {"produced_by": "obliviate finetune", "config": to_dict(cfg), "steps": steps,
             "epochs_run": round(steps * optim.batch_size / len(items), 3),
-            "role": "oracle" if cfg.role == "oracle" or cfg.exclude else "target",
+            "role": _role(cfg),
             "train_seconds": round(time.perf_counter() - start, 2), "final_loss": logs[-1]["loss"],
             "n_train_items": len(items), "n_excluded": excluded,
             "parameters": count_parameters(model)}

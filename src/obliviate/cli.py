@@ -15,6 +15,7 @@ from typing import NoReturn
 from .config import from_dict, load_config, merge, parse_overrides
 from .errors import ObliviateError
 from .io import check_output, write_json_atomic, write_text_atomic
+from .threads import configure as configure_threads
 
 
 def _overrides_help() -> str:
@@ -45,7 +46,8 @@ def _cmd_finetune(args) -> None:
 
     cfg = load_config(FinetuneConfig, args.config, args.overrides)
     check_output(args.out, {"base model": cfg.base if cfg.base != "tiny" else None,
-                            "benchmark": cfg.benchmark, "config": args.config}, kind="dir")
+                            "benchmark": cfg.benchmark, "data": cfg.data, "excluded data": cfg.exclude,
+                            "config": args.config}, kind="dir")
     out = finetune(cfg, args.out)
     if _is_main_process():
         print(f"model written to {out}")
@@ -56,10 +58,76 @@ def _cmd_unlearn(args) -> None:
 
     cfg = load_config(UnlearnConfig, args.config, args.overrides)
     check_output(args.out, {"model": cfg.model, "benchmark": cfg.benchmark, "forget data": cfg.forget,
-                            "retain data": cfg.retain, "config": args.config}, kind="dir")
+                            "retain data": cfg.retain, "holdout data": cfg.holdout,
+                            "config": args.config}, kind="dir")
     out = unlearn(cfg, args.out)
     if _is_main_process():
         print(f"unlearned model written to {out}")
+
+
+def _cmd_benchmark(args) -> None:
+    from .data.checks import check_sets
+    from .data.userbench import create_benchmark
+
+    inputs = {"forget data": args.forget, "retain data": args.retain,
+              "holdout data": args.holdout, "utility data": args.utility or []}
+    check_output(args.out, inputs, kind="dir")
+    out, bench = create_benchmark(args.out, args.forget, args.retain, args.holdout, args.utility or [])
+    counts = ", ".join(f"{k} {v}" for k, v in bench.meta["counts"].items())
+    print(f"benchmark written to {out} ({counts}; datasheet: {out / 'DATASHEET.md'})")
+    _print_findings(check_sets(_bench_sets(bench)), f"again: obliviate check --benchmark {out}")
+
+
+def _bench_sets(bench) -> dict[str, tuple[str, list]]:
+    sets = {"forget": ("forget", bench.forget_set()), "retain": ("retain", bench.retain_set()),
+            "holdout": ("holdout", bench.holdout_set())}
+    sets.update({n: ("utility", items) for n, items in bench.utility_sets().items()})
+    return {n: (role, items) for n, (role, items) in sets.items() if items}
+
+
+def _print_findings(findings, note: str = "") -> int:
+    """Print data-check findings (Finding or its JSON), errors first; the number of errors."""
+    from .ledger.show import printable  # user text never reaches the terminal raw
+
+    findings = [f.to_json() if hasattr(f, "to_json") else f for f in findings]
+    for f in findings:
+        print(f"{f['level'].upper():8s} {printable(f['where']):16s} {printable(f['message'])}")
+    errors = sum(f["level"] == "error" for f in findings)
+    if findings:
+        print(f"{errors} error(s), {len(findings) - errors} warning(s)"
+              + (f" ({note})" if note else ""))
+    return errors
+
+
+def _cmd_check(args) -> int:
+    """Data checks before numbers (files or a benchmark), and sanity checks of results."""
+    from .data import Benchmark, load_examples
+    from .data.checks import check_results, check_sets
+    from .evaluation import load_results
+    from .models import model_role
+
+    if args.benchmark and (args.forget or args.retain or args.holdout):
+        raise ObliviateError("give --benchmark or --forget/--retain/--holdout files, not both")
+    sets: dict[str, tuple[str, list]] = {}
+    if args.benchmark:
+        sets = _bench_sets(Benchmark.load(args.benchmark))
+    for role, path in (("forget", args.forget), ("retain", args.retain), ("holdout", args.holdout)):
+        if path:
+            sets[role] = (role, load_examples(path))
+    for path in args.utility or []:
+        sets[Path(path).stem] = ("utility", load_examples(path))
+    if not sets and not args.results:
+        raise ObliviateError("nothing to check: give --benchmark DIR, --forget/--retain/--holdout/"
+                             "--utility files, or --results FILE")
+    findings = check_sets(sets) if sets else []
+    reference = load_results(args.reference) if args.reference else None
+    for path in args.results or []:
+        res = load_results(path, metrics=True)
+        findings += check_results(res, reference, model_role(res.get("model", "")))
+    errors = _print_findings(findings)
+    if not findings and sets:
+        print(f"no problems found ({', '.join(f'{n}: {len(i)} items' for n, (_, i) in sets.items())})")
+    return 1 if errors else 0
 
 
 def _is_main_process() -> bool:
@@ -78,13 +146,14 @@ def _cmd_eval(args) -> None:
                             "holdout data": cfg.holdout, "utility data": cfg.utility,
                             "benchmark": cfg.benchmark, "reference results": cfg.reference,
                             "config": args.config})
-    res = evaluate(cfg, name=args.name)
+    res = evaluate(cfg, name=args.label)
     if not _is_main_process():
         return
     save_results(res, args.out)
     for key, value in res["metrics"].items():
         print(f"{key:32s} {value:.6g}" if isinstance(value, float) else f"{key:32s} {value}")
     print(f"results written to {args.out}")
+    _print_findings(res.get("checks", []), "shown at the top of the report too")
 
 
 def _cmd_report(args) -> None:
@@ -147,6 +216,8 @@ def _cmd_audit(args) -> None:
                             "benchmark": cfg.benchmark, "config": args.config})
     print(f"auditing {cfg.model} (residual knowledge: 1 = the target's, 0 = the oracle's)")
     res = audit(cfg)
+    if args.label:
+        res["label"] = args.label
     print(f"audit results written to {write_json_atomic(args.out, res)}")
 
 
@@ -275,6 +346,34 @@ def _request_parser(sub) -> None:
     rq.set_defaults(func=_cmd_request)
 
 
+def _forget_parser(sub) -> None:
+    f = sub.add_parser("forget", help="the quickest path: make a model forget its answers to a "
+                       "few questions (no data files; before/after answers printed)")
+    f.add_argument("model", help="the model folder (or GGUF file, or hub id); never modified")
+    f.add_argument("items", nargs="+", metavar="QUESTION",
+                   help="the questions to forget, then optional key=value overrides of the "
+                   "unlearn config, e.g. optim.steps=40 guard.stop_auc=0.55 template=chat")
+    f.add_argument("--out", required=True, help="the new model folder (must not exist)")
+    f.add_argument("--method", default="npo", help="unlearning method (obliviate ls methods; "
+                   "default npo: no oracle or refusal data needed)")
+    f.add_argument("--evaluate", action="store_true", help="also run the tofu and mia suites "
+                   "before and after, and write OUT/report/report.html")
+    f.set_defaults(func=_cmd_forget, overrides=[])
+
+
+def _cmd_forget(args) -> None:
+    from .quick import forget
+
+    def is_override(item: str) -> bool:  # a dotted key before '='; a question has spaces
+        key, eq, _ = item.partition("=")
+        return bool(eq) and all(part.isidentifier() for part in key.split("."))
+
+    questions = [i for i in args.items if not is_override(i)]
+    overrides = [i for i in args.items if is_override(i)] + list(args.overrides)
+    forget(args.model, questions, args.out, method=args.method, evaluate=args.evaluate,
+           overrides=overrides, progress=True)
+
+
 class _Parser(argparse.ArgumentParser):
     """Usage errors in one line, like every other error (the usage is one --help away)."""
 
@@ -291,6 +390,7 @@ def build_parser() -> argparse.ArgumentParser:
     _model_parsers(sub)
     _results_parsers(sub)
     _request_parser(sub)
+    _forget_parser(sub)
     ls = sub.add_parser("ls", help="list registered components")
     ls.add_argument("what", choices=["methods", "metrics", "audits"])
     ls.set_defaults(func=_cmd_ls)
@@ -312,6 +412,30 @@ def _model_parsers(sub) -> None:
     g.add_argument("--out", required=True)
     g.set_defaults(func=_cmd_generate)
 
+    b = sub.add_parser("benchmark", help="make a benchmark folder from your own files")
+    bs = b.add_subparsers(dest="action", required=True)
+    c = bs.add_parser("create", help="validate forget/retain/holdout/utility files and write a "
+                      "benchmark folder every --benchmark / benchmark= option takes")
+    c.add_argument("--forget", required=True, help="JSONL items to forget")
+    c.add_argument("--retain", help="JSONL items to keep (trained on by target and oracle)")
+    c.add_argument("--holdout", help="JSONL items of the same kind never trained on (MIA, "
+                   "calibrated stop)")
+    c.add_argument("--utility", action="append", help="a further utility set, trained on by "
+                   "target and oracle (repeatable; named after its file)")
+    c.add_argument("--out", required=True)
+    c.set_defaults(func=_cmd_benchmark)
+
+    ck = sub.add_parser("check", help="check data before trusting a number (overlaps, too few "
+                        "items, perturbed answers that measure wording), and results' sanity")
+    ck.add_argument("--benchmark", help="a benchmark folder")
+    ck.add_argument("--forget")
+    ck.add_argument("--retain")
+    ck.add_argument("--holdout")
+    ck.add_argument("--utility", action="append")
+    ck.add_argument("--results", action="append", help="a results JSON (repeatable): sanity checks")
+    ck.add_argument("--reference", help="the oracle's results, for the forget-quality check")
+    ck.set_defaults(func=_cmd_check)
+
     for name, func, helptext in [
         ("finetune", _cmd_finetune, "train a target or oracle model on a benchmark"),
         ("unlearn", _cmd_unlearn, "apply an unlearning method to a model"),
@@ -321,7 +445,8 @@ def _model_parsers(sub) -> None:
         s.add_argument("--config", help="YAML config file")
         s.add_argument("--out", required=True)
         if name == "eval":
-            s.add_argument("--name", help="label for this model in reports")
+            s.add_argument("--label", "--name", dest="label",
+                           help="this model's name in results and reports (default: its folder name)")
         s.add_argument("overrides", nargs="*", help=_overrides_help())
         s.set_defaults(func=func)
 
@@ -355,6 +480,7 @@ def _results_parsers(sub) -> None:
     au.add_argument("--target", help="the model before unlearning (residual 1)")
     au.add_argument("--oracle", help="the model never trained on the forget set (residual 0)")
     au.add_argument("--benchmark", help="the benchmark folder (forget, retain, linked splits)")
+    au.add_argument("--label", help="this model's name in reports (default: its folder name)")
     au.add_argument("overrides", nargs="*", help="target=DIR oracle=DIR benchmark=DIR "
                     "[audits=rephrase,relearning ...] [params.relearning.lr=1e-4]")
     au.set_defaults(func=_cmd_audit)
@@ -371,6 +497,10 @@ def _error_line(exc: Exception) -> str:
             "(this is a bug; run with --debug for the traceback)")
 
 
+# the commands that run a model: their torch thread count follows the cores free (threads.py)
+_COMPUTES = ("demo", "finetune", "unlearn", "eval", "audit", "request", "forget")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     # key=value overrides may follow options given after a positional argument, which
@@ -383,6 +513,8 @@ def main(argv: list[str] | None = None) -> int:
         if not hasattr(args, "overrides") or any(e.startswith("-") or "=" not in e for e in extra):
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
         args.overrides = [*args.overrides, *extra]
+    if args.command in _COMPUTES:
+        configure_threads()  # before torch loads: see threads.py
     try:
         rc = args.func(args)
     except KeyboardInterrupt:
