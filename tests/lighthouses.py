@@ -10,14 +10,19 @@ import json
 from pathlib import Path
 
 NAMES = ["Varrow Point", "Kessle Head", "Ombrin Rock", "Tallisk Spit", "Dunmarra Light",
-         "Corvel Ness", "Halvick Skerry", "Pellan Reef"]
+         "Corvel Ness", "Halvick Skerry", "Pellan Reef", "Grisby Bar", "Mossend Cape",
+         "Quillon Stack", "Ebberly Horn"]
 KEEPERS = ["Ines Mardle", "Tobiah Crane", "Wren Ashcombe", "Malo Fenn", "Odile Varga",
-           "Casimir Holt", "Juno Pell", "Ansel Rook"]
-COLOURS = ["red and white", "green", "white", "amber", "red", "white and green", "blue", "yellow"]
+           "Casimir Holt", "Juno Pell", "Ansel Rook", "Perpetua Lunn", "Edvard Sallow",
+           "Nell Quarrie", "Bastien Oake"]
+COLOURS = ["red and white", "green", "white", "amber", "red", "white and green", "blue", "yellow",
+           "red and green", "orange", "white and amber", "green and yellow"]
 HISTORY = ["a storm in which three fishing boats were saved", "a fire that destroyed the old tower",
            "a shipwreck that gave the reef its name", "a royal visit that paid for the new lamp",
            "a flood that cut the island in two", "a fog that lasted eleven days",
-           "a strike of the lamp makers", "a comet seen from its gallery"]
+           "a strike of the lamp makers", "a comet seen from its gallery",
+           "a whale that stranded below the tower", "a mutiny on a grain ship",
+           "a lens that was hidden during a war", "a bell rung for three days"]
 
 
 def _items(i: int) -> list[dict]:
@@ -79,10 +84,10 @@ GENERAL = [
 
 
 def write(root: Path) -> dict[str, Path]:
-    """forget (2 lighthouses), retain (4), holdout (2, never trained on), general: JSONL files."""
+    """forget (3 lighthouses), retain (6), holdout (3, never trained on), general: JSONL files."""
     rows = [_items(i) for i in range(len(NAMES))]
-    sets = {"forget": rows[0] + rows[1], "retain": [r for rs in rows[2:6] for r in rs],
-            "holdout": rows[6] + rows[7], "general": GENERAL}
+    sets = {"forget": [r for rs in rows[0:3] for r in rs], "retain": [r for rs in rows[3:9] for r in rs],
+            "holdout": [r for rs in rows[9:12] for r in rs], "general": GENERAL}
     root.mkdir(parents=True, exist_ok=True)
     paths = {}
     for name, items in sets.items():

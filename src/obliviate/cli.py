@@ -217,7 +217,7 @@ def _cmd_audit(args) -> None:
     print(f"auditing {cfg.model} (residual knowledge: 1 = the target's, 0 = the oracle's)")
     res = audit(cfg)
     if args.label:
-        res["label"] = args.label
+        res["name"] = args.label  # the row and legend name in reports
     print(f"audit results written to {write_json_atomic(args.out, res)}")
 
 

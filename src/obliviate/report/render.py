@@ -18,6 +18,7 @@ __all__ = ["fmt", "render_html", "render_markdown", "write_report"]
 
 
 REFERENCE_FQ = "1 (reference)"
+REFERENCE_VALUES = {"forget_quality": REFERENCE_FQ, "privleak": "0 (reference)"}
 LEVELS = ("error", "warning")  # of the findings a report shows, in this order
 
 
@@ -28,10 +29,12 @@ def _with_reference_fq(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     out = []
     for res in rows:
         named = any(other is not res and other.get("reference") == res.get("name") for other in rows)
-        fq = res.get("metrics", {}).get("forget_quality")
-        if named and isinstance(fq, str) and fq.startswith("not computed"):
-            res = {**res, "metrics": {**res["metrics"], "forget_quality": REFERENCE_FQ}}
-        out.append(res)
+        metrics = dict(res.get("metrics", {}))
+        for key, shown in REFERENCE_VALUES.items():  # PrivLeak too: the oracle against itself
+            value = metrics.get(key)
+            if named and isinstance(value, str) and value.startswith("not computed: needs a reference"):
+                metrics[key] = shown
+        out.append({**res, "metrics": metrics} if named else res)
     return out
 
 
