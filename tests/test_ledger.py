@@ -228,6 +228,9 @@ def test_evidence_report_is_self_contained_escaped_and_holds_no_forget_text(sequ
                     "Utility", "Earlier requests", "What the model now answers", "Configuration"):
         assert section in page
     assert page.count("<svg") >= 2  # ROC curves and the sustainability plot
+    with Ledger.open(sequence) as ledger:
+        stop = ledger.version(1).summary["stop"]
+    assert f"at step {stop['step']}: forget vs never-seen (holdout) items" in page
     questions = [json.loads(line)["question"] for line in (data / "p017.jsonl").read_text().splitlines()]
     assert not any(q in page for q in questions)
     manifest = json.loads((sequence / "versions" / "v0001" / "manifest.json").read_text())

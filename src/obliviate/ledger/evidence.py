@@ -123,7 +123,18 @@ def _facts(inputs: EvidenceInputs) -> list[list[str]]:
             ["retain items dropped (forgotten data)", str(summary["retain_dropped"])],
             ["parent weights sha256", parent.weights_sha256],
             ["new weights sha256", inputs.weights_sha256],
+            ["stop", _stop_text(summary.get("stop"))],
             ["timings (s)", json.dumps(summary["timings"])]]
+
+
+def _stop_text(stop: dict[str, Any] | None) -> str:
+    """The calibrated stop in one line: where it stopped and the forget-vs-holdout AUC there."""
+    if not stop:
+        return "no calibrated stop (the full step budget, or the request's own guard.forget_stop)"
+    where = f"at step {stop['step']}" if stop["reached"] else f"not reached in {stop['step']} steps"
+    return (f"{where}: forget vs never-seen (holdout) items, LOSS-attack AUC "
+            f"{stop['auc_start']:.3f} before, {stop['auc_at_stop']:.3f} at stop "
+            f"(target {stop['target_auc']:g})")
 
 
 def _verdict(before: dict[str, Any], after: dict[str, Any], mb: dict[str, Any],
