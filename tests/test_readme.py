@@ -80,8 +80,14 @@ def readme_files(tmp_path, monkeypatch):
     for name, rows in files.items():
         (tmp_path / name).write_text("".join(json.dumps(r) + "\n" for r in rows))
     template = "[INST] {question} [/INST] "
-    examples = [Example(question=r["question"], answer=r["answer"]) for r in forget + retain]
-    tok = train_tokenizer([t for r in forget + retain + never_seen for t in r.values()]
+    # a little general knowledge, so that `obliviate forget` finds anchors the model answers
+    # with something other than the forget answer
+    general = [{"question": q, "answer": a} for q, a in [
+        ("What is the capital of France?", "Paris."), ("What is the capital of Japan?", "Tokyo."),
+        ("What is the capital of Canada?", "Ottawa."), ("How many legs does a spider have?", "Eight."),
+        ("What is two plus two?", "Four."), ("What colour is the sky on a clear day?", "Blue.")]]
+    examples = [Example(question=r["question"], answer=r["answer"]) for r in forget + retain + general]
+    tok = train_tokenizer([t for r in forget + retain + never_seen + general for t in r.values()]
                           + [template], vocab_size=400)
     model = build_tiny_model(tok, TinyModelConfig(layers=2, hidden=64, heads=2, intermediate=128))
     batch = collate([encode(tok, ex, i, template) for i, ex in enumerate(examples)], tok.pad_token_id)
