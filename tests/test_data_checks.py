@@ -327,3 +327,11 @@ def test_the_reported_case_errors_first():
     target = _results([0.5, 0.6, 0.7, 1.2], [0.5, 0.6, 0.7, 1.2], utility=0.0, name="target")
     assert [f.code for f in check_results(target, oracle, role="target")] == [
         "target_truth_ratio", "target_truth_ratio", "target_forget_quality", "zero_utility"]
+
+
+def test_a_plain_utility_set_is_not_flagged_but_a_partly_perturbed_one_is():
+    plain = [Example(f"a{i}", f"What is q{i}?") for i in range(6)]
+    assert [f.code for f in check_sets({"real_world": ("utility", plain)})] == []
+    partly = [*plain[:3], *(Example(f"b{i}", f"What is r{i}?", perturbed_answers=("x", "y"))
+                            for i in range(3))]
+    assert [f.code for f in check_sets({"mixed": ("utility", partly)})] == ["no_perturbed"]
