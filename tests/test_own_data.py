@@ -35,15 +35,15 @@ def bench(files, tmp_path_factory) -> Path:
 
 def test_a_benchmark_made_from_files_serves_every_set(bench, files):
     b = Benchmark.load(bench)
-    # lighthouses.py: 2 lighthouses x 7 items to forget, 4 x 7 to keep, 2 x 7 never seen, 3 general
-    assert (len(b.forget_set()), len(b.retain_set()), len(b.holdout_set())) == (14, 28, 14)
+    # lighthouses.py: 3 lighthouses x 7 items to forget, 6 x 7 to keep, 3 x 7 never seen, 3 general
+    assert (len(b.forget_set()), len(b.retain_set()), len(b.holdout_set())) == (21, 42, 21)
     assert list(b.utility_sets()) == ["general"]
-    assert len(b.training_set("", oracle=False)) == 14 + 28 + 3
-    assert len(b.training_set("", oracle=True)) == 28 + 3
+    assert len(b.training_set("", oracle=False)) == 21 + 42 + 3
+    assert len(b.training_set("", oracle=True)) == 42 + 3
     assert b.forget_set()[0].id == "varrow-height"  # ids are kept
     meta = json.loads((bench / "benchmark.json").read_text())
     assert meta["kind"] == "files" and meta["counts"]["utility/general"] == 3
-    assert "| forget | 14 |" in (bench / "DATASHEET.md").read_text()
+    assert "| forget | 21 |" in (bench / "DATASHEET.md").read_text()
     with pytest.raises(ObliviateError, match="one forget split"):
         b.forget_set("forget10")
     sets = ob.tofu_sets(bench)
@@ -81,15 +81,15 @@ def test_benchmark_create_refuses_bad_files_and_outputs(files, tmp_path, capsys)
 
 def test_finetune_trains_on_files_and_the_oracle_never_sees_the_excluded(files, bench, tmp_path):
     data = f"data=[{files['forget']},{files['retain']},{files['general']}]"
-    # 2 epochs of 45 items in batches of 16: ceil(90 / 16) = 6 steps
+    # 2 epochs of 66 items in batches of 16: ceil(132 / 16) = 9 steps
     assert main(["finetune", "--out", str(tmp_path / "t"), data, "epochs=2",
                  "optim.batch_size=16", *TINY]) == 0
     assert main(["finetune", "--out", str(tmp_path / "o"), data, f"exclude={files['forget']}",
                  "epochs=2", "optim.batch_size=16", *TINY]) == 0
     target, oracle = (ob.models.read_provenance(tmp_path / m) for m in ("t", "o"))
-    assert (target["n_train_items"], target["steps"], target["role"]) == (45, 6, "target")
-    # 31 items left: ceil(62 / 16) = 4 steps
-    assert (oracle["n_train_items"], oracle["n_excluded"], oracle["steps"]) == (31, 14, 4)
+    assert (target["n_train_items"], target["steps"], target["role"]) == (66, 9, "target")
+    # 45 items left: ceil(90 / 16) = 6 steps
+    assert (oracle["n_train_items"], oracle["n_excluded"], oracle["steps"]) == (45, 21, 6)
     assert oracle["role"] == "oracle"
     # target and oracle share the tokenizer: they differ only in what they trained on
     assert ((tmp_path / "t" / "tokenizer.json").read_bytes()
@@ -97,7 +97,7 @@ def test_finetune_trains_on_files_and_the_oracle_never_sees_the_excluded(files, 
     # the same from the benchmark folder: the same items, the same steps
     assert main(["finetune", "--out", str(tmp_path / "bo"), f"benchmark={bench}", "role=oracle",
                  "epochs=2", "optim.batch_size=16", *TINY]) == 0
-    assert ob.models.read_provenance(tmp_path / "bo")["n_train_items"] == 31
+    assert ob.models.read_provenance(tmp_path / "bo")["n_train_items"] == 45
     # optim.steps instead of epochs
     assert main(["finetune", "--out", str(tmp_path / "s"), data, "optim.steps=3", *TINY]) == 0
     assert ob.models.read_provenance(tmp_path / "s")["steps"] == 3
@@ -125,12 +125,14 @@ def test_an_exclude_file_that_matches_nothing_is_an_error(files, tmp_path, capsy
 def test_check_reports_style_bias_and_small_forget_sets(files, tmp_path, capsys):
     assert main(["check", "--forget", str(files["forget"]), "--retain", str(files["retain"]),
                  "--holdout", str(files["holdout"])]) == 0
-    out = capsys.readouterr().out
+    assert capsys.readouterr().out.startswith("no problems found")  # 21 forget items: enough
     # 14 forget items: below the 16 a KS difference of 0.5 needs (test_data_checks derives it)
+    rows = [json.loads(line) for line in files["forget"].read_text().splitlines()]
+    assert main(["check", "--forget", str(_write(tmp_path / "f14.jsonl", rows[:14]))]) == 0
+    out = capsys.readouterr().out
     assert "at least 16 items" in out and "0 error(s), 1 warning(s)" in out
     # perturbed answers that copy the trained answer's wording (one word added), while the
     # paraphrase rewords it: the truth ratio would compare styles
-    rows = [json.loads(line) for line in files["forget"].read_text().splitlines()]
     biased = [{**r, "perturbed_answer": [f"{r['answer']} Zzyx{k}" for k in range(3)]} for r in rows]
     assert main(["check", "--forget", str(_write(tmp_path / "b.jsonl", biased))]) == 0
     assert "wording" in capsys.readouterr().out
@@ -148,7 +150,7 @@ def test_eval_on_a_files_benchmark_keeps_checks_and_labels(files, bench, tmp_pat
     assert res["name"] == "target, 2 steps"
     assert set(res["datasets"]) == {"forget", "retain", "general", "mia"}
     codes = {c["code"] for c in res["checks"]}
-    assert "few_forget_items" in codes  # 14 items (hand: fewer than 16 for d = 0.5)
+    assert "few_forget_items" not in codes  # 21 items (hand: 16 suffice for d = 0.5)
     assert "zero_utility" in codes  # 2 steps teach nothing: no answer is generated right
     assert ob.models.model_role(tmp_path / "t") == "target"  # the role checks read
     assert main(["report", str(out), "--out", str(tmp_path / "rep")]) == 0
