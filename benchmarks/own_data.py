@@ -47,6 +47,8 @@ MEMORISED = 0.9  # the target's forget-set probability at or above this: memoris
 
 
 # ---- stages ----------------------------------------------------------------------------------
+STOP_BUDGET = 300  # steps a calibrated run may take at most
+
 def _log(work: Path) -> dict:
     path = work / "stages.json"
     return json.loads(path.read_text()) if path.exists() else {}
@@ -159,7 +161,9 @@ def build_and_run(work: Path, args, methods: list[str]) -> dict[str, dict]:
             f"epochs={args.epochs}"])
     for name in runs_of(methods):
         method = name.removesuffix("-stop")
-        stop = ["stop_at_holdout=true"] if name.endswith("-stop") else []
+        # with the calibrated stop the step budget is only a ceiling: the stop ends the run
+        stop = (["stop_at_holdout=true", f"optim.steps={STOP_BUDGET}"] if name.endswith("-stop")
+                else [])
         stages[name] = run_stage(work, name, work / name, [
             "unlearn", "--out", str(work / name), f"model={work / 'target'}",
             f"method={method}", f"benchmark={bench}", *stop])
@@ -342,7 +346,8 @@ def write(work: Path, args, methods: list[str], results: dict, stops: dict,
         f"holdout and {counts['general']} general items, turned into a benchmark with "
         "`obliviate benchmark create`. Tiny model fine-tuned for "
         f"{args.epochs:g} epochs (target: forget + retain + general; oracle: retain + general). "
-        "Each method unlearns at its defaults and again with `stop_at_holdout=true` "
+        "Each method unlearns at its defaults (60 steps) and again with `stop_at_holdout=true` "
+        f"and a ceiling of `optim.steps={STOP_BUDGET}` "
         "(`-stop`: the run stops once a LOSS attack can no longer tell forget items from "
         "holdout items, AUC at or below `guard.stop_auc`; stop step and AUC from the model's "
         "`obliviate.json`, `(budget)` where the run used every step without getting there). Every model is evaluated with the tofu and mia suites against the oracle "

@@ -95,3 +95,22 @@ def test_unlearning_stops_where_forget_items_meet_the_holdout(memorised, tmp_pat
                                     suites=["mia"]), progress=False)
     assert res["datasets"]["mia"]["aggregate"]["auc_loss"] == pytest.approx(stop["auc_at_stop"],
                                                                             abs=1e-6)
+
+
+def test_the_cli_says_where_the_stop_ended_or_that_it_never_did(tmp_path, capsys):
+    from obliviate.cli import _say_stop
+    from obliviate.io import write_json_atomic
+
+    stop = _scripted([0.9, 0.8, 0.7])
+    stop.start()
+    for step in range(10):
+        stop.check(step)
+    write_json_atomic(tmp_path / "obliviate.json", {"stop": stop.record(steps_planned=10)})
+    _say_stop(tmp_path)
+    assert "WARNING: the forget items are still more likely" in capsys.readouterr().out
+    stop = _scripted([0.9, 0.45])
+    stop.start()
+    assert [stop.check(s) for s in range(5)][-1]
+    write_json_atomic(tmp_path / "obliviate.json", {"stop": stop.record(steps_planned=10)})
+    _say_stop(tmp_path)
+    assert capsys.readouterr().out.startswith("stopped at step 5: forget vs never-seen items")

@@ -63,6 +63,23 @@ def _cmd_unlearn(args) -> None:
     out = unlearn(cfg, args.out)
     if _is_main_process():
         print(f"unlearned model written to {out}")
+        _say_stop(out)
+
+
+def _say_stop(out: Path) -> None:
+    """Where the calibrated stop ended the run, or that it never got there."""
+    from .models import read_provenance
+
+    stop = read_provenance(out).get("stop")
+    if not stop:
+        return
+    if stop["reached"]:
+        print(f"stopped at step {stop['step']}: forget vs never-seen items, LOSS-attack AUC "
+              f"{stop['auc_start']:.3f} -> {stop['auc_at_stop']:.3f} (target {stop['target_auc']:g})")
+    else:
+        print(f"WARNING: the forget items are still more likely than never-seen ones after "
+              f"{stop['step']} steps (AUC {stop['auc_start']:.3f} -> {stop['auc_at_stop']:.3f}, "
+              f"target {stop['target_auc']:g}): raise optim.steps (the stop ends the run) or optim.lr")
 
 
 def _cmd_benchmark(args) -> None:
