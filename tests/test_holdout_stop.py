@@ -89,7 +89,7 @@ def test_unlearning_stops_where_forget_items_meet_the_holdout(memorised, tmp_pat
     assert stop["reached"] and 0 < stop["step"] == prov["steps_run"] < 300
     assert stop["auc_start"] > 0.9  # the target knows its forget set far better than unseen data
     assert stop["auc_at_stop"] <= 0.5 < stop["checks"][-2][1]
-    gaps = [b[0] - a[0] for a, b in zip(stop["checks"], stop["checks"][1:])]
+    gaps = [b[0] - a[0] for a, b in zip(stop["checks"][:-1], stop["checks"][1:], strict=True)]
     assert all(1 <= g <= 5 for g in gaps)
     res = ob.evaluate(ob.EvalConfig(model=str(out), benchmark=str(memorised / "bench"),
                                     suites=["mia"]), progress=False)
