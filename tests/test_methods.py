@@ -20,6 +20,7 @@ from obliviate.methods.base import (
 )
 from obliviate.methods.objectives import answer_logits, npo
 from obliviate.models import load_model
+from obliviate.systems import load_any
 from obliviate.train import OptimConfig
 from obliviate.unlearning import load_refusals
 
@@ -41,12 +42,19 @@ NEEDS = {
     "soul": ("forget", "retain", "reference"),  # around NPO by default
     "idkpo": ("forget", "retain", "refusal", "reference"),
     "rmu": ("forget", "retain", "reference_model"),
+    # unlearned systems: ULD's assistant learns the forget set and flattens on the retain set;
+    # SPUL's soft prompt trains towards generic (refusal) labels with a retain term; ECO's and
+    # O3's gates are fit against the shipped general questions (ECO also against retain
+    # questions), and O3's adapter is trained with NPO against the cached reference
+    "uld": ("forget", "retain"), "spul": ("forget", "retain", "refusal"),
+    "eco": ("forget", "retain", "general"), "o3": ("forget", "reference", "general"),
 }
+SYSTEM_METHODS = ("eco", "o3", "spul", "uld")
 
 
 def _probs(path, bench):
-    """(forget, retain) mean answer probability of the model at `path`."""
-    model, tok = load_model(path)
+    """(forget, retain) mean answer probability of the model (or system) at `path`."""
+    model, tok = load_any(path)
     model.eval()
     enc = [[encode(tok, ex, i) for i, ex in enumerate(xs)]
            for xs in (bench.qa_of("forget10"), bench.qa_of("retain90")[:64])]
@@ -68,9 +76,15 @@ def start(memorised):
     return bench, _probs(memorised / "target", bench)
 
 
+# LoRA does not apply to unlearned systems (they train their own components): that variant
+# is an error for them, tested below
+VARIANTS = [(m, lora) for m in METHODS.names() for lora in (False, True)
+            if not (lora and m in SYSTEM_METHODS)]
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
-@pytest.mark.parametrize("method", METHODS.names())
+@pytest.mark.parametrize(("method", "lora"), VARIANTS,
+                         ids=[f"{m}-{'lora' if lora else 'full'}" for m, lora in VARIANTS])
 def test_every_method_forgets_and_keeps_the_retain_set(memorised, start, tmp_path, method, lora):
     """With its defaults and 40 steps of 16 items, each method lowers forget probability by at
     least a fifth and keeps retain probability above half its starting value."""
@@ -103,7 +117,8 @@ def test_listing_describes_every_method():
     for name in METHODS.names():
         d = describe(name)
         assert d["description"] and d["paper"] and d["default_lr"] > 0
-        assert set(d["needs"]) <= {"forget", "retain", "refusal", "reference", "reference_model"}
+        assert set(d["needs"]) <= {"forget", "retain", "refusal", "general", "reference",
+                                   "reference_model"}
         assert "forget" in d["needs"]
 
 

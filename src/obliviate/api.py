@@ -45,6 +45,7 @@ from .models import (
     save_on_main,
     train_tokenizer,
 )
+from .systems import load_any
 from .train import (
     Checkpointing,
     OptimConfig,
@@ -290,7 +291,7 @@ def evaluate(cfg: EvalConfig, name: str | None = None, reference: dict[str, Any]
     """TOFU-suite Results for one model (per-item values, aggregates, derived metrics)."""
     sets = _eval_sets(cfg)
     set_seed(cfg.seed)
-    model, tok = load_model(cfg.model, trust_remote_code=cfg.trust_remote_code)
+    model, tok = load_any(cfg.model, trust_remote_code=cfg.trust_remote_code)
     model.eval()
     engine = Engine(model, tok, cfg.template, batch_size=cfg.batch_size)
     start = time.perf_counter()
@@ -304,7 +305,7 @@ def evaluate(cfg: EvalConfig, name: str | None = None, reference: dict[str, Any]
         forget = next(s for s in sets if s.role == "forget")
         ref_engine = None
         if cfg.mia_reference:
-            ref_model, ref_tok = load_model(cfg.mia_reference, trust_remote_code=cfg.trust_remote_code)
+            ref_model, ref_tok = load_any(cfg.mia_reference, trust_remote_code=cfg.trust_remote_code)
             ref_engine = Engine(ref_model.eval(), ref_tok, cfg.template, batch_size=cfg.batch_size)
         datasets["mia"] = evaluate_mia(engine, forget, _holdout(cfg), cfg.mia_k, ref_engine,
                                        cfg.mia_gradnorm)

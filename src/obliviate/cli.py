@@ -246,6 +246,8 @@ def _cmd_ls(args) -> None:
             d = describe(name)
             print(f"{name:12s} {d['description']} (needs: {', '.join(d['needs'])}; "
                   f"default lr {d['default_lr']:g})\n{'':12s} {d['paper']}")
+            if d["system"]:
+                print(f"{'':12s} unlearned system; broken by {d['threat']}")
     elif args.what == "audits":
         from .audits import AUDITS
 

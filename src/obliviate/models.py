@@ -121,6 +121,7 @@ def resolve_source(source: str | Path) -> tuple[str, str | None]:
         raise ObliviateError(f"model {src} is a file: give the folder that holds config.json, "
                              "or a .gguf file")
     if not (local / "config.json").is_file():
+        _refuse_system(local)
         ggufs = sorted(local.glob("*.gguf"))
         if len(ggufs) == 1:
             return src, ggufs[0].name
@@ -128,6 +129,17 @@ def resolve_source(source: str | Path) -> tuple[str, str | None]:
             raise ObliviateError(f"{local} holds several .gguf files; name one: {ggufs[0]}")
         raise ObliviateError(f"{local} is not a Hugging Face model folder (no config.json)")
     return src, None
+
+
+def _refuse_system(folder: Path) -> None:
+    """A clear error where an unlearned system is given to code that needs a model's weights."""
+    prov = read_provenance(folder) if (folder / PROVENANCE).is_file() else {}
+    system = prov.get("system")
+    if isinstance(system, dict):
+        raise ObliviateError(
+            f"{folder} is an unlearned system ({system.get('kind')}: a base model plus components), "
+            f"not a model folder; eval, audit, report and the ledger read it, while this needs "
+            f"a model's weights: its base model is {folder / 'base'}")
 
 
 def _as_plain_weights(model) -> None:
@@ -284,12 +296,14 @@ def save_model(model, tokenizer, out: str | Path, provenance: dict[str, Any],
 
 
 def save_on_main(model, tokenizer, out: str | Path, provenance: dict[str, Any],
-                 inputs: tuple[str | Path, ...] = (), checkpoint: Path | None = None) -> Path:
-    """`save_model` from the main process only (under `accelerate launch` every process holds
-    the same weights), then drop the run's checkpoint: the output supersedes it."""
+                 inputs: tuple[str | Path, ...] = (), checkpoint: Path | None = None,
+                 writer=save_model) -> Path:
+    """`writer` (save_model, or a system's) from the main process only (under `accelerate
+    launch` every process holds the same weights), then drop the run's checkpoint: the output
+    supersedes it."""
     state = process_state()
     if state.is_main_process:
-        save_model(model, tokenizer, out, provenance, inputs)
+        writer(model, tokenizer, out, provenance, inputs)
         if checkpoint is not None:
             shutil.rmtree(checkpoint, ignore_errors=True)
     state.wait_for_everyone()

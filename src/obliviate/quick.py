@@ -26,7 +26,6 @@ import random
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +37,7 @@ from .audits.base import AuditData
 from .audits.prompts import Rephrase
 from .config import from_dict, merge, parse_overrides, to_dict
 from .data import Example, load_examples
+from .data.files import general_questions
 from .encoding import resolve_template
 from .errors import ObliviateError
 from .evaluation import Engine, save_results
@@ -105,12 +105,6 @@ def paraphrase(question: str) -> list[str]:
     """Template rewrites of a question: the same request in words never trained on."""
     bare = question.strip().rstrip("?").rstrip()
     return [t.format(q=question.strip(), bare=bare) for t in PARAPHRASES]
-
-
-def general_questions() -> list[str]:
-    """The anchor bank shipped with the package."""
-    text = resources.files("obliviate").joinpath("resources/general_questions.jsonl").read_text()
-    return [json.loads(line)["question"] for line in text.splitlines() if line.strip()]
 
 
 # ---------------------------------------------------------------------------- checks

@@ -22,12 +22,14 @@ import torch
 
 from .config import require, to_dict
 from .data import Benchmark, Example, load_examples, validate_holdout, validate_split
+from .data.files import general_questions
 from .encoding import DEFAULT_TEMPLATE, Encoded, encode
 from .errors import ObliviateError
 from .methods import Context, MethodStack, build, typed_params
 from .methods.base import cache_seq_nll, eval_mode, mean_answer_prob
-from .models import load_model, save_model, save_on_main
+from .models import save_model, save_on_main
 from .stopping import HoldoutStop
+from .systems import System, load_any, save_system
 from .train import (
     Checkpointing,
     OptimConfig,
@@ -159,6 +161,9 @@ def _context(tok, forget: list[Example], retain: list[Example], needs: tuple[str
     ctx.items["forget"] = [encode(tok, ex, i, template) for i, ex in enumerate(forget)]
     if retain:
         ctx.items["retain"] = [encode(tok, ex, i, template) for i, ex in enumerate(retain)]
+    if "general" in needs:
+        ctx.items["general"] = [encode(tok, Example(question=q, answer=""), i, template)
+                                for i, q in enumerate(general_questions())]
     if "refusal" in needs:
         refusals = load_refusals()
         # a fixed, seed-dependent refusal per forget item, so reference caches stay valid
@@ -334,17 +339,15 @@ def unlearn_examples(cfg: UnlearnConfig, forget: list[Example], retain: list[Exa
     _prepare_model(run)
     streams = _streams(run)
     run.guard = RetainGuard(run.model, run.ctx, cfg.guard, _forget_stop(run))
-    if holdout:
+    if holdout and run.method.declared("fit", None) is None:
         run.stop = _holdout_stop(run, holdout)
+    elif holdout:  # a method that fits without steps reads the holdout items itself
+        run.ctx.items["holdout"] = [encode(run.tok, ex, i, cfg.template)
+                                    for i, ex in enumerate(holdout[:cfg.guard.stop_items])]
     run.checkpoint = _checkpointing(run, out)
     start = time.perf_counter()
     try:
-        logs = [] if run.stop is not None and run.stop.stopped_at == 0 else train(
-            run.model, lambda m, b, step: _step_loss(run, m, b, step), streams, run.optim,
-            desc=f"unlearn {cfg.method}", progress=progress,
-            on_step=lambda step, _: _on_step(run, step),
-            after_backward=_mask_gradients(run.ctx.grad_masks) if run.ctx.grad_masks else None,
-            checkpoint=run.checkpoint)
+        logs = _fit(run, streams, progress)
         run.method.finish(run.model, run.ctx)
         if run.stop is not None:
             run.stop.finish(len(logs))
@@ -353,8 +356,23 @@ def unlearn_examples(cfg: UnlearnConfig, forget: list[Example], retain: list[Exa
     except ObliviateError as exc:
         raise ObliviateError(f"{exc}{_save_last_good(run.model, run.tok, cfg, out, run.guard, str(exc))}") from None
     prov = _provenance(run, forget, retain, logs, time.perf_counter() - start)
+    writer = (lambda *a: save_system(*a[:4], cfg.model, a[4])) if isinstance(run.model, System) else save_model
     return save_on_main(_finalise(run.model, cfg.lora.enabled), run.tok, out, prov, (cfg.model,),
-                        checkpoint_dir(out) if run.checkpoint else None)
+                        checkpoint_dir(out) if run.checkpoint else None, writer=writer)
+
+
+def _fit(run: _Run, streams: dict[str, Any], progress: bool) -> list[dict[str, float]]:
+    """The training loop, or a method's own fitting (ECO trains no weights by gradient)."""
+    if run.stop is not None and run.stop.stopped_at == 0:
+        return []
+    own = getattr(run.method.method, "fit", None)
+    if own is not None:
+        return own(run.model, run.ctx)
+    return train(run.model, lambda m, b, step: _step_loss(run, m, b, step), streams, run.optim,
+                 desc=f"unlearn {run.cfg.method}", progress=progress,
+                 on_step=lambda step, _: _on_step(run, step),
+                 after_backward=_mask_gradients(run.ctx.grad_masks) if run.ctx.grad_masks else None,
+                 checkpoint=run.checkpoint)
 
 
 def _plan(cfg: UnlearnConfig, forget: list[Example], retain: list[Example], out: Path,
@@ -366,6 +384,9 @@ def _plan(cfg: UnlearnConfig, forget: list[Example], retain: list[Example], out:
     validate_split(forget, retain)
     if holdout is not None:
         validate_holdout(forget, holdout)
+    if method.declared("system", "") and cfg.lora.enabled:
+        raise ObliviateError(f"method '{cfg.method}' trains its own components and leaves the "
+                             "model's weights alone; lora.enabled does not apply to it")
     if "retain" in method.needs() and not retain:
         raise ObliviateError(f"method '{cfg.method}' needs a retain set (retain=<file.jsonl>)")
     lr = cfg.optim.lr or default_lr(method.method, cfg.lora.enabled)
@@ -378,7 +399,8 @@ def _load(run: _Run, forget: list[Example], retain: list[Example]) -> None:
     model: the reference, with no copy kept."""
     cfg, needs = run.cfg, run.method.needs()
     set_seed(cfg.seed)
-    run.model, run.tok = load_model(cfg.model, trust_remote_code=cfg.trust_remote_code)
+    run.model, run.tok = load_any(cfg.model, trust_remote_code=cfg.trust_remote_code)
+    _check_system_input(run)
     run.ctx = _context(run.tok, forget, retain, needs, cfg.template, cfg.lora.enabled, cfg.seed)
     if "reference" in needs:
         for name in ("forget", "idk"):
@@ -387,9 +409,27 @@ def _load(run: _Run, forget: list[Example], retain: list[Example]) -> None:
                                                                  run.ctx.pad_id)
 
 
+def _check_system_input(run: _Run) -> None:
+    """An unlearned system is an input only to a method of its own kind that adds a request
+    to it (O3's adapters, ECO's classifiers); weight-editing methods need a model folder."""
+    if not isinstance(run.model, System):
+        return
+    kind = run.method.declared("system", "")
+    if kind != run.model.kind or not run.method.declared("extends", False):
+        raise ObliviateError(
+            f"{run.cfg.model} is an unlearned system ({run.model.kind}); method "
+            f"'{run.cfg.method}' cannot build on it. Methods that extend a system with a new "
+            f"request: o3 and eco, on a system of their own kind. Its base model folder is "
+            f"{Path(run.cfg.model) / 'base'}")
+
+
 def _prepare_model(run: _Run) -> None:
     """The method's setup, then what trains (all weights, its modules, or LoRA adapters), then
-    a snapshot of the reference weights if the method compares with them live."""
+    a snapshot of the reference weights if the method compares with them live. A method that
+    leaves the weights alone builds its system here instead; only the system's parts train."""
+    if run.method.declared("system", ""):
+        run.model = run.method.method.build_system(run.model, run.ctx)
+        return
     run.method.setup(run.model, run.ctx)
     targets = run.method.target_modules(run.model, run.ctx)
     run.model = _select_trainable(run.model, run.cfg.lora, targets)
@@ -471,7 +511,7 @@ def _provenance(run: _Run, forget: list[Example], retain: list[Example],
             "final_loss": logs[-1]["loss"] if logs else None,
             "retain_prob": {"start": guard.start, "end": guard.last},
             "forget_prob_probe": {"start": guard.forget_start, "end": guard.forget_last},
-            "steps_run": len(logs),
+            "steps_run": len(logs), "last_log": logs[-1] if logs else None,
             "stop": run.stop.record(run.optim.steps) if run.stop is not None else None}
 
 
@@ -484,5 +524,8 @@ def _save_last_good(model, tok, cfg: UnlearnConfig, out: Path, guard: RetainGuar
         return f". The last good state was not saved: {dest} already exists."
     prov = {"produced_by": "obliviate unlearn (stopped)", "config": to_dict(cfg),
             "stopped": reason, "last_good_step": guard.good_step}
-    save_model(_finalise(model, cfg.lora.enabled), tok, dest, prov, inputs=(cfg.model,))
+    if isinstance(model, System):
+        save_system(model, tok, dest, prov, cfg.model, (cfg.model,))
+    else:
+        save_model(_finalise(model, cfg.lora.enabled), tok, dest, prov, inputs=(cfg.model,))
     return f". The last good state (step {guard.good_step}) is saved in {dest}."

@@ -5,7 +5,9 @@ knowledge measurements under one attack (mean answer probability, TOFU's normali
 runner applies it to the audited model, the target and the oracle, and reports each raw
 number plus the residual score (m - m_oracle) / (m_target - m_oracle): 1 = as much knowledge
 as the target, 0 = as little as the oracle. An audit that cannot apply to a model (e.g.
-weight quantization of a forward-only wrapper) says why instead.
+weight quantization of a forward-only wrapper) says why instead. An audit that reads or edits
+the weights declares `weights = True`; on an unlearned system it runs on the base model the
+system wraps, and its result is reported as knowledge present in the weights.
 """
 
 from __future__ import annotations

@@ -25,6 +25,7 @@ class LogitLens:
     """Answer probability read from each layer through the final norm and output head (the
     logit lens): knowledge suppressed only in the last layers still shows in earlier ones."""
 
+    weights: ClassVar[bool] = True  # reads or edits the weights: on a system, its base is audited
     description: ClassVar[str] = "answer probability read out from every layer (logit lens)"
     paper: ClassVar[str] = "nostalgebraist 2020, interpreting GPT: the logit lens"
 
@@ -67,6 +68,7 @@ class ParametricTrace:
     target: str = ""
     top: int = 20  # value vectors traced
 
+    weights: ClassVar[bool] = True  # reads or edits the weights: on a system, its base is audited
     description: ClassVar[str] = "MLP value vectors that promote the forget answers: how far they moved"
     paper: ClassVar[str] = "Hong et al. 2024, Intrinsic Evaluation of Unlearning Using Parametric Knowledge Traces"
 
@@ -144,6 +146,7 @@ class LatentProbe:
     steps: int = 200
     lr: float = 1e-2
 
+    weights: ClassVar[bool] = True  # reads or edits the weights: on a system, its base is audited
     description: ClassVar[str] = "linear probe (tuned lens) from the target's hidden states, layer by layer"
     paper: ClassVar[str] = "Belrose et al. 2023, Eliciting Latent Predictions with the Tuned Lens"
 

@@ -13,7 +13,7 @@ from ..data import Benchmark
 from ..encoding import DEFAULT_TEMPLATE
 from ..errors import ObliviateError
 from ..evaluation.results import git_sha, versions
-from ..models import load_model
+from ..systems import System, load_any
 from .base import AUDITS, AuditData, NotApplicable, residual
 
 SCHEMA = "obliviate.audit/1"
@@ -52,14 +52,23 @@ def audit_data(cfg: AuditConfig) -> AuditData:
                      template=cfg.template, related=bench.linked_set(cfg.forget_split))
 
 
+# what a weight-level audit of an unlearned system measures: the base it wraps
+ON_BASE = "base weights"
+
+
 def run_one(audit_obj, source, data: AuditData, trust_remote_code: bool = False) -> dict[str, Any]:
-    """Raw measurements of one audit on one model (a folder, or a (model, tokenizer) pair)."""
-    model, tok = (load_model(source, trust_remote_code=trust_remote_code)
+    """Raw measurements of one audit on one model (a folder, or a (model, tokenizer) pair).
+    A weight-level audit of an unlearned system runs on the base it wraps and says so: the
+    result is the knowledge present in the weights, which the system's components hide but
+    do not remove."""
+    model, tok = (load_any(source, trust_remote_code=trust_remote_code)
                   if isinstance(source, str | Path) else source)
+    on_base = isinstance(model, System) and getattr(type(audit_obj), "weights", False)
     try:
-        return audit_obj.run(model, tok, data)
+        raw = audit_obj.run(model.base if on_base else model, tok, data)
     except NotApplicable as exc:
         return {"not_applicable": str(exc)}
+    return {**raw, "measured_on": ON_BASE} if on_base else raw
 
 
 NO_ORACLE = "not computed: needs an oracle (a model never trained on the forget set)"
@@ -93,6 +102,8 @@ def audit(cfg: AuditConfig, ends: dict[str, dict[str, Any]] | None = None,
         entry: dict[str, Any] = {"description": type(obj).description, "paper": type(obj).paper,
                                  "model": raw, "target": t, "oracle": o,
                                  "seconds": round(time.perf_counter() - start, 2)}
+        if "measured_on" in raw:
+            entry["measured_on"] = raw["measured_on"]
         if "not_applicable" in raw:
             entry["residual"] = f"not applicable: {raw['not_applicable']}"
         elif o is None:

@@ -49,6 +49,7 @@ class Quantization:
     round-to-nearest weights, of a copy. Emulated in float (fake quantization), so it runs on
     any device without a kernel library and measures exactly the rounding."""
 
+    weights: ClassVar[bool] = True  # reads or edits the weights: on a system, its base is audited
     description: ClassVar[str] = "int8 dynamic and 4-bit weight quantization of a copy"
     paper: ClassVar[str] = "Zhang et al. 2024, Catastrophic Failure of LLM Unlearning via Quantization"
 
@@ -84,11 +85,14 @@ class Relearning:
     lr: float = 3e-4  # gentle: the target itself must not lose what it knows
     batch_size: int = 8
 
+    weights: ClassVar[bool] = True  # reads or edits the weights: on a system, its base is audited
     description: ClassVar[str] = "k fine-tuning steps on part of the forget set or on related data"
     paper: ClassVar[str] = "Hu et al. 2024, Jogging the Memory of Unlearned LLMs Through Targeted Relearning"
 
     def _curve(self, model, tokenizer, teach, probe, template) -> list[float]:
         copy_ = copy.deepcopy(model)
+        for p in copy_.parameters():  # a system's base arrives frozen; its copy relearns
+            p.requires_grad_(True)
         items = [encode(tokenizer, ex, i, template) for i, ex in enumerate(teach)]
         loader = make_loader(items, self.batch_size, tokenizer.pad_token_id, seed=0)
         curve, done = [], 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import codecs
 import json
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -86,3 +87,10 @@ def _encodable(text: str) -> bool:
     except UnicodeEncodeError:
         return False
     return True
+
+
+def general_questions() -> list[str]:
+    """The bank of general-knowledge questions shipped with the package (anchors for
+    `obliviate forget`, negatives for the prompt classifiers of gated systems)."""
+    text = resources.files("obliviate").joinpath("resources/general_questions.jsonl").read_text()
+    return [json.loads(line)["question"] for line in text.splitlines() if line.strip()]

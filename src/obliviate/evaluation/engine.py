@@ -18,6 +18,7 @@ import torch
 from ..data.examples import Example
 from ..encoding import DEFAULT_TEMPLATE, IGNORE, Encoded, bos_ids, collate, encode, prompt_text
 from ..parallel import process_state
+from ..systems import forward_kwargs
 
 
 class ItemScore(NamedTuple):
@@ -166,10 +167,11 @@ class Engine:
         for start in range(0, len(order), self.batch_size):
             idx = order[start:start + self.batch_size]
             batch = collate([items[i] for i in idx], pad)
-            ids = batch["input_ids"].to(self.device)
-            logits = self.model(input_ids=ids, attention_mask=batch["attention_mask"].to(self.device)).logits  # [batch, seq, vocab]
+            batch = {k: v.to(self.device) for k, v in batch.items()}
+            logits = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                                **forward_kwargs(self.model, batch)).logits  # [batch, seq, vocab]
             self.forward_passes += 1
-            logp, z, correct, counts = _token_stats(logits, batch["labels"].to(self.device))
+            logp, z, correct, counts = _token_stats(logits, batch["labels"])
             # one device-to-host copy per batch, then split per row on the host
             cuts = np.cumsum(counts.cpu().numpy())[:-1]
             lps = np.split(logp.cpu().numpy().astype(np.float64), cuts)

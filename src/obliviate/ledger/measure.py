@@ -16,7 +16,7 @@ from ..evaluation import Engine, EvalSet, derive, evaluate_tofu, make_results
 from ..evaluation.metrics import in_order
 from ..evaluation.suite import evaluate_mia
 from ..evaluation.tofu_math import forget_quality
-from ..models import load_model
+from ..systems import load_any
 
 MODEL_LEVEL = 0  # the request id under which model-level numbers (utility) are stored
 
@@ -47,7 +47,7 @@ def evaluate_version(model_dir: str | Path, sets: Sets, name: str, model_level: 
                      trust_remote_code: bool = False) -> dict[str, Any]:
     """A Results dict: TOFU suite on every request's forget set (and, with `model_level`, the
     retain and utility sets), and the MIA suite per request against the holdout."""
-    model, tok = load_model(model_dir, trust_remote_code=trust_remote_code)
+    model, tok = load_any(model_dir, trust_remote_code=trust_remote_code)
     model.eval()
     engine = Engine(model, tok, sets.template, batch_size=sets.batch_size)
     evals = [EvalSet(forget_name(r), "forget", exs) for r, exs in sorted(sets.forget.items())]

@@ -25,12 +25,14 @@ from ..config import from_dict
 from ..encoding import Encoded, collate
 from ..errors import ObliviateError
 from ..registry import Registry
+from ..systems import forward_kwargs
 from .objectives import answer_logits, kl_to_reference, mean_nll, sequence_nll, token_logprobs
 
 NEEDS = {
     "forget": "forget set",
     "retain": "retain set",
     "refusal": "refusal texts (shipped with the package)",
+    "general": "general-knowledge questions (shipped with the package)",
     "reference": "reference quantities on the forget set, computed once and cached (no model copy)",
     "reference_model": "live reference activations on changing inputs: a frozen copy of the "
                        "trained weights, or the base with the LoRA adapter disabled",
@@ -152,8 +154,10 @@ def eval_mode(model) -> Iterator[None]:
 
 
 def forward(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Logits [batch, seq, vocab] of a collated batch."""
-    return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    """Logits [batch, seq, vocab] of a collated batch (an unlearned system also learns where
+    each prompt ends)."""
+    return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                 **forward_kwargs(model, batch)).logits
 
 
 def batch_nll(model, batch: dict[str, torch.Tensor], world: int = 1) -> torch.Tensor:

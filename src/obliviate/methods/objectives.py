@@ -183,6 +183,23 @@ def logit_flatness(logits: torch.Tensor, world: int = 1) -> torch.Tensor:
     return dp_mean((lf.max(-1).values - lf.mean(-1)) ** 2, world=world)
 
 
+def uniform_kl(logits: torch.Tensor, world: int = 1) -> torch.Tensor:
+    """ULD's retain loss for the assistant (Ji et al. 2024, "Reversing the Forget-Retain
+    Objectives"): KL(U || p) = -log V - (1/V) sum_v log p(v), averaged over tokens; zero exactly
+    when p is uniform, where the assistant's logits are constant and subtracting them changes
+    nothing. logits [n_tokens, vocab]."""
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    return dp_mean(-math.log(logp.shape[-1]) - logp.mean(-1), world=world)
+
+
+def zo_step(f, x: float, mu: float, lr: float, lower: float = 0.0) -> tuple[float, float]:
+    """One zeroth-order step on a scalar (ECO, Liu et al. 2024, learns its corruption strength
+    this way): the central difference g = (f(x + mu) - f(x - mu)) / (2 mu) estimates the
+    gradient without backpropagation; x <- max(lower, x - lr * g). Returns (new x, g)."""
+    g = (f(x + mu) - f(max(lower, x - mu))) / (x + mu - max(lower, x - mu))
+    return max(lower, x - lr * g), g
+
+
 def dual_ascent(lam: float, constraint: float, step: float) -> float:
     """Projected dual ascent for a constraint g <= 0: lam <- max(0, lam + step * g)."""
     return max(0.0, lam + step * constraint)

@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 
+from ..systems import SYSTEMS
 from .base import METHODS, Context, build
 
 
@@ -94,7 +95,16 @@ def needs_of(method) -> tuple[str, ...]:
     return MethodStack(method).needs()
 
 
+# what breaks a method that edits the weights: no access condition (the weights are the result)
+WEIGHTS_THREAT = "no access condition: the weights themselves are changed"
+
+
 def describe(name: str) -> dict[str, Any]:
+    """A method's listing. `system` names the kind of unlearned system it produces (None: it
+    edits the weights); `threat` says what access breaks its forgetting (a system's base
+    weights still hold the knowledge)."""
     cls = METHODS.get(name)
+    kind = getattr(cls, "system", None)
     return {"name": name, "description": cls.description, "needs": list(needs_of(build(name))),
-            "paper": cls.paper, "default_lr": cls.default_lr}
+            "paper": cls.paper, "default_lr": cls.default_lr, "system": kind,
+            "threat": SYSTEMS.get(kind).threat if kind else WEIGHTS_THREAT}

@@ -14,8 +14,13 @@ from .markdown import md_cell
 
 
 def _residuals(res: dict[str, Any]) -> dict[str, float | str]:
-    return {n: (e["residual"] if isinstance(e["residual"], str) else e["residual"]["score"])
-            for n, e in res["audits"].items()}
+    """Each audit's residual; one measured on a system's base weights says so (a number that
+    is not the system's own behaviour)."""
+    out: dict[str, float | str] = {}
+    for n, e in res["audits"].items():
+        r = e["residual"] if isinstance(e["residual"], str) else e["residual"]["score"]
+        out[n] = f"{r:.3f} in the {e['measured_on']}" if e.get("measured_on") and not isinstance(r, str) else r
+    return out
 
 
 def _audit_names(audits: list[dict[str, Any]]) -> list[str]:

@@ -1,0 +1,277 @@
+"""O3: an out-of-distribution detector gates one orthogonal LoRA per request; weights stay."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+
+from ..errors import ObliviateError
+from ..systems import (
+    SYSTEMS,
+    System,
+    lm_step,
+    positions,
+    prompt_features,
+    prompt_window,
+    question_features,
+)
+from .base import METHODS, Context, batch_seq_nll
+from .objectives import npo
+
+
+def _key(name: str) -> str:
+    return name.replace(".", "__")  # module names as ModuleDict keys
+
+
+class Adapter(torch.nn.Module):
+    """One request's low-rank update of one Linear: delta(x) = (x A^T) B^T * scale. While it
+    trains, A is projected onto the orthogonal complement of the earlier requests' A rows
+    (`basis`), so the update lives in input directions no earlier request uses."""
+
+    def __init__(self, d_in: int, d_out: int, rank: int) -> None:
+        super().__init__()
+        self.A = torch.nn.Parameter(torch.zeros(rank, d_in))
+        self.B = torch.nn.Parameter(torch.zeros(d_out, rank))
+        self.basis: torch.Tensor | None = None  # [d_in, k] orthonormal, while training only
+
+    def down(self) -> torch.Tensor:
+        if self.basis is None:
+            return self.A
+        return self.A - (self.A @ self.basis) @ self.basis.T
+
+    def bake(self) -> None:
+        """Store the projected A itself (the saved adapter needs no basis)."""
+        with torch.no_grad():
+            self.A.copy_(self.down())
+        self.basis = None
+
+
+class Detector(torch.nn.Module):
+    """Prototype similarity over every layer: per layer, the highest cosine between the input's
+    pooled prompt state and the request's prototypes (local); their mean (global) is the score.
+    The gate is 0 below `low`, 1 above `high`, linear between."""
+
+    def __init__(self, prototypes: int, layers: int, width: int) -> None:
+        super().__init__()
+        self.prototypes = torch.nn.Parameter(torch.zeros(prototypes, layers, width), requires_grad=False)
+        self.bounds = torch.nn.Parameter(torch.zeros(2), requires_grad=False)  # low, high
+
+    def score(self, feats: torch.Tensor) -> torch.Tensor:
+        """feats [batch, layers, d] -> [batch]."""
+        f = torch.nn.functional.normalize(feats.float(), dim=-1)
+        p = torch.nn.functional.normalize(self.prototypes, dim=-1)
+        cos = torch.einsum("bld,kld->bkl", f, p)  # [batch, prototypes, layers]
+        return cos.amax(1).mean(-1)
+
+    def gate(self, feats: torch.Tensor) -> torch.Tensor:
+        low, high = self.bounds[0], self.bounds[1]
+        return ((self.score(feats) - low) / (high - low).clamp(min=1e-6)).clamp(0.0, 1.0)
+
+
+@SYSTEMS.register("o3")
+class O3System(System):
+    """The base plus, per request, a detector and an adapter on every target Linear; each
+    request's adapter is scaled per input by its detector's gate (0: the base exactly)."""
+
+    kind: ClassVar[str] = "o3"
+    threat: ClassVar[str] = ("access to the base weights, or a question the detector scores as "
+                             "unrelated (with its gate shut the untouched model answers)")
+
+    def __init__(self, base, settings: dict[str, Any]) -> None:
+        super().__init__(base, settings)
+        self.requests, rank = int(settings["requests"]), int(settings["rank"])
+        self.scale = float(settings["alpha"]) / rank
+        self.targets = list(settings["targets"])
+        self.window = int(settings.get("window", 0))
+        modules = dict(base.named_modules())
+        layers, width = base.config.num_hidden_layers, base.config.hidden_size
+        for r in range(self.requests):
+            self.parts[f"adapters_{r}"] = torch.nn.ModuleDict({
+                _key(n): Adapter(modules[n].in_features, modules[n].out_features, rank)
+                for n in self.targets})
+            self.parts[f"detector_{r}"] = Detector(int(settings["prototypes"][r]), layers, width)
+        self.gates: torch.Tensor | None = None  # [batch, requests] during a call
+
+    def layers(self) -> list[int]:
+        return list(range(1, self.base.config.num_hidden_layers + 1))
+
+    @contextlib.contextmanager
+    def gated(self, gates: torch.Tensor) -> Iterator[None]:
+        """The adapters on for one call, each row scaled by its gates [batch, requests]."""
+        modules = dict(self.base.named_modules())
+        handles = [modules[n].register_forward_hook(self._hook(n)) for n in self.targets]
+        self.gates = gates
+        try:
+            yield
+        finally:
+            self.gates = None
+            for h in handles:
+                h.remove()
+
+    def _hook(self, name: str):
+        key = _key(name)
+
+        def add(module, args, out):
+            x = args[0]
+            for r in range(self.requests):
+                g = self.gates[:, r]
+                if bool((g != 0).any()):
+                    a = self.parts[f"adapters_{r}"][key]
+                    delta = (x @ a.down().T.to(x.dtype)) @ a.B.T.to(x.dtype)
+                    out = out + (g.to(x.dtype)[:, None, None] * self.scale) * delta
+            return out
+        return add
+
+    def prefill(self, ids, mask, prompt_mask, use_cache, part: str | None = None):
+        pos = positions(mask)
+        if part == "adapter":  # training: the newest request's adapter fully on, the rest off
+            gates = torch.zeros(len(ids), self.requests, device=ids.device)
+            gates[:, -1] = 1.0
+            with self.gated(gates):
+                return lm_step(self.base, mask, ids=ids, pos=pos)[0], None
+        feats = question_features(self.base, ids, mask, prompt_mask, self.layers(), self.window)
+        gates = torch.stack([self.parts[f"detector_{r}"].gate(feats) for r in range(self.requests)], 1)
+        if not bool((gates > 0).any()):  # every gate shut: the base as it is
+            logits, cache = lm_step(self.base, mask, ids=ids, pos=pos, use_cache=use_cache)
+        else:
+            with self.gated(gates):
+                logits, cache = lm_step(self.base, mask, ids=ids, pos=pos, use_cache=use_cache)
+        return logits, {**self.base_state(mask, cache), "gates": gates}
+
+    def decode(self, ids, state):
+        if not bool((state["gates"] > 0).any()):
+            return super().decode(ids, state)
+        with self.gated(state["gates"]):
+            logits, new = super().decode(ids, state)
+        return logits, new
+
+
+def _targets(model, suffixes: list[str]) -> list[str]:
+    names = [n for n, m in model.named_modules()
+             if isinstance(m, torch.nn.Linear) and any(n.endswith(s) for s in suffixes)]
+    if not names:
+        raise ObliviateError(f"o3: no Linear modules ending in {suffixes} in this model; set "
+                             "params.targets to suffixes it has (e.g. mlp.down_proj)")
+    return names
+
+
+@METHODS.register("o3")
+@dataclass
+class O3:
+    """O3 for requests that keep arriving. Each request gets (1) a detector: prototypes of the
+    forget prompts' pooled states at every layer (k-means centres), scored by the highest cosine
+    per layer averaged over layers; its gate opens fully at the `open_quantile` of held-out
+    forget prompts' scores and is shut at or below the highest score of the negatives (the
+    shipped general questions and, where given, retain questions); and (2) a LoRA on the target
+    Linears, trained with NPO on the forget set (no retain data needed), its down-projection
+    orthogonal to every earlier request's. At inference each adapter is scaled by its gate.
+    The paper trains its detector with a contrastive entropy loss; these prototypes are a
+    training-free stand-in with the same local-then-global layer aggregation."""
+
+    rank: int = 8
+    alpha: float = 16.0
+    beta: float = 0.1  # NPO temperature
+    targets: list[str] = None  # type: ignore[assignment]  # module suffixes; None: MLP and attention output
+    prototypes: int = 16
+    open_quantile: float = 0.1
+    seed: int = 0
+
+    description: ClassVar[str] = ("out-of-distribution gate: a detector scales an orthogonal LoRA "
+                                  "per request by how close the prompt is to it (weights untouched)")
+    needs: ClassVar[tuple[str, ...]] = ("forget", "reference", "general")
+    paper: ClassVar[str] = "Gao et al. 2024, Practical Unlearning for Large Language Models"
+    default_lr: ClassVar[float] = 2e-3
+    system: ClassVar[str] = "o3"
+    extends: ClassVar[bool] = True
+
+    def __post_init__(self) -> None:
+        if self.targets is None:
+            self.targets = ["mlp.down_proj", "self_attn.o_proj"]
+        if self.rank < 1 or self.prototypes < 1:
+            raise ObliviateError("o3 rank and prototypes must be at least 1")
+        if not 0.0 <= self.open_quantile < 1.0:
+            raise ObliviateError(f"o3 open_quantile must be in [0, 1) (got {self.open_quantile})")
+
+    def build_system(self, model, ctx: Context) -> O3System:
+        old = model if isinstance(model, O3System) else None
+        base = old.base if old is not None else model
+        window = old.window if old is not None else prompt_window(ctx.items["forget"])
+        feats = prompt_features(base, ctx.items["forget"], ctx.pad_id,
+                                list(range(1, base.config.num_hidden_layers + 1)), window)
+        k = min(self.prototypes, len(feats))
+        settings = ({**old.settings, "requests": old.requests + 1,
+                     "prototypes": [*old.settings["prototypes"], k]} if old is not None else
+                    {"requests": 1, "rank": self.rank, "alpha": self.alpha, "prototypes": [k],
+                     "targets": _targets(base, self.targets), "window": window})
+        system = O3System(base, settings)
+        if old is not None:
+            system.parts.load_state_dict(old.parts.state_dict(), strict=False)
+        self._fit_detector(system, feats, ctx)
+        self._init_adapter(system)
+        return system
+
+    def _fit_detector(self, system: O3System, feats: torch.Tensor, ctx: Context) -> None:
+        from sklearn.cluster import KMeans
+
+        det = system.parts[f"detector_{system.requests - 1}"]
+        k = det.prototypes.shape[0]
+        gen = torch.Generator().manual_seed(self.seed)
+        held = torch.rand(len(feats), generator=gen) < 0.25
+        fit_on = feats[~held] if held.any() and (~held).sum() >= k else feats
+        flat = torch.nn.functional.normalize(fit_on, dim=-1).flatten(1).numpy()
+        km = KMeans(n_clusters=min(k, len(flat)), n_init=4, random_state=self.seed).fit(flat)
+        centres = torch.as_tensor(km.cluster_centers_, dtype=torch.float32).view(-1, *feats.shape[1:])
+        negatives = ctx.items["general"] + ctx.items.get("retain", [])[:256]
+        neg = prompt_features(system.base, negatives, ctx.pad_id, system.layers(), system.window)
+        with torch.no_grad():
+            det.prototypes.zero_()
+            det.prototypes[:len(centres)] = centres
+            if len(centres) < k:  # fewer clusters than slots: repeat the first centre
+                det.prototypes[len(centres):] = centres[0]
+            pos_scores = det.score(feats[held] if held.any() else feats)
+            high = float(torch.quantile(pos_scores, self.open_quantile))
+            low = float(det.score(neg).max()) if len(neg) else high - 0.1
+            det.bounds.copy_(torch.tensor([min(low, high - 1e-3), high]))
+
+    def _init_adapter(self, system: O3System) -> None:
+        gen = torch.Generator().manual_seed(self.seed + system.requests)
+        new = system.parts[f"adapters_{system.requests - 1}"]
+        for key, a in new.items():
+            earlier = [system.parts[f"adapters_{r}"][key].A.detach() for r in range(system.requests - 1)]
+            if earlier:
+                stacked = torch.cat(earlier).T  # [d_in, k]
+                if stacked.shape[1] + a.A.shape[0] > stacked.shape[0]:
+                    raise ObliviateError(
+                        f"o3: {key} has {stacked.shape[0]} input dimensions, too few for another "
+                        f"rank-{a.A.shape[0]} adapter orthogonal to {len(earlier)} earlier ones")
+                a.basis = torch.linalg.qr(stacked).Q
+            with torch.no_grad():
+                a.A.normal_(0.0, 1.0 / math.sqrt(a.A.shape[1]), generator=gen)
+        for name, p in system.parts.named_parameters():
+            p.requires_grad_(name.startswith(f"adapters_{system.requests - 1}."))
+
+    def loss(self, model, batches, ctx: Context):
+        f = batches["forget"]
+        ref = ctx.cached("seq_nll:forget").to(f["index"].device)[f["index"]]
+        forget = npo(batch_seq_nll(_Adapted(model), f), ref, self.beta, ctx.world_size)
+        return forget, {"npo": float(forget.detach())}
+
+    def finish(self, model, ctx: Context) -> None:
+        system = getattr(model, "module", model)
+        for a in system.parts[f"adapters_{system.requests - 1}"].values():
+            a.bake()
+
+
+class _Adapted:
+    """A callable model view: the system with only the newest adapter, fully on."""
+
+    def __init__(self, model) -> None:
+        self.model = model
+
+    def __call__(self, **kw):
+        return self.model(**kw, part="adapter")

@@ -1,0 +1,365 @@
+"""Unlearned systems: a frozen base model plus components that change its outputs at inference.
+
+Methods that leave the weights alone (ULD's assistant, ECO's prompt classifier and embedding
+corruption, SPUL's soft prompt, O3's detector and gated adapters) produce a `System`: an
+nn.Module with the causal-LM forward interface (`system(input_ids=, attention_mask=).logits`)
+and a cached, batched greedy `generate`, so the engine, the audits and the ledger use it as
+they use a model. A system is saved as one folder:
+
+    obliviate.json            provenance, with "system": kind, settings, components, threat
+    base/                     the base model folder (hard links to the input's files if possible)
+    components.safetensors    every trained tensor of the components
+
+Gated kinds (ECO, O3) decide from the *prompt*. Teacher-forced scoring passes the prompt's
+extent (`prompt_mask`, the positions that carry no answer label) so a question is judged the
+same way whether it is scored or answered; without it every attended position is prompt.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import hashlib
+import inspect
+import os
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+
+from .data.files import read_json
+from .errors import ObliviateError
+from .io import atomic_dir, check_output, write_json_atomic
+from .registry import Registry
+
+SYSTEMS: Registry[type] = Registry("system kind")
+COMPONENTS = "components.safetensors"
+BASE = "base"
+IGNORE = -100
+
+
+@dataclass
+class SystemOutput:
+    """What a system's forward returns: the causal-LM interface's logits [batch, seq, vocab]."""
+
+    logits: torch.Tensor
+
+
+def positions(mask: torch.Tensor) -> torch.Tensor:
+    """Position ids of a (left- or right-) padded batch: real tokens count from 0, as
+    transformers' generate numbers them [batch, seq]."""
+    pos = mask.long().cumsum(-1) - 1
+    return pos.clamp(min=0)
+
+
+@functools.cache
+def _cache_kwarg(cls: type) -> str:
+    """The name a model class takes its KV cache by: `cache` from transformers 5.x,
+    `past_key_values` before."""
+    return "cache" if "cache" in inspect.signature(cls.forward).parameters else "past_key_values"
+
+
+def output_cache(out) -> Any:
+    """The KV cache a causal-LM call returned (named `cache` from transformers 5.x)."""
+    return out.cache if hasattr(out, "cache") else out.past_key_values
+
+
+def lm_step(model, mask: torch.Tensor, ids: torch.Tensor | None = None,
+            embeds: torch.Tensor | None = None, cache: Any = None,
+            pos: torch.Tensor | None = None, use_cache: bool = False):
+    """One causal-LM call on token ids or input embeddings: (logits, cache)."""
+    name = _cache_kwarg(type(model))
+    out = model(input_ids=ids, inputs_embeds=embeds, attention_mask=mask, position_ids=pos,
+                use_cache=use_cache, **{name: cache})
+    return out.logits, (output_cache(out) if use_cache else None)
+
+
+class System(torch.nn.Module):
+    """A frozen base model and trainable `parts` (an nn.ModuleDict). Subclasses set `kind` and
+    `threat` (the access that breaks its forgetting: an attacker with it recovers the
+    knowledge), build their parts from `settings` (a JSON-able dict, so a saved system rebuilds
+    the same shapes), and implement `prefill` (logits over the whole input, plus the state
+    decoding continues from) and, where decoding differs from the base's, `decode`."""
+
+    kind: ClassVar[str] = ""
+    threat: ClassVar[str] = ""
+
+    def __init__(self, base, settings: dict[str, Any]) -> None:
+        super().__init__()
+        self.base = base
+        self.settings = dict(settings)
+        for p in base.parameters():
+            p.requires_grad_(False)
+        self.parts = torch.nn.ModuleDict()
+
+    # --- the model interface the rest of the package reads
+    @property
+    def config(self):
+        return self.base.config
+
+    @property
+    def generation_config(self):
+        return self.base.generation_config
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.base.parameters()).device
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                prompt_mask: torch.Tensor | None = None, part: str | None = None,
+                **_: Any) -> SystemOutput:
+        """Logits of the whole system; `part` names one piece alone, for a method's training
+        loss (called through forward so data-parallel wrappers see the call)."""
+        mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
+        logits, _ = self.prefill(input_ids, mask, prompt_mask, use_cache=False, part=part)
+        return SystemOutput(logits=logits)
+
+    # --- what a kind implements
+    def prefill(self, ids: torch.Tensor, mask: torch.Tensor, prompt_mask: torch.Tensor | None,
+                use_cache: bool, part: str | None = None) -> tuple[torch.Tensor, Any]:
+        raise NotImplementedError
+
+    def decode(self, ids: torch.Tensor, state: dict[str, Any]) -> tuple[torch.Tensor, Any]:
+        """Logits for one new token per row [batch, 1, vocab], from the base's cache."""
+        mask = torch.cat([state["mask"], torch.ones_like(ids)], dim=1)
+        pos = state["pos"] + 1
+        logits, cache = lm_step(self.base, mask, ids=ids, cache=state["cache"], pos=pos,
+                                use_cache=True)
+        return logits, {**state, "mask": mask, "pos": pos, "cache": cache}
+
+    @torch.no_grad()
+    def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                 max_new_tokens: int = 48, eos_token_id: int | None = None,
+                 pad_token_id: int | None = None, **_: Any) -> torch.Tensor:
+        """Greedy decoding with a KV cache, batched over left-padded prompts; returns the
+        prompts followed by the new tokens (finished rows continue with padding)."""
+        mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
+        pad = pad_token_id if pad_token_id is not None else (eos_token_id or 0)
+        logits, state = self.prefill(input_ids, mask, None, use_cache=True)
+        out, done = input_ids, torch.zeros(len(input_ids), dtype=torch.bool, device=input_ids.device)
+        for step in range(max_new_tokens):
+            nxt = logits[:, -1, :].argmax(-1)
+            nxt = torch.where(done, torch.full_like(nxt, pad), nxt)
+            out = torch.cat([out, nxt[:, None]], dim=1)
+            if eos_token_id is not None:
+                done |= nxt == eos_token_id
+            if bool(done.all()) or step + 1 == max_new_tokens:
+                break
+            logits, state = self.decode(nxt[:, None], state)
+        return out
+
+    def base_state(self, mask: torch.Tensor, cache: Any) -> dict[str, Any]:
+        """The decoding state of a single-model kind after its prefill."""
+        return {"mask": mask, "pos": positions(mask)[:, -1:], "cache": cache}
+
+    def describe(self) -> dict[str, Any]:
+        """The manifest's entry: kind, settings, threat model and component shapes."""
+        return {"kind": self.kind, "settings": self.settings, "threat": self.threat,
+                "components": {k: list(v.shape) for k, v in self.parts.state_dict().items()}}
+
+
+def prompt_positions(mask: torch.Tensor, prompt_mask: torch.Tensor | None) -> torch.Tensor:
+    """[batch, seq] float weights of the prompt's positions; a row with no prompt position
+    (a plain-text item, all labelled) falls back to all its attended positions."""
+    m = mask.bool() if prompt_mask is None else (prompt_mask.bool() & mask.bool())
+    empty = ~m.any(-1, keepdim=True)
+    return torch.where(empty, mask.bool(), m).float()
+
+
+def pool(hidden: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Mean of hidden states [batch, seq, d] over weighted positions [batch, seq] -> [batch, d]."""
+    return (hidden * weights[..., None]).sum(1) / weights.sum(1, keepdim=True).clamp(min=1)
+
+
+def question_batch(ids: torch.Tensor, mask: torch.Tensor, prompt_mask: torch.Tensor | None,
+                   window: int, bos: int | None, pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each row's last `window` prompt tokens as a sequence of its own (BOS first, left-padded):
+    what a gate judges. Cut from its context and renumbered from position 0, a question reads
+    the same after demonstrations, reminders or padding as it does alone."""
+    pm = prompt_positions(mask, prompt_mask).bool()
+    rows = []
+    for row, keep in zip(ids.tolist(), pm.tolist(), strict=True):
+        toks = [t for t, k in zip(row, keep, strict=True) if k]
+        if toks and bos is not None and toks[0] == bos:
+            toks = toks[1:]
+        toks = toks[-window:] if window > 0 else toks
+        rows.append(([bos] if bos is not None else []) + toks)
+    width = max(1, max(len(r) for r in rows))
+    out = torch.full((len(rows), width), pad, dtype=ids.dtype)
+    m = torch.zeros((len(rows), width), dtype=mask.dtype)
+    for i, r in enumerate(rows):
+        if r:
+            out[i, width - len(r):] = torch.tensor(r, dtype=ids.dtype)
+            m[i, width - len(r):] = 1
+    return out.to(ids.device), m.to(ids.device)
+
+
+def question_features(base, ids: torch.Tensor, mask: torch.Tensor, prompt_mask: torch.Tensor | None,
+                      layers: list[int], window: int) -> torch.Tensor:
+    """Pooled hidden states of each row's question alone (question_batch) at `layers`
+    (hidden_states indices): float32 [batch, len(layers), d]."""
+    cfg = base.config
+    pad = cfg.pad_token_id if cfg.pad_token_id is not None else 0
+    q, qm = question_batch(ids, mask, prompt_mask, window, cfg.bos_token_id, pad)
+    hs = base(input_ids=q, attention_mask=qm, position_ids=positions(qm),
+              output_hidden_states=True).hidden_states
+    w = qm.float()
+    return torch.stack([pool(hs[i], w) for i in layers], 1).float()
+
+
+def prompt_features(base, items, pad_id: int, layers: list[int], window: int = 0,
+                    batch_size: int = 32) -> torch.Tensor:
+    """question_features of encoded items (their unlabelled positions are the prompt), on CPU
+    [n, len(layers), d]: how a gate's detector or classifier is fit."""
+    from .encoding import collate
+
+    device = next(base.parameters()).device
+    rows = []
+    with torch.no_grad():
+        for s in range(0, len(items), batch_size):
+            b = {k: v.to(device) for k, v in collate(items[s:s + batch_size], pad_id).items()}
+            pm = prompt_mask_of(b["labels"], b["attention_mask"])
+            rows.append(question_features(base, b["input_ids"], b["attention_mask"], pm, layers,
+                                          window).cpu())
+    return torch.cat(rows) if rows else torch.zeros(0, len(layers), base.config.hidden_size)
+
+
+def prompt_window(items) -> int:
+    """The longest prompt of encoded items, in tokens: the pooling window of a gated system."""
+    return max((sum(1 for label in it.labels if label == IGNORE) for it in items), default=0)
+
+
+def prompt_mask_of(labels: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The positions of a teacher-forced batch that carry no answer label."""
+    return (labels == IGNORE) & mask.bool()
+
+
+def forward_kwargs(model, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """What a scoring call passes besides ids and mask: a system needs the prompt's extent."""
+    if isinstance(model, System) and "labels" in batch:
+        return {"prompt_mask": prompt_mask_of(batch["labels"], batch["attention_mask"])}
+    return {}
+
+
+# ------------------------------------------------------------------------- folders
+def manifest(folder: str | Path) -> dict[str, Any] | None:
+    """The "system" entry of a folder's obliviate.json, or None for a model folder."""
+    path = Path(folder) / "obliviate.json"
+    if not Path(folder).is_dir() or not path.is_file():
+        return None
+    prov = read_json(path)
+    entry = prov.get("system") if isinstance(prov, dict) else None
+    if entry is None:
+        return None
+    if not isinstance(entry, dict) or not isinstance(entry.get("kind"), str):
+        raise ObliviateError(f"{path}: 'system' must be an object naming its kind")
+    return entry
+
+
+def is_system(source: str | Path) -> bool:
+    return manifest(source) is not None
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        while block := fh.read(1 << 20):
+            h.update(block)
+    return h.hexdigest()
+
+
+def load_system(folder: str | Path, trust_remote_code: bool = False, dtype: str = "float32"):
+    """(system, tokenizer) from a system folder: the base loads as any model folder, the
+    components from safetensors after their checksum is verified."""
+    from safetensors.torch import load_model as load_parts
+
+    from .models import load_model
+
+    folder = Path(folder)
+    entry = manifest(folder)
+    if entry is None:
+        raise ObliviateError(f"{folder} is not an unlearned system (no 'system' in obliviate.json)")
+    cls = SYSTEMS.get(entry["kind"])
+    comp = folder / COMPONENTS
+    if not comp.is_file():
+        raise ObliviateError(f"could not load system {folder}: {COMPONENTS} is missing")
+    if entry.get("sha256") and _sha256(comp) != entry["sha256"]:
+        raise ObliviateError(f"could not load system {folder}: {COMPONENTS} does not match the "
+                             "checksum in obliviate.json (damaged or edited)")
+    base, tok = load_model(folder / BASE, trust_remote_code=trust_remote_code, dtype=dtype)
+    system = cls(base, entry.get("settings", {}))
+    try:  # safetensors' module loader restores tied tensors (an assistant's head) as tied
+        load_parts(system.parts, str(comp), strict=True)
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[0]
+        raise ObliviateError(f"could not load system {folder}: the components do not fit the "
+                             f"settings in obliviate.json ({first})") from None
+    system.eval()
+    return system, tok
+
+
+def load_any(source: str | Path, trust_remote_code: bool = False, dtype: str = "float32"):
+    """(model or system, tokenizer): what `eval`, `audit` and the ledger read."""
+    from .models import load_model
+
+    if is_system(source):
+        return load_system(source, trust_remote_code=trust_remote_code, dtype=dtype)
+    return load_model(source, trust_remote_code=trust_remote_code, dtype=dtype)
+
+
+def base_folder(source: str | Path) -> Path | None:
+    """The folder holding a source's base weights: a system's base/, a model folder itself,
+    None for hub ids and GGUF files (their base is written out with save_pretrained)."""
+    src = Path(source)
+    if is_system(src):
+        return src / BASE
+    return src if (src / "config.json").is_file() else None
+
+
+def _link_or_copy(src: str, dst: str) -> None:
+    try:
+        os.link(src, dst)  # the base is never written to, so sharing its files is safe
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def save_system(system: System, tok, out: str | Path, provenance: dict[str, Any],
+                source: str | Path, inputs: tuple[str | Path, ...] = ()) -> Path:
+    """Write a system folder atomically: base (linked from `source` where possible),
+    components (safetensors) and the manifest in obliviate.json."""
+    from safetensors.torch import save_model as save_parts
+
+    out = Path(out)
+    check_output(out, {"model": [str(s) for s in inputs]}, kind="dir")
+    base_src = base_folder(source)
+    with atomic_dir(out) as tmp:
+        if base_src is not None:
+            shutil.copytree(base_src, tmp / BASE, copy_function=_link_or_copy)
+        else:
+            system.base.save_pretrained(tmp / BASE, safe_serialization=True)
+            tok.save_pretrained(tmp / BASE)
+        save_parts(system.parts, str(tmp / COMPONENTS), metadata={"kind": system.kind})
+        entry = {**system.describe(), "base": BASE, "file": COMPONENTS,
+                 "sha256": _sha256(tmp / COMPONENTS)}
+        write_json_atomic(tmp / "obliviate.json", {**provenance, "system": entry})
+    return out
+
+
+@contextlib.contextmanager
+def frozen_base(system: System) -> Iterator[None]:
+    """The base in eval mode while parts train (no dropout in the frozen half)."""
+    was = system.base.training
+    system.base.eval()
+    try:
+        yield
+    finally:
+        system.base.train(was)
+
+
+__all__ = ["SYSTEMS", "System", "base_folder", "forward_kwargs", "is_system", "load_any",
+           "load_system", "lm_step", "manifest", "output_cache", "pool", "positions",
+           "prompt_features", "prompt_mask_of", "prompt_positions", "prompt_window",
+           "question_batch", "question_features", "save_system"]
