@@ -62,6 +62,13 @@ def _cache_kwarg(cls: type) -> str:
     return "cache" if "cache" in inspect.signature(cls.forward).parameters else "past_key_values"
 
 
+def scoring_positions(mask: torch.Tensor) -> torch.Tensor | None:
+    """Position ids for a call without a cache: None (the model's own 0, 1, 2, ...) unless a
+    row is left-padded, so a right-padded batch gets the base's logits bit for bit, padding
+    included, and a left-padded one the positions generation uses."""
+    return positions(mask) if bool((mask[:, 0] == 0).any()) else None
+
+
 def output_cache(out) -> Any:
     """The KV cache a causal-LM call returned (named `cache` from transformers 5.x)."""
     return out.cache if hasattr(out, "cache") else out.past_key_values
@@ -360,6 +367,6 @@ def frozen_base(system: System) -> Iterator[None]:
 
 
 __all__ = ["SYSTEMS", "System", "base_folder", "forward_kwargs", "is_system", "load_any",
-           "load_system", "lm_step", "manifest", "output_cache", "pool", "positions",
+           "load_system", "lm_step", "manifest", "output_cache", "pool", "positions", "scoring_positions",
            "prompt_features", "prompt_mask_of", "prompt_positions", "prompt_window",
            "question_batch", "question_features", "save_system"]

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ObliviateError
+from ..systems import BASE, is_system
 from .hashing import KEYED, Hasher, create_key, read_key
 from .paths import (
     KEY_FILE,
@@ -55,16 +56,20 @@ def file_sha256(path: Path, chunk: int = 1 << 22) -> str:
 
 
 def weights_sha256(model: Path) -> str:
-    """SHA-256 over a model's weight files (name and content, in name order): a folder's
-    safetensors (or GGUF) files, or one .gguf file."""
+    """SHA-256 over a model's weight files (relative name and content, in name order): a
+    folder's safetensors (or GGUF) files, or one .gguf file; for an unlearned system, its
+    components and its base's weights."""
     model = Path(model)
     files = ([model] if model.is_file() else
              sorted(model.glob("*.safetensors")) or sorted(model.glob("*.gguf")))
+    if model.is_dir() and (model / BASE / "config.json").is_file() and is_system(model):
+        files += sorted((model / BASE).glob("*.safetensors"))
     if not files:
         raise ObliviateError(f"{model}: no *.safetensors or *.gguf weights")
     h = hashlib.sha256()
     for f in files:
-        h.update(f.name.encode() + b"\0" + file_sha256(f).encode())
+        name = f.name if f.parent == model or model.is_file() else f.relative_to(model).as_posix()
+        h.update(name.encode() + b"\0" + file_sha256(f).encode())
     return h.hexdigest()
 
 

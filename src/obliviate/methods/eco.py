@@ -20,6 +20,7 @@ from ..systems import (
     prompt_positions,
     prompt_window,
     question_features,
+    scoring_positions,
 )
 from .base import METHODS, Context, mean_answer_prob
 from .objectives import zo_step
@@ -70,7 +71,7 @@ class ECOSystem(System):
 
     def prefill(self, ids, mask, prompt_mask, use_cache, part: str | None = None):
         pm = prompt_positions(mask, prompt_mask)
-        pos = positions(mask)
+        pos = positions(mask) if use_cache else scoring_positions(mask)
         if self.force is not None:
             strength = torch.full((len(ids),), self.force, device=ids.device)
         else:
@@ -81,7 +82,7 @@ class ECOSystem(System):
             return logits, self.base_state(mask, cache)
         embeds = self.base.get_input_embeddings()(ids)
         rms = embeds.float().pow(2).mean(-1, keepdim=True).sqrt()
-        noise = self.noise[pos % NOISE_POSITIONS].to(embeds.device)
+        noise = self.noise[positions(mask) % NOISE_POSITIONS].to(embeds.device)
         scale = (strength[:, None, None] * pm[..., None]).to(embeds.dtype)
         embeds = embeds + scale * (rms * noise).to(embeds.dtype)
         logits, cache = lm_step(self.base, mask, embeds=embeds, pos=pos, use_cache=use_cache)
@@ -99,7 +100,7 @@ def youden_threshold(pos: np.ndarray, neg: np.ndarray) -> tuple[float, float, fl
     best = (1.0, 0.0, 0.0)
     for t in sorted(set(pos.tolist()) | set(neg.tolist()), reverse=True):
         tpr, fpr = float((pos >= t).mean()), float((neg >= t).mean()) if len(neg) else 0.0
-        if tpr - fpr > best[1] - best[2]:
+        if tpr - fpr > best[1] - best[2] + 1e-12:  # a tie keeps the higher threshold
             best = (float(t), tpr, fpr)
     return best
 

@@ -19,6 +19,7 @@ from ..systems import (
     prompt_features,
     prompt_window,
     question_features,
+    scoring_positions,
 )
 from .base import METHODS, Context, batch_seq_nll
 from .objectives import npo
@@ -128,7 +129,7 @@ class O3System(System):
         return add
 
     def prefill(self, ids, mask, prompt_mask, use_cache, part: str | None = None):
-        pos = positions(mask)
+        pos = positions(mask) if use_cache else scoring_positions(mask)
         if part == "adapter":  # training: the newest request's adapter fully on, the rest off
             gates = torch.zeros(len(ids), self.requests, device=ids.device)
             gates[:, -1] = 1.0

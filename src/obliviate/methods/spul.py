@@ -35,6 +35,7 @@ class SoftPromptSystem(System):
         embeds = torch.cat([soft.unsqueeze(0).expand(len(ids), -1, -1).to(self.device),
                             self.base.get_input_embeddings()(ids)], dim=1)
         full = torch.cat([torch.ones(len(ids), n, dtype=mask.dtype, device=mask.device), mask], 1)
+        # the soft tokens open every row, so padding after them needs explicit positions
         logits, cache = lm_step(self.base, full, embeds=embeds, pos=positions(full),
                                 use_cache=use_cache)
         return logits[:, n:], self.base_state(full, cache)
@@ -50,7 +51,7 @@ class SPUL:
     no copy is needed). The prompt starts from the embeddings of randomly drawn vocabulary
     tokens."""
 
-    tokens: int = 8
+    tokens: int = 32
     alpha: float = 1.0  # retain NLL weight
     gamma: float = 1.0  # retain KL weight
     seed: int = 0
@@ -59,7 +60,7 @@ class SPUL:
                                   "query make the frozen model forget (weights untouched)")
     needs: ClassVar[tuple[str, ...]] = ("forget", "retain", "refusal")
     paper: ClassVar[str] = "Bhaila et al. 2024, Soft Prompting for Unlearning in Large Language Models"
-    default_lr: ClassVar[float] = 1e-2
+    default_lr: ClassVar[float] = 0.1
     system: ClassVar[str] = "spul"
 
     def __post_init__(self) -> None:

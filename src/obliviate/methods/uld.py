@@ -9,7 +9,7 @@ from typing import Any, ClassVar
 import torch
 
 from ..errors import ObliviateError
-from ..systems import SYSTEMS, System, lm_step, positions
+from ..systems import SYSTEMS, System, lm_step, positions, scoring_positions
 from .base import METHODS, Context, label_mask
 from .objectives import mean_nll, uniform_kl
 
@@ -49,7 +49,7 @@ class ULDSystem(System):
         self.weight = float(settings["weight"])
 
     def prefill(self, ids, mask, prompt_mask, use_cache, part: str | None = None):
-        pos = positions(mask)
+        pos = positions(mask) if use_cache else scoring_positions(mask)
         if part == "assistant":
             return lm_step(self.parts["assistant"], mask, ids=ids, pos=pos)[0], None
         logits, cache = lm_step(self.base, mask, ids=ids, pos=pos, use_cache=use_cache)
@@ -87,7 +87,7 @@ class ULD:
     needs: ClassVar[tuple[str, ...]] = ("forget", "retain")
     paper: ClassVar[str] = ("Ji et al. 2024, Reversing the Forget-Retain Objectives: An Efficient "
                             "LLM Unlearning Framework from Logit Difference")
-    default_lr: ClassVar[float] = 1e-3
+    default_lr: ClassVar[float] = 3e-2
     system: ClassVar[str] = "uld"
 
     def __post_init__(self) -> None:

@@ -1,0 +1,395 @@
+"""Unlearned systems (ULD, ECO, SPUL, O3): each kind's inference rule on hand-made cases, cached
+generation against a step-by-step reference, save / load, and the runs that train them."""
+
+import hashlib
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import obliviate as ob
+from obliviate.errors import ObliviateError
+from obliviate.methods.eco import Classifiers, ECOSystem, youden_threshold
+from obliviate.methods.o3 import Adapter, Detector, O3System
+from obliviate.methods.objectives import uniform_kl, zo_step
+from obliviate.methods.spul import SoftPromptSystem
+from obliviate.methods.uld import ULDSystem
+from obliviate.models import TinyModelConfig, build_tiny_model, save_model, train_tokenizer
+from obliviate.systems import (
+    SYSTEMS,
+    is_system,
+    load_any,
+    load_system,
+    question_batch,
+    save_system,
+)
+from obliviate.train import OptimConfig
+
+TEXTS = ["Who wrote the book about the river?", "The river flows to the sea.",
+         "Where was Ada Lovelace born?", "She was born in London."] * 5
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """A randomly initialised 2-layer Llama with a real tokenizer, saved as a model folder."""
+    tok = train_tokenizer(TEXTS, vocab_size=300)
+    model = build_tiny_model(tok, TinyModelConfig(layers=2, hidden=32, heads=2, intermediate=64), seed=3)
+    folder = tmp_path_factory.mktemp("tiny") / "base"
+    save_model(model, tok, folder, {"produced_by": "test"})
+    return folder
+
+
+def _base(tiny):
+    model, tok = ob.models.load_model(tiny)
+    return model.eval(), tok
+
+
+def _batch(tok, texts, left=False):
+    """ids, mask [batch, seq] of `texts` with BOS, padded right (scoring) or left (generation)."""
+    rows = [[tok.bos_token_id] + tok.encode(t, add_special_tokens=False) for t in texts]
+    width = max(map(len, rows))
+    ids = torch.full((len(rows), width), tok.pad_token_id)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        sl = slice(width - len(r), width) if left else slice(0, len(r))
+        ids[i, sl], mask[i, sl] = torch.tensor(r), 1
+    return ids, mask
+
+
+def _randomise(module, seed=0, scale=0.5):
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen) * scale)
+
+
+# ---------------------------------------------------------------------------- ULD
+def test_uld_logits_are_target_minus_weight_times_assistant(tiny):
+    """A flat assistant (final norm 0: every logit exactly 0) leaves the base's logits bit for
+    bit; a non-flat one is subtracted with its weight: base(x) - 0.5 * assistant(x), each
+    computed by calling the two models directly."""
+    base, tok = _base(tiny)
+    system = ULDSystem(base, {"layers": 1, "weight": 0.5}).eval()
+    assistant = system.parts["assistant"]
+    ids, mask = _batch(tok, TEXTS[:3])
+    with torch.no_grad():
+        torch.nn.init.zeros_(assistant.model.norm.weight)
+        assert torch.equal(system(input_ids=ids, attention_mask=mask).logits,
+                           base(input_ids=ids, attention_mask=mask).logits)
+        torch.nn.init.constant_(assistant.model.norm.weight, 2.0)
+        want = (base(input_ids=ids, attention_mask=mask).logits
+                - 0.5 * assistant(input_ids=ids, attention_mask=mask).logits)
+        got = system(input_ids=ids, attention_mask=mask).logits
+    assert not torch.allclose(got, base(input_ids=ids, attention_mask=mask).logits)
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
+    # the assistant is the base's first layer: its weights start as the base's
+    assert torch.equal(assistant.model.layers[0].mlp.down_proj.weight, base.model.layers[0].mlp.down_proj.weight)
+    assert len(assistant.model.layers) == 1
+
+
+def test_uniform_kl_is_zero_at_uniform_and_log_v_minus_entropy_otherwise():
+    """Flat logits: 0. p = softmax([0, ln 3]) = (1/4, 3/4): KL(U || p) = -ln 2 - (ln 1/4 + ln 3/4) / 2
+    = -ln 2 + ln 4 - (ln 3) / 2 = ln 2 - (ln 3) / 2 = 0.1438."""
+    flat = torch.zeros(3, 5)
+    assert float(uniform_kl(flat)) == pytest.approx(0.0, abs=1e-7)
+    logits = torch.tensor([[0.0, math.log(3.0)]])
+    assert float(uniform_kl(logits)) == pytest.approx(math.log(2) - 0.5 * math.log(3), abs=1e-6)
+
+
+# ---------------------------------------------------------------------------- ECO
+def _eco(base, requests=1, seed=0):
+    return ECOSystem(base, {"requests": requests, "layer": 1, "seed": seed, "window": 0}).eval()
+
+
+def test_eco_unflagged_prompts_are_bit_identical_and_flagged_ones_corrupted(tiny):
+    base, tok = _base(tiny)
+    system = _eco(base)
+    clf = system.parts["classifiers"]
+    ids, mask = _batch(tok, TEXTS[:4])
+    plain = base(input_ids=ids, attention_mask=mask).logits
+    with torch.no_grad():
+        clf.scale.fill_(1.0)
+        clf.threshold.fill_(0.5)
+        clf.sigma.fill_(2.0)
+        clf.bias.fill_(-10.0)  # p = sigmoid(-10) < 0.5: nothing flagged
+        assert torch.equal(system(input_ids=ids, attention_mask=mask).logits, plain)
+        clf.bias.fill_(10.0)  # everything flagged
+        corrupted = system(input_ids=ids, attention_mask=mask).logits
+    for row in range(4):
+        assert not torch.allclose(corrupted[row], plain[row], atol=1e-3)
+
+
+def test_eco_mixed_batch_leaves_unflagged_rows_exact(tiny):
+    """A classifier along the difference of two prompts' features flags one and not the other;
+    in the same batch, the unflagged row's logits are exactly the base's."""
+    from obliviate.systems import question_features
+
+    base, tok = _base(tiny)
+    system = _eco(base)
+    ids, mask = _batch(tok, TEXTS[:2])
+    with torch.no_grad():
+        f = question_features(base, ids, mask, None, [1], 0)[:, 0]
+        clf = system.parts["classifiers"]
+        clf.mean[0] = (f[0] + f[1]) / 2
+        clf.scale.fill_(1.0)
+        clf.weight[0] = 50 * (f[0] - f[1]) / (f[0] - f[1]).norm() ** 2
+        clf.threshold.fill_(0.5)
+        clf.sigma.fill_(1.0)
+        assert clf.strength(f).tolist() == [1.0, 0.0]
+        got = system(input_ids=ids, attention_mask=mask).logits
+        plain = base(input_ids=ids, attention_mask=mask).logits
+    assert torch.equal(got[1], plain[1])
+    assert not torch.allclose(got[0], plain[0], atol=1e-3)
+
+
+def test_eco_classifier_strength_by_hand():
+    """Two requests, d = 2, standardisation off. x = (1, 0): request 0 gives sigmoid(1) = 0.73
+    >= 0.5 (flagged, sigma 2), request 1 sigmoid(-1) = 0.27 (not). x = (-1, 0): only request 1
+    (sigma 3). x = (0, 0): sigmoid(0) = 0.5 >= 0.5 for both: the larger sigma, 3."""
+    c = Classifiers(2, 2)
+    with torch.no_grad():
+        c.weight.copy_(torch.tensor([[1.0, 0.0], [-1.0, 0.0]]))
+        c.scale.fill_(1.0)
+        c.threshold.fill_(0.5)
+        c.sigma.copy_(torch.tensor([2.0, 3.0]))
+    x = torch.tensor([[1.0, 0.0], [-1.0, 0.0], [0.0, 0.0]])
+    assert c.strength(x).tolist() == [2.0, 3.0, 3.0]
+
+
+def test_youden_threshold_by_hand():
+    """pos (0.9, 0.8, 0.3), neg (0.1, 0.4, 0.85). J = TPR - FPR at each threshold: 0.9 -> 1/3 - 0;
+    0.85 -> 0; 0.8 -> 2/3 - 1/3 = 1/3; 0.4 -> 0; 0.3 -> 1 - 2/3 = 1/3; 0.1 -> 0. Ties keep the
+    highest threshold: 0.9, TPR 1/3, FPR 0."""
+    t, tpr, fpr = youden_threshold(np.array([0.9, 0.8, 0.3]), np.array([0.1, 0.4, 0.85]))
+    assert (t, tpr, fpr) == (0.9, pytest.approx(1 / 3), 0.0)
+
+
+def test_zeroth_order_step_reduces_a_quadratic():
+    """f(x) = (x - 3)^2 from x = 0, mu = 0.1: g = (f(0.1) - f(-0.1)) / 0.2 = (8.41 - 9.61) / 0.2
+    = -6 (the true derivative, exact for a quadratic); lr 0.25 moves x to 1.5, f from 9 to 2.25."""
+    f = lambda x: (x - 3.0) ** 2  # noqa: E731
+    x, g = zo_step(f, 0.0, mu=0.1, lr=0.25, lower=-math.inf)
+    assert g == pytest.approx(-6.0) and x == pytest.approx(1.5) and f(x) == pytest.approx(2.25)
+    # at the lower bound the difference is one-sided: from x = 0 with lower 0, (f(0.1) - f(0)) / 0.1
+    x, g = zo_step(f, 0.0, mu=0.1, lr=0.25, lower=0.0)
+    assert g == pytest.approx((8.41 - 9.0) / 0.1) and x == pytest.approx(0.25 * 5.9)
+
+
+# ---------------------------------------------------------------------------- SPUL
+def test_spul_prepends_its_tokens_to_every_input(tiny):
+    """The system's logits are the base's on [soft prompt; token embeddings], with the soft
+    positions cut off, for right- and left-padded batches alike."""
+    base, tok = _base(tiny)
+    system = SoftPromptSystem(base, {"tokens": 3}).eval()
+    _randomise(system.parts["prompt"], seed=1)
+    ids, mask = _batch(tok, TEXTS[:3])
+    soft = system.parts["prompt"].weight
+    embeds = torch.cat([soft.unsqueeze(0).expand(3, -1, -1), base.get_input_embeddings()(ids)], 1)
+    full = torch.cat([torch.ones(3, 3, dtype=mask.dtype), mask], 1)
+    with torch.no_grad():
+        want = base(inputs_embeds=embeds, attention_mask=full).logits[:, 3:]
+        got = system(input_ids=ids, attention_mask=mask).logits
+    for row in range(3):
+        n = int(mask[row].sum())
+        torch.testing.assert_close(got[row, :n], want[row, :n], rtol=0, atol=1e-5)
+
+
+# ---------------------------------------------------------------------------- O3
+def _o3(base, requests=1, bounds=(-2.0, -1.0)):
+    targets = [n for n, m in base.named_modules() if n.endswith("mlp.down_proj")]
+    system = O3System(base, {"requests": requests, "rank": 2, "alpha": 4.0, "prototypes": [2] * requests,
+                             "targets": targets, "window": 0}).eval()
+    _randomise(system.parts, seed=2)
+    with torch.no_grad():
+        for r in range(requests):
+            system.parts[f"detector_{r}"].bounds.copy_(torch.tensor(bounds))
+    return system
+
+
+def test_o3_gate_shut_gives_the_base_exactly_and_open_applies_the_adapter(tiny):
+    """Cosine scores lie in [-1, 1]: bounds (2, 3) shut every gate (the base's logits, bit for
+    bit); bounds (-2, -1) open them (the adapters change the logits)."""
+    base, tok = _base(tiny)
+    ids, mask = _batch(tok, TEXTS[:3])
+    plain = base(input_ids=ids, attention_mask=mask).logits
+    with torch.no_grad():
+        assert torch.equal(_o3(base, bounds=(2.0, 3.0))(input_ids=ids, attention_mask=mask).logits, plain)
+        opened = _o3(base, bounds=(-2.0, -1.0))(input_ids=ids, attention_mask=mask).logits
+    assert not torch.allclose(opened, plain, atol=1e-4)
+
+
+def test_o3_detector_gate_ramp_by_hand():
+    """One prototype (1, 0) on one layer; bounds (0.5, 0.9). x = (1, 0): cos 1 -> gate 1;
+    x = (0.7, sqrt(0.51)): cos 0.7 -> (0.7 - 0.5) / 0.4 = 0.5; x = (0, 1): cos 0 -> 0."""
+    d = Detector(1, 1, 2)
+    with torch.no_grad():
+        d.prototypes.copy_(torch.tensor([[[1.0, 0.0]]]))
+        d.bounds.copy_(torch.tensor([0.5, 0.9]))
+    x = torch.tensor([[[1.0, 0.0]], [[0.7, math.sqrt(0.51)]], [[0.0, 1.0]]])
+    torch.testing.assert_close(d.gate(x), torch.tensor([1.0, 0.5, 0.0]))
+
+
+def test_o3_adapter_projection_is_orthogonal_to_earlier_rows():
+    """down() = A - A Q Q^T has no component along the earlier adapters' rows (Q their basis)."""
+    gen = torch.Generator().manual_seed(0)
+    earlier = torch.randn(4, 10, generator=gen)
+    a = Adapter(10, 6, 3)
+    with torch.no_grad():
+        a.A.copy_(torch.randn(3, 10, generator=gen))
+    a.basis = torch.linalg.qr(earlier.T).Q
+    assert float((a.down() @ earlier.T).abs().max()) < 1e-5
+    a.bake()
+    assert a.basis is None and float((a.A @ earlier.T).abs().max()) < 1e-5
+
+
+# ---------------------------------------------------------------------------- every kind
+def _systems(base):
+    uld = ULDSystem(base, {"layers": 1, "weight": 0.7})
+    _randomise(uld.parts, seed=4, scale=0.2)
+    spul = SoftPromptSystem(base, {"tokens": 2})
+    _randomise(spul.parts, seed=5)
+    eco = _eco(base)
+    with torch.no_grad():
+        c = eco.parts["classifiers"]
+        c.scale.fill_(1.0)
+        c.threshold.fill_(0.5)
+        c.sigma.fill_(1.5)
+        c.bias.fill_(5.0)  # flags every prompt
+    return {"uld": uld.eval(), "spul": spul.eval(), "eco": eco, "o3": _o3(base)}
+
+
+def test_every_system_kind_is_covered():
+    assert set(SYSTEMS.names()) == {"uld", "spul", "eco", "o3"}
+
+
+def _reference_greedy(system, ids, mask, steps):
+    """Greedy decoding by full forward passes (no cache); the prompt is what the gates judge
+    and ECO corrupts, the generated tokens are not."""
+    prompt = mask.clone()
+    for _ in range(steps):
+        logits = system(input_ids=ids, attention_mask=mask, prompt_mask=prompt).logits[:, -1]
+        nxt = logits.argmax(-1, keepdim=True)
+        ids, mask = torch.cat([ids, nxt], 1), torch.cat([mask, torch.ones_like(nxt)], 1)
+        prompt = torch.cat([prompt, torch.zeros_like(nxt)], 1)
+    return ids
+
+
+@pytest.mark.parametrize("kind", ["uld", "spul", "eco", "o3"])
+def test_cached_generation_equals_step_by_step_greedy(tiny, kind):
+    """Left-padded prompts of different lengths: the KV-cached decoding gives the tokens that
+    full forward passes give (positions, soft tokens, gates and both ULD caches line up)."""
+    base, tok = _base(tiny)
+    system = _systems(base)[kind]
+    ids, mask = _batch(tok, ["Where was Ada", "The river flows to the", "Who"], left=True)
+    with torch.no_grad():
+        got = system.generate(input_ids=ids, attention_mask=mask, max_new_tokens=6,
+                              eos_token_id=None, pad_token_id=tok.pad_token_id)
+        want = _reference_greedy(system, ids, mask, 6)
+    assert torch.equal(got, want)
+
+
+@pytest.mark.parametrize("kind", ["uld", "spul", "eco", "o3"])
+def test_save_and_load_round_trip_with_identical_logits(tiny, tmp_path, kind):
+    base, tok = _base(tiny)
+    system = _systems(base)[kind]
+    out = save_system(system, tok, tmp_path / "sys", {"produced_by": "test"}, tiny, (tiny,))
+    assert is_system(out) and not is_system(tiny)
+    manifest = json.loads((out / "obliviate.json").read_text())["system"]
+    assert manifest["kind"] == kind and manifest["threat"] and manifest["settings"] == system.settings
+    assert manifest["sha256"] == hashlib.sha256((out / "components.safetensors").read_bytes()).hexdigest()
+    assert set(load_file(str(out / "components.safetensors"))) <= set(system.parts.state_dict())
+    # the base is shared with the input, not copied, where the file system allows it
+    assert (out / "base" / "model.safetensors").stat().st_ino == (tiny / "model.safetensors").stat().st_ino
+    loaded, _ = load_any(out)
+    ids, mask = _batch(tok, TEXTS[:3])
+    with torch.no_grad():
+        assert torch.equal(loaded(input_ids=ids, attention_mask=mask).logits,
+                           system(input_ids=ids, attention_mask=mask).logits)
+
+
+def test_damaged_or_mismatched_components_fail_with_one_line(tiny, tmp_path):
+    base, tok = _base(tiny)
+    out = save_system(_systems(base)["spul"], tok, tmp_path / "sys", {}, tiny, (tiny,))
+    prov = json.loads((out / "obliviate.json").read_text())
+    prov["system"]["settings"]["tokens"] = 5  # the file holds 2
+    prov["system"]["sha256"] = ""
+    (out / "obliviate.json").write_text(json.dumps(prov))
+    with pytest.raises(ObliviateError, match="do not fit the settings"):
+        load_system(out)
+    data = bytearray((out / "components.safetensors").read_bytes())
+    data[-1] ^= 1
+    (out / "components.safetensors").write_bytes(bytes(data))
+    prov["system"]["sha256"] = "0" * 64
+    (out / "obliviate.json").write_text(json.dumps(prov))
+    with pytest.raises(ObliviateError, match="checksum"):
+        load_system(out)
+
+
+def test_a_system_is_refused_where_weights_are_needed(tiny, tmp_path):
+    base, tok = _base(tiny)
+    out = save_system(_systems(base)["uld"], tok, tmp_path / "sys", {}, tiny, (tiny,))
+    with pytest.raises(ObliviateError, match="unlearned system .*its base model is"):
+        ob.models.load_model(out)
+    assert question_batch(torch.tensor([[1, 5, 6, 7]]), torch.ones(1, 4, dtype=torch.long), None,
+                          2, 1, 0)[0].tolist() == [[1, 6, 7]]  # BOS, then the last two tokens
+
+
+# ---------------------------------------------------------------------------- runs
+def _unlearn(root, out, method, steps=30, params=None, model=None):
+    cfg = ob.UnlearnConfig(model=str(model or root / "target"), method=method, params=params or {},
+                           benchmark=str(root / "bench"),
+                           optim=OptimConfig(steps=steps, batch_size=16, warmup_ratio=0.0,
+                                             schedule="constant"))
+    return ob.unlearn(cfg, out, progress=False)
+
+
+def _sha(path):
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["uld", "spul"])
+def test_training_moves_only_the_components(memorised, tmp_path, method):
+    """The saved base's weights are the target's, byte for byte; the components moved away from
+    where they started (ULD: the base's first layer; SPUL: embeddings of vocabulary tokens)."""
+    out = _unlearn(memorised, tmp_path / "out", method, steps=10)
+    assert _sha(out / "base" / "model.safetensors") == _sha(memorised / "target" / "model.safetensors")
+    system, _ = load_any(out)
+    target, _ = ob.models.load_model(memorised / "target")
+    if method == "uld":
+        moved = system.parts["assistant"].model.layers[0].mlp.down_proj.weight
+        assert not torch.allclose(moved, target.model.layers[0].mlp.down_proj.weight)
+    else:
+        table = target.get_input_embeddings().weight
+        prompt = system.parts["prompt"].weight
+        assert all(not torch.allclose(row, table, atol=1e-6) for row in prompt)
+
+
+@pytest.mark.slow
+def test_o3_requests_get_orthogonal_adapters(memorised, tmp_path):
+    """A second O3 request on an O3 system adds a detector and an adapter whose down-projection
+    is orthogonal to the first's, and keeps the first exactly."""
+    first = _unlearn(memorised, tmp_path / "one", "o3", steps=10)
+    second = _unlearn(memorised, tmp_path / "two", "o3", steps=10, model=first)
+    a, _ = load_any(first)
+    b, _ = load_any(second)
+    assert b.requests == 2
+    for key, adapter in b.parts["adapters_1"].items():
+        earlier = b.parts["adapters_0"][key].A
+        assert torch.equal(earlier, a.parts["adapters_0"][key].A)
+        assert float((adapter.A @ earlier.T).abs().max()) < 1e-4 * float(adapter.A.abs().max())
+
+
+@pytest.mark.slow
+def test_weight_methods_refuse_a_system_and_systems_refuse_lora(memorised, tmp_path):
+    out = _unlearn(memorised, tmp_path / "uld", "uld", steps=2)
+    with pytest.raises(ObliviateError, match="unlearned system .*cannot build on it"):
+        _unlearn(memorised, tmp_path / "npo", "npo", steps=2, model=out)
+    cfg = ob.UnlearnConfig(model=str(memorised / "target"), method="o3",
+                           benchmark=str(memorised / "bench"))
+    cfg.lora.enabled = True
+    with pytest.raises(ObliviateError, match="lora.enabled does not apply"):
+        ob.unlearn(cfg, tmp_path / "lora", progress=False)
