@@ -393,3 +393,62 @@ def test_weight_methods_refuse_a_system_and_systems_refuse_lora(memorised, tmp_p
     cfg.lora.enabled = True
     with pytest.raises(ObliviateError, match="lora.enabled does not apply"):
         ob.unlearn(cfg, tmp_path / "lora", progress=False)
+
+
+# ---------------------------------------------------------------------------- through the tools
+def _write(path, exs):
+    path.write_text("".join(json.dumps(x.to_json()) + "\n" for x in exs), encoding="utf-8")
+    return path
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["uld", "spul", "eco", "o3"])
+def test_every_kind_through_eval_audit_report_and_the_ledger(memorised_oracle, tmp_path, kind):
+    """A system is read by `eval`, `audit` (weight-level audits run on its base and say so)
+    and `report` as a model is, and is what a ledger request produces. O3 and ECO take a
+    second request on top of the first, and the first person stays forgotten."""
+    from obliviate.cli import main
+    from obliviate.data import Benchmark
+    from obliviate.ledger.project import ProjectSettings, add_request, init_project
+    from obliviate.ledger.store import Ledger
+    from obliviate.ledger.verify import verify
+    from obliviate.ledger.workflow import apply
+
+    memorised = memorised_oracle
+    out = _unlearn(memorised, tmp_path / "sys", kind, steps=20)
+    bench = str(memorised / "bench")
+    assert main(["eval", f"model={out}", f"benchmark={bench}", "--out", str(tmp_path / "res.json")]) == 0
+    assert main(["audit", str(out), "--target", str(memorised / "target"), "--benchmark", bench,
+                 "--out", str(tmp_path / "aud.json"), "audits=rephrase,quantization",
+                 f"oracle={memorised / 'oracle'}"]) == 0
+    audit = json.loads((tmp_path / "aud.json").read_text())["audits"]
+    assert audit["quantization"]["measured_on"] == "base weights"  # the knowledge in the weights
+    assert "measured_on" not in audit["rephrase"]  # a prompt attack is on the system itself
+    assert main(["report", str(tmp_path / "res.json"), str(tmp_path / "aud.json"),
+                 "--out", str(tmp_path / "rep")]) == 0
+    assert "(in the base weights)" in (tmp_path / "rep" / "report.md").read_text()
+    assert "(in the base weights)" in (tmp_path / "rep" / "report.html").read_text()
+
+    b = Benchmark.load(memorised / "bench")
+    people = sorted({x.entity for x in b.qa_of("forget10")})
+    requests = people if kind in ("o3", "eco") else people[:1]
+    retain = _write(tmp_path / "retain.jsonl", b.qa_of("all"))
+    holdout = _write(tmp_path / "holdout.jsonl", b.qa_of("holdout"))
+    proj = init_project(tmp_path / "proj", ProjectSettings(
+        base=str(memorised / "target"), retain=str(retain), holdout=str(holdout),
+        audits=["rephrase"], samples=2))
+    for p in requests:
+        add_request(proj, p, str(_write(tmp_path / f"{p}.jsonl", [x for x in b.qa if x.entity == p])),
+                    method=kind, overrides=["optim.steps=40", "optim.batch_size=16"])
+    assert apply(proj, apply_all=True, progress=False) == list(range(1, len(requests) + 1))
+    with Ledger.open(proj) as ledger:
+        assert ledger.check() == []
+        rows = ledger.measurements()
+        last = len(requests)
+        assert is_system(ledger.model_path(ledger.version(last)))
+        for rid in range(1, last + 1):
+            before = rows[(rid - 1, rid)]["forget_prob"]
+            for v in range(rid, last + 1):  # forgotten in its own version and every later one
+                assert rows[(v, rid)]["forget_prob"] < 0.7 * before, (kind, rid, v)
+    ok, checks = verify(proj, 1, progress=False)
+    assert ok, [c for c in checks if not c.ok]

@@ -17,7 +17,7 @@ import numpy as np
 from markupsafe import Markup
 
 from ..evaluation.results import versions as library_versions
-from ..report.audit import relearning_svg
+from ..report.audit import measured_on, relearning_svg
 from ..report.columns import forget_rows, key_title
 from ..report.html import figure_svg, fmt, pyplot, render
 from . import measure as M
@@ -185,8 +185,8 @@ def _audits(audit_res: dict[str, Any]) -> dict[str, Any]:
             rows.append([name, "—", "—", "—", str(res)])
             continue
         oracle = entry.get("oracle")
-        rows.append([name, fmt(entry["target"]["score"]), fmt(raw["score"]),
-                     fmt(oracle["score"]) if oracle else "no oracle",
+        rows.append([name + measured_on(audit_res, name), fmt(entry["target"]["score"]),
+                     fmt(raw["score"]), fmt(oracle["score"]) if oracle else "no oracle",
                      res if isinstance(res, str) else fmt(res["score"])])
     return {"rows": rows, "curve": relearning_svg([audit_res])}
 

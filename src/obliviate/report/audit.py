@@ -14,13 +14,14 @@ from .markdown import md_cell
 
 
 def _residuals(res: dict[str, Any]) -> dict[str, float | str]:
-    """Each audit's residual; one measured on a system's base weights says so (a number that
-    is not the system's own behaviour)."""
-    out: dict[str, float | str] = {}
-    for n, e in res["audits"].items():
-        r = e["residual"] if isinstance(e["residual"], str) else e["residual"]["score"]
-        out[n] = f"{r:.3f} in the {e['measured_on']}" if e.get("measured_on") and not isinstance(r, str) else r
-    return out
+    return {n: (e["residual"] if isinstance(e["residual"], str) else e["residual"]["score"])
+            for n, e in res["audits"].items()}
+
+
+def measured_on(res: dict[str, Any], name: str) -> str:
+    """' (in the base weights)' for an audit of a system run on the base it wraps, else ''."""
+    on = res["audits"].get(name, {}).get("measured_on")
+    return f" (in the {on})" if on else ""
 
 
 def _audit_names(audits: list[dict[str, Any]]) -> list[str]:
@@ -117,14 +118,16 @@ def audit_markdown(audits: list[dict[str, Any]]) -> str:
     for a in audits:
         r = _residuals(a)
         lines.append(f"| {md_cell(a['name'])} | " + " | ".join(
-            f"{r[n]:.2f}" if isinstance(r.get(n), float) else "n/a" for n in names) + " |")
+            f"{r[n]:.2f}{measured_on(a, n)}" if isinstance(r.get(n), float) else "n/a"
+            for n in names) + " |")
     return "\n".join(lines) + "\n"
 
 
 def audit_context(audits: list[dict[str, Any]]) -> dict[str, Any]:
     """What the `residuals` macro of _audits.html takes: the audit names, one row per model
-    (a residual, or the text saying why there is none: '' when that audit was not run), and
-    the two figures."""
+    (per audit: a residual, or the text saying why there is none: '' when that audit was not
+    run; and where it was measured when not on the model itself), and the two figures."""
     names = _audit_names(audits)
-    rows = [(a["name"], [_residuals(a).get(n, "") for n in names]) for a in audits]
+    rows = [(a["name"], [(_residuals(a).get(n, ""), measured_on(a, n)) for n in names])
+            for a in audits]
     return {"names": names, "rows": rows, "bars": bars_svg(audits), "curve": relearning_svg(audits)}
