@@ -337,6 +337,24 @@ def test_a_system_is_refused_where_weights_are_needed(tiny, tmp_path):
                           2, 1, 0)[0].tolist() == [[1, 6, 7]]  # BOS, then the last two tokens
 
 
+def test_a_question_is_judged_alone_whatever_precedes_it(tiny):
+    """Gates read the last `window` prompt tokens renumbered from 0: the same question after
+    demonstrations (or reminders) gives exactly the features it gives alone, in a batch that
+    mixes both and pads them differently."""
+    from obliviate.systems import question_features
+
+    base, tok = _base(tiny)
+    q = tok.encode("Where was Ada Lovelace born?", add_special_tokens=False)
+    demo = tok.encode("The river flows to the sea. Who wrote the book?", add_special_tokens=False)
+    bos, pad = tok.bos_token_id, tok.pad_token_id
+    width = 1 + len(demo) + len(q)
+    ids = torch.tensor([[bos, *demo, *q], [pad] * len(demo) + [bos, *q]])
+    mask = (ids != pad).long()
+    with torch.no_grad():
+        f = question_features(base, ids, mask, None, [1, 2], window=len(q))
+    assert ids.shape[1] == width and torch.equal(f[0], f[1])
+
+
 # ---------------------------------------------------------------------------- runs
 def _unlearn(root, out, method, steps=30, params=None, model=None):
     cfg = ob.UnlearnConfig(model=str(model or root / "target"), method=method, params=params or {},

@@ -21,7 +21,6 @@ these; they are returned, printed as a table, and written to `OUT/forget_summary
 
 from __future__ import annotations
 
-import json
 import random
 import re
 from collections.abc import Sequence
@@ -38,14 +37,16 @@ from .audits.prompts import Rephrase
 from .config import from_dict, merge, parse_overrides, to_dict
 from .data import Example, load_examples
 from .data.files import general_questions
+from .data.formats import write_jsonl
 from .encoding import resolve_template
 from .errors import ObliviateError
 from .evaluation import Engine, save_results
 from .evaluation.tofu_math import rouge_l
-from .io import check_output, write_json_atomic, write_text_atomic
+from .io import check_output, write_json_atomic
 from .methods import build, needs_of
 from .models import load_model, read_provenance, resolve_source
 from .report import write_report
+from .systems import load_any
 from .unlearning import UnlearnConfig, unlearn_examples
 
 SUMMARY = "forget_summary.json"
@@ -276,7 +277,7 @@ def forget(model: str | Path, questions: str | Sequence[str], out: str | Path, m
     del engine, base  # unlearning loads its own copy
     holdout = _holdout_for(cfg, data)
     unlearn_examples(cfg, data.forget, data.anchors, out, progress, holdout=holdout)
-    new, tok = load_model(out, trust_remote_code=cfg.trust_remote_code)
+    new, tok = load_any(out, trust_remote_code=cfg.trust_remote_code)
     after = measure(Engine(new.eval(), tok, cfg.template), data)
     del new
     summary = make_summary(cfg, out, data, before, after)
@@ -380,9 +381,7 @@ def _stop_line(summary: dict[str, Any]) -> str:
 
 # ---------------------------------------------------------------------------- --evaluate
 def _write_jsonl(path: Path, examples: list[Example]) -> str:
-    write_text_atomic(path, "".join(json.dumps(ex.to_json(), ensure_ascii=False) + "\n"
-                                    for ex in examples))
-    return str(path)
+    return str(write_jsonl(path, examples))
 
 
 def _evaluate(cfg: UnlearnConfig, out: Path, data: QuickData, holdout: list[Example],

@@ -17,13 +17,11 @@ same way whether it is scored or answered; without it every attended position is
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import hashlib
 import inspect
 import os
 import shutil
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -31,6 +29,7 @@ from typing import Any, ClassVar
 import torch
 
 from .data.files import read_json
+from .encoding import IGNORE, collate
 from .errors import ObliviateError
 from .io import atomic_dir, check_output, write_json_atomic
 from .registry import Registry
@@ -38,7 +37,6 @@ from .registry import Registry
 SYSTEMS: Registry[type] = Registry("system kind")
 COMPONENTS = "components.safetensors"
 BASE = "base"
-IGNORE = -100
 
 
 @dataclass
@@ -221,8 +219,6 @@ def prompt_features(base, items, pad_id: int, layers: list[int], window: int = 0
                     batch_size: int = 32) -> torch.Tensor:
     """question_features of encoded items (their unlabelled positions are the prompt), on CPU
     [n, len(layers), d]: how a gate's detector or classifier is fit."""
-    from .encoding import collate
-
     device = next(base.parameters()).device
     rows = []
     with torch.no_grad():
@@ -353,17 +349,6 @@ def save_system(system: System, tok, out: str | Path, provenance: dict[str, Any]
                  "sha256": _sha256(tmp / COMPONENTS)}
         write_json_atomic(tmp / "obliviate.json", {**provenance, "system": entry})
     return out
-
-
-@contextlib.contextmanager
-def frozen_base(system: System) -> Iterator[None]:
-    """The base in eval mode while parts train (no dropout in the frozen half)."""
-    was = system.base.training
-    system.base.eval()
-    try:
-        yield
-    finally:
-        system.base.train(was)
 
 
 __all__ = ["SYSTEMS", "System", "base_folder", "forward_kwargs", "is_system", "load_any",

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ObliviateError
+from ..io import write_text_atomic
 from .examples import Example
 from .files import parse_json, read_text
 
@@ -99,11 +100,11 @@ def _with_default_id(ex: Example, default: str) -> Example:
     return replace(ex, id=default)
 
 
-def write_jsonl(path: Path, items: list[Example]) -> None:
-    """Examples as JSON lines (TOFU field names), the form every reader here reads back."""
-    with path.open("w", encoding="utf-8") as fh:
-        for ex in items:
-            fh.write(json.dumps(ex.to_json(), sort_keys=True, ensure_ascii=False) + "\n")
+def write_jsonl(path: Path, items: list[Example]) -> Path:
+    """Examples as JSON lines (TOFU field names), the form every reader here reads back;
+    written atomically (a crash leaves the old file or none, never half of one)."""
+    return write_text_atomic(path, "".join(json.dumps(ex.to_json(), sort_keys=True, ensure_ascii=False)
+                                           + "\n" for ex in items))
 
 
 def read_hf_dataset(name: str, config: str | None = None, split: str = "train") -> list[Example]:
