@@ -3,12 +3,14 @@
     python benchmarks/leaderboard.py [--entities 40] [--work DIR] [--methods a,b] [--no-lora] [--fresh]
 
 Trains the target and the oracle once (forget10), then runs each method with its defaults and
-a small learning-rate sweep, full weights and LoRA, each run in its own process so its wall
-time and peak memory (max RSS) are its own. Every run is evaluated with the TOFU suite against
-the oracle. Writes benchmarks/results/leaderboard.{md,json}: the best run per method and
-variant (highest forget quality among runs keeping >= 90% of the oracle's model utility; when
-none does, the highest utility), plus every run in the JSON. Finished runs are kept in the
-work folder and reused by the next invocation unless --fresh.
+a small learning-rate sweep, full weights and LoRA (methods that leave the weights alone: their
+system, one run where no learning rate applies), each run in its own process so its wall time
+and peak memory (max RSS) are its own. Every run is evaluated with the TOFU suite against the
+oracle. The best run per method and variant (highest forget quality among runs keeping >= 90%
+of the oracle's model utility; when none does, the highest utility) then gets its inference
+cost measured: greedy generation on the same prompts and batches as the target, interleaved,
+tokens/s relative to the target's. Writes benchmarks/results/leaderboard.{md,json}, every run
+in the JSON. Finished runs are kept in the work folder and reused unless --fresh.
 """
 
 from __future__ import annotations
@@ -27,6 +29,9 @@ HERE = Path(__file__).resolve().parent
 KEYS = ("forget_quality", "model_utility", "forget_prob", "forget_rougeL_recall", "retain_prob")
 LR_MULTS = (0.5, 1.0, 2.0)  # x the method's default lr (its LoRA default under LoRA)
 UTILITY_FLOOR = 0.9  # fraction of the oracle's model utility a run must keep
+# the issue's bar for unlearned systems: forget quality, share of the oracle's utility, overhead
+SYSTEM_BAR = (0.3, 0.98, 1.2)
+OVERHEAD_REPEATS = 3  # interleaved timings per model; the median is kept
 
 
 def _quiet() -> None:
@@ -49,7 +54,7 @@ def worker(args: argparse.Namespace) -> None:
     cfg = ob.UnlearnConfig(model=str(work / "target"), method=args.method, benchmark=str(work / "bench"),
                            optim=OptimConfig(lr=args.lr, steps=args.steps, batch_size=32,
                                              warmup_ratio=0.0, schedule="constant"))
-    cfg.lora.enabled = args.variant == "lora"
+    cfg.lora.enabled = args.variant == "lora"  # "system": the method builds its own components
     out = work / "runs" / Path(args.row).stem
     row = {"method": args.method, "variant": args.variant, "lr": args.lr}
     t = time.perf_counter()
@@ -64,6 +69,56 @@ def worker(args: argparse.Namespace) -> None:
     except ob.ObliviateError as exc:  # a guarded collapse is a result too
         row["error"] = str(exc).split(". ")[0]
     row["peak_mib"] = peak_mib()
+    Path(args.row).write_text(json.dumps(row))
+
+
+def _generation_rate(model, tok, prompts: list[str], batch_size: int = 32, new_tokens: int = 48) -> float:
+    """Generated tokens per second of greedy, left-padded, batched generation of exactly
+    `new_tokens` per prompt (no end token): both sides decode the same number of steps on the
+    same batches, so the ratio is the cost per token, not a difference in answer lengths."""
+    import torch
+
+    from obliviate.encoding import Encoded, bos_ids, collate
+
+    ids = [bos_ids(tok, p) + tok.encode(p, add_special_tokens=False) for p in prompts]
+    items = [Encoded(x, [-100] * len(x), i) for i, x in enumerate(ids)]
+    made, start = 0, time.perf_counter()
+    with torch.no_grad():
+        for s in range(0, len(items), batch_size):
+            b = collate(items[s:s + batch_size], tok.pad_token_id, left_pad=True)
+            out = model.generate(input_ids=b["input_ids"], attention_mask=b["attention_mask"],
+                                 max_new_tokens=new_tokens, do_sample=False,
+                                 pad_token_id=tok.pad_token_id, eos_token_id=None)
+            made += out.shape[0] * (out.shape[1] - b["input_ids"].shape[1])
+    return made / (time.perf_counter() - start)
+
+
+def overhead(args: argparse.Namespace) -> None:
+    """Inference cost of one run's output against the target it came from: the same prompts
+    (forget and retain questions), interleaved repeats, median tokens/s (runs in a child)."""
+    _quiet()
+    import statistics
+
+    from obliviate.data import Benchmark
+    from obliviate.encoding import DEFAULT_TEMPLATE, prompt_text
+    from obliviate.systems import load_any
+
+    work = Path(args.work)
+    bench = Benchmark.load(work / "bench")
+    target, tok = load_any(work / "target")
+    model, _ = load_any(work / "runs" / Path(args.row).stem)
+    target.eval(), model.eval()
+    questions = [ex.question for ex in bench.forget_set("") + bench.retain_set("")[:64]]
+    prompts = [prompt_text(q, DEFAULT_TEMPLATE, tok) for q in questions]
+    rates: dict[str, list[float]] = {"target": [], "model": []}
+    _generation_rate(model, tok, prompts[:8])  # warm-up: first-call allocations on both
+    _generation_rate(target, tok, prompts[:8])
+    for _ in range(OVERHEAD_REPEATS):
+        rates["target"].append(_generation_rate(target, tok, prompts))
+        rates["model"].append(_generation_rate(model, tok, prompts))
+    row = json.loads(Path(args.row).read_text())
+    row["tokens_per_s"] = {k: round(statistics.median(v), 1) for k, v in rates.items()}
+    row["inference_overhead"] = round(statistics.median(rates["target"]) / statistics.median(rates["model"]), 3)
     Path(args.row).write_text(json.dumps(row))
 
 
@@ -125,45 +180,61 @@ def _fmt(v) -> str:
     return str(v)
 
 
+def _ratio(r: dict) -> str:
+    return f"{r['inference_overhead']:.2f}" if "inference_overhead" in r else ""
+
+
+def _row_line(r: dict, oracle_mu: float) -> str:
+    if "error" in r:
+        return (f"| {r['method']} | {r['variant']} | {r['lr']:.3g} | every lr stopped: "
+                f"{r['error']} | | | | | | | | |")
+    return (f"| {r['method']} | {r['variant']} | {r['lr']:.3g} | {_fmt(r['forget_quality'])} | "
+            f"{_fmt(r['model_utility'])} | {100 * r['model_utility'] / oracle_mu:.0f} | "
+            f"{_fmt(r['forget_prob'])} | {_fmt(r['forget_rougeL_recall'])} | "
+            f"{_fmt(r['retain_prob'])} | {r['unlearn_seconds']:.1f} | {r['unlearn_peak_mib']:.0f} | "
+            f"{_ratio(r)} |")
+
+
+def _summary(chosen: list[dict], rows: list[dict], oracle_mu: float) -> list[str]:
+    ok = [r for r in chosen if "error" not in r]
+    hits = [r for r in ok if r["forget_quality"] >= 0.05 and r["model_utility"] >= UTILITY_FLOOR * oracle_mu]
+    fq, mu, cost = SYSTEM_BAR
+    bar = [r for r in ok if r["variant"] == "system" and r["forget_quality"] >= fq
+           and r["model_utility"] >= mu * oracle_mu and r.get("inference_overhead", 9) <= cost]
+    names = lambda rs: ", ".join(f"{r['method']} ({r['variant']})" for r in rs) or "none"  # noqa: E731
+    return ["", f"Runs reaching forget quality >= 0.05 at >= {UTILITY_FLOOR:.0%} of the oracle's "
+            f"utility: {names(hits)}.",
+            f"Unlearned systems reaching forget quality >= {fq} at >= {mu:.0%} of the oracle's "
+            f"utility with an inference overhead <= {cost}x: {names(bar)}.",
+            f"{len(rows)} runs, {sum(r['wall_seconds'] for r in rows):.0f} s of wall time in all "
+            "(each run: process start, unlearning, evaluation)."]
+
+
 def write(out_dir: Path, refs: dict, rows: list[dict], meta: dict) -> None:
     oracle_mu = refs["oracle"]["model_utility"]
     lines = ["# Leaderboard: built-in benchmark, forget10", "",
              f"{meta['entities']} fictitious people, 4-layer tiny Llama, {meta['steps']} unlearning "
              f"steps of batch 32, 2-core CPU. Best run per method and variant: highest forget "
              f"quality among runs keeping >= {UTILITY_FLOOR:.0%} of the oracle's model utility "
-             "(else the highest utility). lr: the chosen learning rate; MU %: model utility "
-             "relative to the oracle's. Time: unlearning alone (load to save); peak memory: "
-             "max RSS of the process through unlearning (Python, torch and the model included; "
-             "evaluation comes after).", "",
+             "(else the highest utility). Variant: full weights, LoRA, or *system* (the weights "
+             "stay; the method saves the base plus its components). lr: the chosen learning rate; "
+             "MU %: model utility relative to the oracle's. Time: unlearning alone (load to save); "
+             "peak memory: max RSS of the process through unlearning (Python, torch and the model "
+             "included; evaluation comes after). Inference x: the target's generation rate "
+             "divided by the run's (greedy, exactly 48 new tokens, batch 32, the forget and 64 "
+             f"retain questions, median of {OVERHEAD_REPEATS} interleaved repeats; 1.00 = as fast "
+             "as the target's own `generate`).", "",
              "| method | variant | lr | forget quality | model utility | MU % | forget prob | "
-             "forget ROUGE-L | retain prob | time s | peak MiB |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "forget ROUGE-L | retain prob | time s | peak MiB | inference x |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name in ("oracle", "target"):
         r = refs[name]
         lines.append(f"| **{name}** | | | {_fmt(r['forget_quality'])} | {_fmt(r['model_utility'])} | "
                      f"{100 * r['model_utility'] / oracle_mu:.0f} | {_fmt(r['forget_prob'])} | "
-                     f"{_fmt(r['forget_rougeL_recall'])} | {_fmt(r['retain_prob'])} | | |")
-    groups: dict[tuple[str, str], list[dict]] = {}
-    for r in rows:
-        groups.setdefault((r["method"], r["variant"]), []).append(r)
-    chosen = sorted((best(g, oracle_mu) for g in groups.values()),
-                    key=lambda r: (r.get("model_utility", 0) >= UTILITY_FLOOR * oracle_mu,
-                                   r.get("forget_quality", -1)), reverse=True)
-    for r in chosen:
-        if "error" in r:
-            lines.append(f"| {r['method']} | {r['variant']} | {r['lr']:.3g} | every lr stopped: "
-                         f"{r['error']} | | | | | | | |")
-            continue
-        lines.append(f"| {r['method']} | {r['variant']} | {r['lr']:.3g} | {_fmt(r['forget_quality'])} | "
-                     f"{_fmt(r['model_utility'])} | {100 * r['model_utility'] / oracle_mu:.0f} | "
-                     f"{_fmt(r['forget_prob'])} | {_fmt(r['forget_rougeL_recall'])} | "
-                     f"{_fmt(r['retain_prob'])} | {r['unlearn_seconds']:.1f} | {r['unlearn_peak_mib']:.0f} |")
-    hits = [r for r in chosen if "error" not in r and r["forget_quality"] >= 0.05
-            and r["model_utility"] >= UTILITY_FLOOR * oracle_mu]
-    names = ", ".join(f"{r['method']} ({r['variant']})" for r in hits) or "none"
-    lines += ["", f"Runs reaching forget quality >= 0.05 at >= {UTILITY_FLOOR:.0%} of the oracle's "
-              f"utility: {names}.",
-              f"{len(rows)} runs, {sum(r['wall_seconds'] for r in rows):.0f} s of wall time in all "
-              "(each run: process start, unlearning, evaluation)."]
+                     f"{_fmt(r['forget_rougeL_recall'])} | {_fmt(r['retain_prob'])} | | | |")
+    chosen = _chosen(rows, oracle_mu)
+    lines += [_row_line(r, oracle_mu) for r in chosen]
+    lines += _summary(chosen, rows, oracle_mu)
     prov = provenance()
     lines += ["", line(prov)]
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -171,6 +242,50 @@ def write(out_dir: Path, refs: dict, rows: list[dict], meta: dict) -> None:
     (out_dir / "leaderboard.json").write_text(json.dumps(
         {"provenance": prov, "meta": meta, "reference": refs, "best": chosen, "runs": rows},
         indent=1) + "\n")
+
+
+def _plan(cls, no_lora: bool, default_lr) -> list[tuple[str, float]]:
+    """(variant, lr) runs of a method: full weights and LoRA over the lr sweep; a method that
+    builds an unlearned system runs as "system", once where it fits without a learning rate."""
+    if getattr(cls, "system", None):
+        mults = (1.0,) if hasattr(cls, "fit") else LR_MULTS
+        return [("system", default_lr(cls(), False) * m) for m in mults]
+    variants = ("full",) if no_lora else ("full", "lora")
+    return [(v, default_lr(cls(), v == "lora") * m) for v in variants for m in LR_MULTS]
+
+
+def _row_path(work: Path, method: str, variant: str, lr: float) -> Path:
+    return work / "rows" / f"{method}-{variant}-{lr:.1e}.json"
+
+
+def _run(work: Path, method: str, variant: str, lr: float, args: argparse.Namespace) -> dict:
+    """One run in a child process (or its recorded row, resuming without --fresh)."""
+    import shutil
+
+    row_path = _row_path(work, method, variant, lr)
+    row_path.parent.mkdir(exist_ok=True)
+    if row_path.exists() and not args.fresh:
+        return json.loads(row_path.read_text())
+    run_dir = work / "runs" / row_path.stem
+    for d in (run_dir, run_dir.with_name(run_dir.name + ".last-good")):
+        if d.exists():
+            shutil.rmtree(d)
+    wall = _run_child(["--worker", "--work", str(work), "--method", method, "--variant", variant,
+                       "--lr", str(lr), "--steps", str(args.steps), "--row", str(row_path)])
+    row = json.loads(row_path.read_text()) | {"wall_seconds": round(wall, 1)}
+    row_path.write_text(json.dumps(row))
+    print(json.dumps(row), flush=True)
+    return row
+
+
+def _chosen(rows: list[dict], oracle_mu: float) -> list[dict]:
+    """The best run of each (method, variant), best first."""
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["method"], r["variant"]), []).append(r)
+    return sorted((best(g, oracle_mu) for g in groups.values()),
+                  key=lambda r: (r.get("model_utility", 0) >= UTILITY_FLOOR * oracle_mu,
+                                 r.get("forget_quality", -1)), reverse=True)
 
 
 def main() -> None:
@@ -186,6 +301,7 @@ def main() -> None:
     ap.add_argument("--fresh", action="store_true", help="rerun runs whose results exist")
     # worker mode (internal)
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--overhead", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--method", help=argparse.SUPPRESS)
     ap.add_argument("--variant", help=argparse.SUPPRESS)
     ap.add_argument("--lr", type=float, help=argparse.SUPPRESS)
@@ -193,6 +309,8 @@ def main() -> None:
     args = ap.parse_args()
     if args.worker:
         return worker(args)
+    if args.overhead:
+        return overhead(args)
 
     start = time.perf_counter()
     work = Path(args.work)
@@ -202,30 +320,17 @@ def main() -> None:
     from obliviate.unlearning import default_lr
 
     methods = args.methods.split(",") if args.methods else METHODS.names()
-    variants = ("full",) if args.no_lora else ("full", "lora")
     rows = []
     for method in methods:
-        for variant in variants:
-            for mult in LR_MULTS:
-                lr = default_lr(METHODS.get(method)(), variant == "lora") * mult
-                row_path = work / "rows" / f"{method}-{variant}-{lr:.1e}.json"
-                row_path.parent.mkdir(exist_ok=True)
-                if row_path.exists() and not args.fresh:  # resume: keep finished runs
-                    rows.append(json.loads(row_path.read_text()))
-                    continue
-                run_dir = work / "runs" / row_path.stem
-                for d in (run_dir, run_dir.with_name(run_dir.name + ".last-good")):
-                    if d.exists():
-                        import shutil
-
-                        shutil.rmtree(d)
-                wall = _run_child(["--worker", "--work", str(work), "--method", method,
-                                         "--variant", variant, "--lr", str(lr), "--steps",
-                                         str(args.steps), "--row", str(row_path)])
-                row = json.loads(row_path.read_text()) | {"wall_seconds": round(wall, 1)}
-                row_path.write_text(json.dumps(row))
-                rows.append(row)
-                print(json.dumps(row), flush=True)
+        for variant, lr in _plan(METHODS.get(method), args.no_lora, default_lr):
+            rows.append(_run(work, method, variant, lr, args))
+    oracle_mu = refs["oracle"]["model_utility"]
+    for chosen in _chosen(rows, oracle_mu):
+        if "error" not in chosen and ("inference_overhead" not in chosen or args.fresh):
+            row_path = _row_path(work, chosen["method"], chosen["variant"], chosen["lr"])
+            _run_child(["--overhead", "--work", str(work), "--row", str(row_path)])
+            chosen.update(json.loads(row_path.read_text()))
+            print(chosen["method"], chosen["variant"], "overhead", chosen["inference_overhead"], flush=True)
     meta = {"entities": args.entities, "seed": args.seed, "steps": args.steps,
             "lr_multipliers": LR_MULTS, "seconds": time.perf_counter() - start}
     out = Path(args.out or (work / "partial" if args.methods else HERE / "results"))
