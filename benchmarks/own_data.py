@@ -1,7 +1,8 @@
 """Your model, your data: the walkthrough on a dataset in another domain (fictitious shipwrecks).
 
     python benchmarks/own_data.py [--entities 80] [--forget-fraction 0.2] [--seed 0]
-        [--epochs 40] [--methods npo,graddiff,simnpo,rmu] [--work DIR] [--results DIR] [--fresh]
+        [--epochs 40] [--methods npo,graddiff,simnpo,rmu] [--audits a,b] [--name own_data]
+        [--work DIR] [--results DIR] [--fresh]
 
 Writes the shipwreck dataset of benchmarks/domain_data.py (forget, retain, holdout and general
 JSON lines) and runs what a user with their own files would: `obliviate benchmark create`
@@ -9,11 +10,12 @@ from the four files, fine-tunes the tiny model as target (everything) and oracle
 but the forget wrecks), evaluates both with the tofu and mia suites (the oracle is the
 reference), then unlearns with each method twice, at its defaults and with the calibrated stop
 (`stop_at_holdout=true`: stop once forget items are no more likely than holdout items), and
-evaluates every unlearned model against the oracle. Every stage is its own `obliviate`
-process, so its wall time and peak memory (max RSS) are its own. Stages are cached in
+evaluates every unlearned model against the oracle (and, with --audits, audits it against
+the target and the oracle: for an unlearned system the weight-level audits run on its base).
+Every stage is its own `obliviate` process, so its wall time and peak memory (max RSS) are its own. Stages are cached in
 benchmarks/.work/own_data (--work to choose another folder, --fresh to start over).
-Writes own_data.md and own_data.json into benchmarks/results (--results to choose another
-folder), with findings computed from the numbers.
+Writes NAME.md and NAME.json (--name, default own_data) into benchmarks/results (--results
+to choose another folder), with findings computed from the numbers.
 
 The defaults give about 140 forget items. The paraphrases of this dataset are full
 rewordings, which a model trained from scratch carries its facts into only weakly (on 40
@@ -113,6 +115,9 @@ def main() -> None:
                     help="fine-tuning epochs of target and oracle (enough to memorise)")
     ap.add_argument("--methods", default=",".join(METHODS),
                     help="comma-separated unlearning methods")
+    ap.add_argument("--audits", default="", help="comma-separated audits run on every unlearned "
+                    "model (none by default)")
+    ap.add_argument("--name", default="own_data", help="stem of the results files")
     ap.add_argument("--work", type=Path, default=HERE / ".work" / "own_data",
                     help="folder for the cached stages")
     ap.add_argument("--results", type=Path, default=HERE / "results",
@@ -175,6 +180,13 @@ def build_and_run(work: Path, args, methods: list[str]) -> dict[str, dict]:
         stages[f"eval-{name}"] = run_stage(work, f"eval-{name}", out, [
             "eval", "--out", str(out), "--name", name, f"model={work / name}",
             f"benchmark={bench}", SUITES, *ref])
+    for name in runs_of(methods) if args.audits else []:
+        out = work / "audits" / f"{name}.json"
+        out.parent.mkdir(exist_ok=True)
+        stages[f"audit-{name}"] = run_stage(work, f"audit-{name}", out, [
+            "audit", str(work / name), "--target", str(work / "target"), "--oracle",
+            str(work / "oracle"), "--benchmark", str(bench), "--label", name, "--out", str(out),
+            f"audits={args.audits}"])
     return stages
 
 
@@ -330,6 +342,37 @@ def findings(table: dict[str, dict], methods: list[str], stops: dict) -> list[st
     return out
 
 
+# ---- audits ----------------------------------------------------------------------------------
+def read_audits(work: Path, methods: list[str]) -> dict[str, dict]:
+    """Each run's residual per audit, and which audits ran on a system's base weights."""
+    out = {}
+    for name in runs_of(methods):
+        res = json.loads((work / "audits" / f"{name}.json").read_text())["audits"]
+        out[name] = {a: {"residual": e["residual"] if isinstance(e["residual"], str)
+                         else e["residual"]["score"], "on_base": bool(e.get("measured_on"))}
+                     for a, e in res.items()}
+    return out
+
+
+def audit_lines(audits: dict[str, dict]) -> list[str]:
+    if not audits:
+        return []
+    names = sorted({a for entry in audits.values() for a in entry})
+    lines = ["", "## Robustness audits", "",
+             "Residual knowledge under each attack (1 = the target's, 0 = the oracle's; above "
+             "0.3 in **bold**). † = an unlearned system's audit run on the base it wraps: the "
+             "knowledge still in the weights, which anyone holding the base weights has.", "",
+             "| model | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+    for name, entry in audits.items():
+        cells = []
+        for a in names:
+            v = entry.get(a, {}).get("residual")
+            cell = (f"**{v:.2f}**" if v > 0.3 else f"{v:.2f}") if isinstance(v, float) else "n/a"
+            cells.append(cell + ("†" if entry.get(a, {}).get("on_base") else ""))
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return lines
+
+
 # ---- output ----------------------------------------------------------------------------------
 def write(work: Path, args, methods: list[str], results: dict, stops: dict,
           stages: dict) -> None:
@@ -381,19 +424,22 @@ def write(work: Path, args, methods: list[str], results: dict, stops: dict,
               f"oracle's, |PrivLeak| > {PRIVLEAK_BAND:g}. Over- or under-unlearning is read from "
               "the forget-set probability against the oracle's.", ""]
     lines += [f"- {s}" for s in findings(table, methods, stops)]
+    audits = read_audits(work, methods) if args.audits else {}
+    lines += audit_lines(audits)
     prov = provenance()
     lines += ["", line(prov)]
     text = "\n".join(lines) + "\n"
     print(text)
     args.results.mkdir(parents=True, exist_ok=True)
-    (args.results / "own_data.md").write_text(text)
-    (args.results / "own_data.json").write_text(json.dumps(
+    (args.results / f"{args.name}.md").write_text(text)
+    (args.results / f"{args.name}.json").write_text(json.dumps(
         {"provenance": prov,
          "options": {"entities": args.entities, "forget_fraction": args.forget_fraction,
                      "seed": args.seed, "epochs": args.epochs, "methods": methods},
          "items": counts, "stages": stages, "rows": table,
          "stops": {n: (s["raw"] if s else None) for n, s in stops.items()},
-         "metrics": {n: r["metrics"] for n, r in results.items()}}, indent=1) + "\n")
+         "metrics": {n: r["metrics"] for n, r in results.items()},
+         "audits": audits}, indent=1) + "\n")
 
 
 if __name__ == "__main__":
