@@ -63,10 +63,11 @@ def _record(work: Path, name: str, entry: dict) -> dict:
     return entry
 
 
-def run_stage(work: Path, name: str, out: Path, args: list[str]) -> dict:
+def run_stage(work: Path, name: str, out: Path, args: list[str], may_fail: bool = False) -> dict:
     """One obliviate command in a child process: wall seconds and the child's max RSS.
     A stage already in the log is skipped; an output left by a run that did not reach the log
-    is removed first (obliviate refuses to overwrite)."""
+    is removed first (obliviate refuses to overwrite). With `may_fail`, a failed command is a
+    result (its one-line error is recorded) rather than the end of the benchmark."""
     done = _log(work)
     if name in done:
         return done[name]
@@ -83,6 +84,10 @@ def run_stage(work: Path, name: str, out: Path, args: list[str]) -> dict:
     _, status, usage = os.wait4(proc.pid, 0)  # the child's own resource usage
     code = os.waitstatus_to_exitcode(status)
     wall = time.perf_counter() - start
+    if code != 0 and may_fail:
+        error = next((ln for ln in reversed(text.splitlines()) if "error:" in ln), f"exit {code}")
+        print(f"{name}: failed: {error}", flush=True)
+        return _record(work, name, {"wall_s": round(wall, 1), "failed": error.split("error: ", 1)[-1]})
     if code != 0:
         raise SystemExit(f"stage {name} failed (exit {code}): obliviate {' '.join(args)}\n"
                          f"{text[-3000:]}")
@@ -134,9 +139,10 @@ def main() -> None:
     _check_params(work, {"entities": args.entities, "forget_fraction": args.forget_fraction,
                          "seed": args.seed, "epochs": args.epochs})
     stages = build_and_run(work, args, methods)
+    done = [n for n in runs_of(methods) if not stages[n].get("failed")]
     results = {name: json.loads((work / "results" / f"{name}.json").read_text())
-               for name in ["oracle", "target", *runs_of(methods)]}
-    stops = {name: read_stop(work / name) for name in runs_of(methods) if name.endswith("-stop")}
+               for name in ["oracle", "target", *done]}
+    stops = {name: read_stop(work / name) for name in done if name.endswith("-stop")}
     write(work, args, methods, results, stops, stages)
 
 
@@ -171,16 +177,17 @@ def build_and_run(work: Path, args, methods: list[str]) -> dict[str, dict]:
                 else [])
         stages[name] = run_stage(work, name, work / name, [
             "unlearn", "--out", str(work / name), f"model={work / 'target'}",
-            f"method={method}", f"benchmark={bench}", *stop])
+            f"method={method}", f"benchmark={bench}", *stop], may_fail=True)
+    done = [n for n in runs_of(methods) if not stages[n].get("failed")]
     oracle_json = work / "results" / "oracle.json"
     (work / "results").mkdir(exist_ok=True)
-    for name in ["oracle", "target", *runs_of(methods)]:
+    for name in ["oracle", "target", *done]:
         ref = [] if name == "oracle" else [f"reference={oracle_json}"]
         out = work / "results" / f"{name}.json"
         stages[f"eval-{name}"] = run_stage(work, f"eval-{name}", out, [
             "eval", "--out", str(out), "--name", name, f"model={work / name}",
             f"benchmark={bench}", SUITES, *ref])
-    for name in runs_of(methods) if args.audits else []:
+    for name in done if args.audits else []:
         out = work / "audits" / f"{name}.json"
         out.parent.mkdir(exist_ok=True)
         stages[f"audit-{name}"] = run_stage(work, f"audit-{name}", out, [
@@ -292,6 +299,8 @@ def findings(table: dict[str, dict], methods: list[str], stops: dict) -> list[st
         out.append(f"Min-K% MIA AUC, forget against holdout items: target {_f(ta)}, oracle "
                    f"{_f(oa)} (0.5: members look like non-members).")
     for name in runs_of(methods):
+        if name not in table:
+            continue  # a failed run: reported with its error
         r = table[name]
         verdicts = []
         fq, rel, pl, fp = r["forget_quality"], r["mu_rel"], r["privleak"], r["forget_prob"]
@@ -315,6 +324,8 @@ def findings(table: dict[str, dict], methods: list[str], stops: dict) -> list[st
                        f"{_pct(rel)} of the oracle's, PrivLeak "
                        f"{'—' if pl is None else f'{pl:+.1f}'}).")
     for m in methods:
+        if m not in table or f"{m}-stop" not in table:
+            continue
         a, b = table[m], table[f"{m}-stop"]
         if a["forget_quality"] is None or b["forget_quality"] is None:
             continue
@@ -331,7 +342,7 @@ def findings(table: dict[str, dict], methods: list[str], stops: dict) -> list[st
                    f"-> {_f(b['forget_quality'])}{util}, forget prob {_f(a['forget_prob'])} "
                    f"-> {_f(b['forget_prob'])}, Min-K% AUC {_f(a['mia_auc_min_k'])} -> "
                    f"{_f(b['mia_auc_min_k'])}.")
-    ok = [n for n in runs_of(methods) if table[n]["mu_rel"] is not None
+    ok = [n for n in table if n not in ("oracle", "target") and table[n]["mu_rel"] is not None
           and table[n]["mu_rel"] >= MU_FLOOR and table[n]["forget_quality"] is not None]
     if ok:
         best = max(ok, key=lambda n: table[n]["forget_quality"])
@@ -343,10 +354,10 @@ def findings(table: dict[str, dict], methods: list[str], stops: dict) -> list[st
 
 
 # ---- audits ----------------------------------------------------------------------------------
-def read_audits(work: Path, methods: list[str]) -> dict[str, dict]:
+def read_audits(work: Path, runs: list[str]) -> dict[str, dict]:
     """Each run's residual per audit, and which audits ran on a system's base weights."""
     out = {}
-    for name in runs_of(methods):
+    for name in runs:
         res = json.loads((work / "audits" / f"{name}.json").read_text())["audits"]
         out[name] = {a: {"residual": e["residual"] if isinstance(e["residual"], str)
                          else e["residual"]["score"], "on_base": bool(e.get("measured_on"))}
@@ -424,7 +435,8 @@ def write(work: Path, args, methods: list[str], results: dict, stops: dict,
               f"oracle's, |PrivLeak| > {PRIVLEAK_BAND:g}. Over- or under-unlearning is read from "
               "the forget-set probability against the oracle's.", ""]
     lines += [f"- {s}" for s in findings(table, methods, stops)]
-    audits = read_audits(work, methods) if args.audits else {}
+    lines += [f"- `{n}` failed: {st['failed']}" for n, st in stages.items() if st.get("failed")]
+    audits = read_audits(work, [n for n in table if n not in ("oracle", "target")]) if args.audits else {}
     lines += audit_lines(audits)
     prov = provenance()
     lines += ["", line(prov)]

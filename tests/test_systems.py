@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 
 import obliviate as ob
 from obliviate.errors import ObliviateError
-from obliviate.methods.eco import Classifiers, ECOSystem, youden_threshold
+from obliviate.methods.eco import Classifiers, ECOSystem
 from obliviate.methods.o3 import Adapter, Detector, O3System
 from obliviate.methods.objectives import uniform_kl, zo_step
 from obliviate.methods.spul import SoftPromptSystem
@@ -25,6 +25,7 @@ from obliviate.systems import (
     load_system,
     question_batch,
     save_system,
+    youden_threshold,
 )
 from obliviate.train import OptimConfig
 

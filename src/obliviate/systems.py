@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
+import numpy as np
 import torch
 
 from .data.files import read_json
@@ -247,6 +248,17 @@ def forward_kwargs(model, batch: dict[str, torch.Tensor]) -> dict[str, torch.Ten
     return {}
 
 
+def youden_threshold(pos: np.ndarray, neg: np.ndarray) -> tuple[float, float, float]:
+    """(threshold, TPR, FPR) maximising TPR - FPR over the scores' own values (Youden's J);
+    ties go to the higher threshold (fewer false positives)."""
+    best = (1.0, 0.0, 0.0)
+    for t in sorted(set(pos.tolist()) | set(neg.tolist()), reverse=True):
+        tpr, fpr = float((pos >= t).mean()), float((neg >= t).mean()) if len(neg) else 0.0
+        if tpr - fpr > best[1] - best[2] + 1e-12:  # a tie keeps the higher threshold
+            best = (float(t), tpr, fpr)
+    return best
+
+
 # ------------------------------------------------------------------------- folders
 def manifest(folder: str | Path) -> dict[str, Any] | None:
     """The "system" entry of a folder's obliviate.json, or None for a model folder."""
@@ -354,4 +366,4 @@ def save_system(system: System, tok, out: str | Path, provenance: dict[str, Any]
 __all__ = ["SYSTEMS", "System", "base_folder", "forward_kwargs", "is_system", "load_any",
            "load_system", "lm_step", "manifest", "output_cache", "pool", "positions", "scoring_positions",
            "prompt_features", "prompt_mask_of", "prompt_positions", "prompt_window",
-           "question_batch", "question_features", "save_system"]
+           "question_batch", "question_features", "save_system", "youden_threshold"]

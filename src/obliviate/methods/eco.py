@@ -21,6 +21,7 @@ from ..systems import (
     prompt_window,
     question_features,
     scoring_positions,
+    youden_threshold,
 )
 from .base import METHODS, Context, mean_answer_prob
 from .objectives import zo_step
@@ -92,17 +93,6 @@ class ECOSystem(System):
 def _features(system: ECOSystem, items: list[Encoded], pad_id: int) -> np.ndarray:
     """Pooled prompt states at the system's layer, one row per item [n, d]."""
     return prompt_features(system.base, items, pad_id, [system.layer], system.window)[:, 0].numpy()
-
-
-def youden_threshold(pos: np.ndarray, neg: np.ndarray) -> tuple[float, float, float]:
-    """(threshold, TPR, FPR) maximising TPR - FPR over the scores' own values (Youden's J);
-    ties go to the higher threshold (fewer false positives)."""
-    best = (1.0, 0.0, 0.0)
-    for t in sorted(set(pos.tolist()) | set(neg.tolist()), reverse=True):
-        tpr, fpr = float((pos >= t).mean()), float((neg >= t).mean()) if len(neg) else 0.0
-        if tpr - fpr > best[1] - best[2] + 1e-12:  # a tie keeps the higher threshold
-            best = (float(t), tpr, fpr)
-    return best
 
 
 @METHODS.register("eco")
