@@ -27,6 +27,30 @@ def _fmt(v) -> str:
     return f"{v:.2f}" if isinstance(v, float) else "n/a"
 
 
+def table_lines(rows: list[dict], names: list[str], variants: list[str]) -> list[str]:
+    """The heading, the legend and one row of residuals per audited run (best FQ first)."""
+    lines = [f"# Robustness audits: leaderboard methods ({', '.join(variants)}; best run each)", "",
+             "Residual knowledge of the forget set under each attack: 1 = as much as the target "
+             "(before unlearning), 0 = as little as the oracle (never trained on it); above 0.3 "
+             "is marked **bold** (the knowledge is back to a third of the target's). Built-in "
+             "benchmark, forget10, 4-layer tiny Llama; FQ = forget quality from the leaderboard. "
+             "For an unlearned system (variant *system*) the audits that read or edit weights run "
+             "on the base model it wraps, marked †: the knowledge still present in the weights, "
+             "which anyone with the base weights has; the prompt audits (rephrase, few_shot, "
+             "in_context) attack the system itself, its classifier or detector included.", "",
+             "| method | variant | FQ | " + " | ".join(names) + " |",
+             "|---|---|---|" + "---|" * len(names)]
+    for row in sorted(rows, key=lambda r: -r["forget_quality"]):
+        cells = []
+        for n in names:
+            v = row["residual"][n]
+            cell = f"**{_fmt(v)}**" if isinstance(v, float) and v > 0.3 else _fmt(v)
+            cells.append(cell + ("†" if n in row["on_base"] else ""))
+        lines.append(f"| {row['method']} | {row['variant']} | {row['forget_quality']:.3g} | "
+                     + " | ".join(cells) + " |")
+    return lines
+
+
 def main() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -61,25 +85,7 @@ def main() -> None:
                      "raw": {n: e["model"] for n, e in res["audits"].items()},
                      "seconds": round(time.perf_counter() - t, 1)})
         print(r["method"], {k: _fmt(v) for k, v in rows[-1]["residual"].items()}, flush=True)
-    lines = [f"# Robustness audits: leaderboard methods ({', '.join(variants)}; best run each)", "",
-             "Residual knowledge of the forget set under each attack: 1 = as much as the target "
-             "(before unlearning), 0 = as little as the oracle (never trained on it); above 0.3 "
-             "is marked **bold** (the knowledge is back to a third of the target's). Built-in "
-             "benchmark, forget10, 4-layer tiny Llama; FQ = forget quality from the leaderboard. "
-             "For an unlearned system (variant *system*) the audits that read or edit weights run "
-             "on the base model it wraps, marked †: the knowledge still present in the weights, "
-             "which anyone with the base weights has; the prompt audits (rephrase, few_shot, "
-             "in_context) attack the system itself, its classifier or detector included.", "",
-             "| method | variant | FQ | " + " | ".join(names) + " |",
-             "|---|---|---|" + "---|" * len(names)]
-    for row in sorted(rows, key=lambda r: -r["forget_quality"]):
-        cells = []
-        for n in names:
-            v = row["residual"][n]
-            cell = f"**{_fmt(v)}**" if isinstance(v, float) and v > 0.3 else _fmt(v)
-            cells.append(cell + ("†" if n in row["on_base"] else ""))
-        lines.append(f"| {row['method']} | {row['variant']} | {row['forget_quality']:.3g} | "
-                     + " | ".join(cells) + " |")
+    lines = table_lines(rows, names, variants)
     survivors = [f"{r['method']} ({r['variant']})" for r in rows if all(
         isinstance(v, float) and v <= 0.3 for v in r["residual"].values())]
     lines += ["", f"Methods whose forgetting survives every attack (all residuals <= 0.3): "
