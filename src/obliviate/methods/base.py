@@ -154,7 +154,7 @@ def eval_mode(model) -> Iterator[None]:
 
 
 def forward(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Logits [batch, seq, vocab] of a collated batch (an unlearned system also learns where
+    """Logits [batch, seq, vocab] of a collated batch (an unlearned system is also told where
     each prompt ends)."""
     return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                  **forward_kwargs(model, batch)).logits
