@@ -329,6 +329,27 @@ def test_damaged_or_mismatched_components_fail_with_one_line(tiny, tmp_path):
         load_system(out)
 
 
+def test_a_base_rewritten_in_place_is_detected(tiny, tmp_path):
+    """The saved base shares its files with the input model (hard links): rewriting that model's
+    weights in place changes the system's base, and loading says so; touching a file without
+    changing its bytes does not stop it."""
+    import os
+    import shutil
+
+    src = tmp_path / "model"
+    shutil.copytree(tiny, src)
+    base, tok = _base(src)
+    out = save_system(_systems(base)["spul"], tok, tmp_path / "sys", {}, src, (src,))
+    os.utime(src / "model.safetensors")  # same bytes, new time: hashed, and accepted
+    load_system(out)
+    data = bytearray((src / "model.safetensors").read_bytes())
+    data[-1] ^= 1
+    with open(src / "model.safetensors", "r+b") as fh:  # in place: the same inode
+        fh.write(bytes(data))
+    with pytest.raises(ObliviateError, match="changed since the system was saved"):
+        load_system(out)
+
+
 def test_a_system_is_refused_where_weights_are_needed(tiny, tmp_path):
     base, tok = _base(tiny)
     out = save_system(_systems(base)["uld"], tok, tmp_path / "sys", {}, tiny, (tiny,))

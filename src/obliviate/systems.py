@@ -304,6 +304,7 @@ def load_system(folder: str | Path, trust_remote_code: bool = False, dtype: str 
     if entry.get("sha256") and _sha256(comp) != entry["sha256"]:
         raise ObliviateError(f"could not load system {folder}: {COMPONENTS} does not match the "
                              "checksum in obliviate.json (damaged or edited)")
+    _check_base(folder, entry.get("base_files", {}))
     base, tok = load_model(folder / BASE, trust_remote_code=trust_remote_code, dtype=dtype)
     system = cls(base, entry.get("settings", {}))
     try:  # safetensors' module loader restores tied tensors (an assistant's head) as tied
@@ -314,6 +315,32 @@ def load_system(folder: str | Path, trust_remote_code: bool = False, dtype: str 
                              f"settings in obliviate.json ({first})") from None
     system.eval()
     return system, tok
+
+
+def _base_files(base: Path) -> dict[str, dict[str, Any]]:
+    """Size, modification time and SHA-256 of the base's weight files, as saved."""
+    out = {}
+    for f in sorted(base.glob("*.safetensors")):
+        st = f.stat()
+        out[f.name] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": _sha256(f)}
+    return out
+
+
+def _check_base(folder: Path, recorded: dict[str, dict[str, Any]]) -> None:
+    """The base's weights are the ones the system was fit on. Its files may be hard links to
+    the input model's, so a tool rewriting that model in place would change them: a file whose
+    size or time changed is hashed, and a different hash is an error."""
+    for name, rec in recorded.items():
+        path = folder / BASE / name
+        if not path.is_file():
+            raise ObliviateError(f"could not load system {folder}: {BASE}/{name} is missing")
+        st = path.stat()
+        if (st.st_size, st.st_mtime_ns) != (rec.get("size"), rec.get("mtime_ns")) and \
+                _sha256(path) != rec.get("sha256"):
+            raise ObliviateError(
+                f"could not load system {folder}: {BASE}/{name} changed since the system was "
+                "saved (its base shares files with the model it was made from; was that model "
+                "rewritten in place?)")
 
 
 def load_any(source: str | Path, trust_remote_code: bool = False, dtype: str = "float32"):
@@ -358,7 +385,7 @@ def save_system(system: System, tok, out: str | Path, provenance: dict[str, Any]
             tok.save_pretrained(tmp / BASE)
         save_parts(system.parts, str(tmp / COMPONENTS), metadata={"kind": system.kind})
         entry = {**system.describe(), "base": BASE, "file": COMPONENTS,
-                 "sha256": _sha256(tmp / COMPONENTS)}
+                 "sha256": _sha256(tmp / COMPONENTS), "base_files": _base_files(tmp / BASE)}
         write_json_atomic(tmp / "obliviate.json", {**provenance, "system": entry})
     return out
 
