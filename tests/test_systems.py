@@ -312,19 +312,32 @@ def test_save_and_load_round_trip_with_identical_logits(tiny, tmp_path, kind):
 
 
 def test_damaged_or_mismatched_components_fail_with_one_line(tiny, tmp_path):
+    """Checksums cover the components and the settings: an edited setting or a damaged file is
+    refused; settings that match their checksum but not the tensors (a hand-made manifest)
+    fail in one line too."""
+    from obliviate.systems import _settings_sha256
+
     base, tok = _base(tiny)
     out = save_system(_systems(base)["spul"], tok, tmp_path / "sys", {}, tiny, (tiny,))
-    prov = json.loads((out / "obliviate.json").read_text())
+    path = out / "obliviate.json"
+    good = json.loads(path.read_text())
+    prov = json.loads(path.read_text())
     prov["system"]["settings"]["tokens"] = 5  # the file holds 2
-    prov["system"]["sha256"] = ""
-    (out / "obliviate.json").write_text(json.dumps(prov))
-    with pytest.raises(ObliviateError, match="do not fit the settings"):
+    path.write_text(json.dumps(prov))
+    with pytest.raises(ObliviateError, match="settings in obliviate.json do not match their checksum"):
         load_system(out)
+    prov["system"]["settings_sha256"] = _settings_sha256(prov["system"]["settings"])
+    path.write_text(json.dumps(prov))
+    with pytest.raises(ObliviateError, match="do not fit a spul system"):
+        load_system(out)
+    prov["system"]["settings"] = [1]
+    path.write_text(json.dumps(prov))
+    with pytest.raises(ObliviateError, match="malformed"):
+        load_system(out)
+    path.write_text(json.dumps(good))
     data = bytearray((out / "components.safetensors").read_bytes())
     data[-1] ^= 1
     (out / "components.safetensors").write_bytes(bytes(data))
-    prov["system"]["sha256"] = "0" * 64
-    (out / "obliviate.json").write_text(json.dumps(prov))
     with pytest.raises(ObliviateError, match="checksum"):
         load_system(out)
 

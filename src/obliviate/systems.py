@@ -20,6 +20,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import inspect
+import json
 import os
 import shutil
 from dataclasses import dataclass
@@ -289,6 +290,7 @@ def _sha256(path: Path) -> str:
 def load_system(folder: str | Path, trust_remote_code: bool = False, dtype: str = "float32"):
     """(system, tokenizer) from a system folder: the base loads as any model folder, the
     components from safetensors after their checksum is verified."""
+    from safetensors import SafetensorError
     from safetensors.torch import load_model as load_parts
 
     from .models import load_model
@@ -298,23 +300,44 @@ def load_system(folder: str | Path, trust_remote_code: bool = False, dtype: str 
     if entry is None:
         raise ObliviateError(f"{folder} is not an unlearned system (no 'system' in obliviate.json)")
     cls = SYSTEMS.get(entry["kind"])
+    settings = _checked_entry(folder, entry)
+    _check_base(folder, entry.get("base_files", {}))
+    base, tok = load_model(folder / BASE, trust_remote_code=trust_remote_code, dtype=dtype)
+    try:
+        system = cls(base, settings)
+        # safetensors' module loader restores tied tensors (an assistant's head) as tied
+        load_parts(system.parts, str(folder / COMPONENTS), strict=True)
+    except (TypeError, ValueError, KeyError, IndexError, ZeroDivisionError, RuntimeError,
+            SafetensorError, ObliviateError) as exc:
+        first = next((ln for ln in str(exc).splitlines() if ln.strip().rstrip(":")), type(exc).__name__)
+        raise ObliviateError(f"could not load system {folder}: its components and settings do not "
+                             f"fit a {entry['kind']} system ({first.strip()})") from None
+    system.eval()
+    return system, tok
+
+
+def _settings_sha256(settings: Any) -> str:
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
+
+
+def _checked_entry(folder: Path, entry: dict[str, Any]) -> dict[str, Any]:
+    """The manifest's settings, after the components' and the settings' checksums are
+    verified: a damaged file or an edited setting is refused before anything is built."""
     comp = folder / COMPONENTS
     if not comp.is_file():
         raise ObliviateError(f"could not load system {folder}: {COMPONENTS} is missing")
-    if entry.get("sha256") and _sha256(comp) != entry["sha256"]:
+    settings, files = entry.get("settings"), entry.get("base_files", {})
+    if not isinstance(settings, dict) or not isinstance(files, dict) or not all(
+            isinstance(v, dict) for v in files.values()):
+        raise ObliviateError(f"could not load system {folder}: obliviate.json's 'system' entry "
+                             "is malformed (settings and base_files must be objects)")
+    if _sha256(comp) != entry.get("sha256"):
         raise ObliviateError(f"could not load system {folder}: {COMPONENTS} does not match the "
                              "checksum in obliviate.json (damaged or edited)")
-    _check_base(folder, entry.get("base_files", {}))
-    base, tok = load_model(folder / BASE, trust_remote_code=trust_remote_code, dtype=dtype)
-    system = cls(base, entry.get("settings", {}))
-    try:  # safetensors' module loader restores tied tensors (an assistant's head) as tied
-        load_parts(system.parts, str(comp), strict=True)
-    except RuntimeError as exc:
-        first = str(exc).splitlines()[0]
-        raise ObliviateError(f"could not load system {folder}: the components do not fit the "
-                             f"settings in obliviate.json ({first})") from None
-    system.eval()
-    return system, tok
+    if _settings_sha256(settings) != entry.get("settings_sha256"):
+        raise ObliviateError(f"could not load system {folder}: its settings in obliviate.json do "
+                             "not match their checksum (edited)")
+    return settings
 
 
 def _base_files(base: Path) -> dict[str, dict[str, Any]]:
@@ -385,7 +408,8 @@ def save_system(system: System, tok, out: str | Path, provenance: dict[str, Any]
             tok.save_pretrained(tmp / BASE)
         save_parts(system.parts, str(tmp / COMPONENTS), metadata={"kind": system.kind})
         entry = {**system.describe(), "base": BASE, "file": COMPONENTS,
-                 "sha256": _sha256(tmp / COMPONENTS), "base_files": _base_files(tmp / BASE)}
+                 "sha256": _sha256(tmp / COMPONENTS), "base_files": _base_files(tmp / BASE),
+                 "settings_sha256": _settings_sha256(system.settings)}
         write_json_atomic(tmp / "obliviate.json", {**provenance, "system": entry})
     return out
 

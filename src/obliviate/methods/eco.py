@@ -64,6 +64,8 @@ class ECOSystem(System):
         width = base.config.hidden_size
         self.parts["classifiers"] = Classifiers(int(settings["requests"]), width)
         self.layer = int(settings["layer"])
+        if not 0 < self.layer <= base.config.num_hidden_layers:
+            raise ValueError(f"layer {self.layer} is not a layer of this base")
         self.window = int(settings.get("window", 0))
         gen = torch.Generator().manual_seed(int(settings["seed"]))
         self.register_buffer("noise", torch.randn(NOISE_POSITIONS, width, generator=gen),

@@ -12,6 +12,8 @@ from ..systems import SYSTEMS, System, lm_step, positions
 from .base import METHODS, Context, label_mask
 from .objectives import kl_to_reference, mean_nll
 
+MAX_TOKENS = 4096  # a soft prompt longer than this is a typo, not a prompt
+
 
 @SYSTEMS.register("spul")
 class SoftPromptSystem(System):
@@ -64,8 +66,8 @@ class SPUL:
     system: ClassVar[str] = "spul"
 
     def __post_init__(self) -> None:
-        if self.tokens < 1:
-            raise ObliviateError(f"spul tokens must be at least 1 (got {self.tokens})")
+        if not 1 <= self.tokens <= MAX_TOKENS:
+            raise ObliviateError(f"spul tokens must be in 1..{MAX_TOKENS} (got {self.tokens})")
         if self.alpha < 0 or self.gamma < 0:
             raise ObliviateError(f"spul alpha and gamma must be >= 0 (got {self.alpha}, {self.gamma})")
 
