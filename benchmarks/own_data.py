@@ -277,6 +277,12 @@ def rows(results: dict, stops: dict) -> dict[str, dict]:
 def findings(table: dict[str, dict], methods: list[str], stops: dict) -> list[str]:
     """Sentences computed from the numbers: memorisation, then each run's verdict, then what
     the calibrated stop changed."""
+    return [*_reference_findings(table), *_run_verdicts(table, methods),
+            *_stop_findings(table, methods, stops)]
+
+
+def _reference_findings(table: dict[str, dict]) -> list[str]:
+    """Whether the target memorised, and what forget quality and the MIA can tell apart."""
     out = []
     oracle, target = table["oracle"], table["target"]
     tp, op = target["forget_prob"], oracle["forget_prob"]
@@ -298,6 +304,13 @@ def findings(table: dict[str, dict], methods: list[str], stops: dict) -> list[st
     if ta is not None and oa is not None:
         out.append(f"Min-K% MIA AUC, forget against holdout items: target {_f(ta)}, oracle "
                    f"{_f(oa)} (0.5: members look like non-members).")
+    return out
+
+
+def _run_verdicts(table: dict[str, dict], methods: list[str]) -> list[str]:
+    """Each run against the thresholds: over- or under-unlearning, utility, membership."""
+    out = []
+    op = table["oracle"]["forget_prob"]
     for name in runs_of(methods):
         if name not in table:
             continue  # a failed run: reported with its error
@@ -323,6 +336,12 @@ def findings(table: dict[str, dict], methods: list[str], stops: dict) -> list[st
             out.append(f"`{name}` is within every threshold (forget quality {_f(fq)}, utility "
                        f"{_pct(rel)} of the oracle's, PrivLeak "
                        f"{'—' if pl is None else f'{pl:+.1f}'}).")
+    return out
+
+
+def _stop_findings(table: dict[str, dict], methods: list[str], stops: dict) -> list[str]:
+    """What the calibrated stop changed per method, and the best run within utility."""
+    out = []
     for m in methods:
         if m not in table or f"{m}-stop" not in table:
             continue
@@ -385,6 +404,30 @@ def audit_lines(audits: dict[str, dict]) -> list[str]:
 
 
 # ---- output ----------------------------------------------------------------------------------
+def _table_rows(table: dict[str, dict], cols: list[tuple[str, str]], stops: dict,
+                stages: dict) -> list[str]:
+    """One markdown row per model: its numbers, then its stage and evaluation seconds."""
+    lines = []
+    for name, r in table.items():
+        cells = []
+        for key, _ in cols:
+            v = r[key]
+            if key == "mu_rel":
+                cells.append(_pct(v))
+            elif key == "privleak":
+                cells.append("—" if v is None else f"{v:+.1f}")
+            elif key == "stop_step":
+                # a run that used its whole budget without reaching holdout level
+                unreached = stops.get(name) and stops[name].get("reached") is False
+                cells.append("—" if v is None else f"{v:g}" + (" (budget)" if unreached else ""))
+            else:
+                cells.append(_f(v))
+        lines.append(f"| {name} | " + " | ".join(cells)
+                     + f" | {stages.get(name, {}).get('wall_s', '—')} "
+                     f"| {stages.get(f'eval-{name}', {}).get('wall_s', '—')} |")
+    return lines
+
+
 def write(work: Path, args, methods: list[str], results: dict, stops: dict,
           stages: dict) -> None:
     table = rows(results, stops)
@@ -409,23 +452,7 @@ def write(work: Path, args, methods: list[str], results: dict, stops: dict,
         "`python benchmarks/own_data.py`; each stage is its own process.", "",
         "| model | " + " | ".join(c for _, c in cols) + " | stage s | eval s |",
         "|---|" + "---|" * (len(cols) + 2)]
-    for name, r in table.items():
-        cells = []
-        for key, _ in cols:
-            v = r[key]
-            if key == "mu_rel":
-                cells.append(_pct(v))
-            elif key == "privleak":
-                cells.append("—" if v is None else f"{v:+.1f}")
-            elif key == "stop_step":
-                # a run that used its whole budget without reaching holdout level
-                unreached = stops.get(name) and stops[name].get("reached") is False
-                cells.append("—" if v is None else f"{v:g}" + (" (budget)" if unreached else ""))
-            else:
-                cells.append(_f(v))
-        lines.append(f"| {name} | " + " | ".join(cells)
-                     + f" | {stages.get(name, {}).get('wall_s', '—')} "
-                     f"| {stages.get(f'eval-{name}', {}).get('wall_s', '—')} |")
+    lines += _table_rows(table, cols, stops, stages)
     lines += ["", "Stage wall time (s) and peak RSS (MB): "
               + ", ".join(f"{n} {s['wall_s']}" + (f" / {s['peak_rss_mb']}" if "peak_rss_mb" in s
                                                    else "")
