@@ -440,7 +440,9 @@ def _prepare_model(run: _Run) -> None:
 def _streams(run: _Run) -> dict[str, Any]:
     ctx, bs, seed = run.ctx, run.optim.batch_size, run.cfg.seed
     streams = {"forget": make_loader(ctx.items["forget"], bs, ctx.pad_id, seed)}
-    if "retain" in run.method.needs():
+    # a method may use a retain set without needing one (`uses_retain`: only where it is given)
+    if "retain" in run.method.needs() or (run.method.declared("uses_retain", False)
+                                          and ctx.items.get("retain")):
         streams["retain"] = make_loader(ctx.items["retain"], bs, ctx.pad_id, seed + 1)
     return streams
 

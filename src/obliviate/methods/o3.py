@@ -21,7 +21,7 @@ from ..systems import (
     question_features,
     scoring_positions,
 )
-from .base import METHODS, Context, batch_seq_nll
+from .base import METHODS, Context, batch_nll, batch_seq_nll
 from .objectives import npo
 
 
@@ -177,6 +177,7 @@ class O3:
     rank: int = 8
     alpha: float = 16.0
     beta: float = 0.1  # NPO temperature
+    alpha_retain: float = 5.0  # weight of the retain NLL through the adapter, where retain is given
     targets: list[str] = None  # type: ignore[assignment]  # module suffixes; None: MLP and attention output
     prototypes: int = 16
     open_quantile: float = 0.1
@@ -189,8 +190,11 @@ class O3:
     default_lr: ClassVar[float] = 2e-3
     system: ClassVar[str] = "o3"
     extends: ClassVar[bool] = True
+    uses_retain: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
+        if self.alpha_retain < 0:
+            raise ObliviateError(f"o3 alpha_retain must be >= 0 (got {self.alpha_retain})")
         if self.targets is None:
             self.targets = ["mlp.down_proj", "self_attn.o_proj"]
         if self.rank < 1 or self.prototypes < 1:
@@ -259,8 +263,17 @@ class O3:
     def loss(self, model, batches, ctx: Context):
         f = batches["forget"]
         ref = ctx.cached("seq_nll:forget").to(f["index"].device)[f["index"]]
-        forget = npo(batch_seq_nll(_Adapted(model), f), ref, self.beta, ctx.world_size)
-        return forget, {"npo": float(forget.detach())}
+        adapted = _Adapted(model)
+        forget = npo(batch_seq_nll(adapted, f), ref, self.beta, ctx.world_size)
+        info = {"npo": float(forget.detach())}
+        if "retain" not in batches or self.alpha_retain == 0:
+            return forget, info
+        # Where retain data is given, the adapter (fully on) must keep its answers: whatever the
+        # detector lets through then loses only the forget facts, not the model's language.
+        forget = ctx.backward_now(forget)
+        retain = batch_nll(adapted, batches["retain"], ctx.world_size)
+        info["retain"] = float(retain.detach())
+        return forget + self.alpha_retain * retain, info
 
     def finish(self, model, ctx: Context) -> None:
         system = getattr(model, "module", model)
