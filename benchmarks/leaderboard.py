@@ -195,19 +195,30 @@ def _row_line(r: dict, oracle_mu: float) -> str:
             f"{_ratio(r)} |")
 
 
-def _summary(chosen: list[dict], rows: list[dict], oracle_mu: float) -> list[str]:
+def _system_bar(ok: list[dict], utility: float) -> list[dict]:
+    fq, mu, cost = SYSTEM_BAR
+    return [r for r in ok if r["variant"] == "system" and r["forget_quality"] >= fq
+            and r["model_utility"] >= mu * utility and r.get("inference_overhead", 9) <= cost]
+
+
+def _summary(chosen: list[dict], rows: list[dict], refs: dict) -> list[str]:
+    oracle_mu, target_mu = refs["oracle"]["model_utility"], refs["target"]["model_utility"]
     ok = [r for r in chosen if "error" not in r]
     hits = [r for r in ok if r["forget_quality"] >= 0.05 and r["model_utility"] >= UTILITY_FLOOR * oracle_mu]
     fq, mu, cost = SYSTEM_BAR
-    bar = [r for r in ok if r["variant"] == "system" and r["forget_quality"] >= fq
-           and r["model_utility"] >= mu * oracle_mu and r.get("inference_overhead", 9) <= cost]
     names = lambda rs: ", ".join(f"{r['method']} ({r['variant']})" for r in rs) or "none"  # noqa: E731
-    return ["", f"Runs reaching forget quality >= 0.05 at >= {UTILITY_FLOOR:.0%} of the oracle's "
-            f"utility: {names(hits)}.",
-            f"Unlearned systems reaching forget quality >= {fq} at >= {mu:.0%} of the oracle's "
-            f"utility with an inference overhead <= {cost}x: {names(bar)}.",
-            f"{len(rows)} runs, {sum(r['wall_seconds'] for r in rows):.0f} s of wall time in all "
-            "(each run: process start, unlearning, evaluation)."]
+    lines = ["", f"Runs reaching forget quality >= 0.05 at >= {UTILITY_FLOOR:.0%} of the oracle's "
+             f"utility: {names(hits)}.",
+             f"Unlearned systems reaching forget quality >= {fq} at >= {mu:.0%} of the oracle's "
+             f"utility with an inference overhead <= {cost}x: {names(_system_bar(ok, oracle_mu))}."]
+    if target_mu < mu * oracle_mu:
+        # a gated system answers every question its gate lets pass as the target does
+        lines.append(f"The target itself keeps {100 * target_mu / oracle_mu:.0f}% of the oracle's "
+                     "utility, below that bar, and a system whose gate stays shut outside the "
+                     "forget set has the target's utility at best. The same bar against the "
+                     f"target's utility: {names(_system_bar(ok, target_mu))}.")
+    return lines + [f"{len(rows)} runs, {sum(r['wall_seconds'] for r in rows):.0f} s of wall time "
+                    "in all (each run: process start, unlearning, evaluation)."]
 
 
 def write(out_dir: Path, refs: dict, rows: list[dict], meta: dict) -> None:
@@ -234,7 +245,7 @@ def write(out_dir: Path, refs: dict, rows: list[dict], meta: dict) -> None:
                      f"{_fmt(r['forget_rougeL_recall'])} | {_fmt(r['retain_prob'])} | | | |")
     chosen = _chosen(rows, oracle_mu)
     lines += [_row_line(r, oracle_mu) for r in chosen]
-    lines += _summary(chosen, rows, oracle_mu)
+    lines += _summary(chosen, rows, refs)
     prov = provenance()
     lines += ["", line(prov)]
     out_dir.mkdir(parents=True, exist_ok=True)

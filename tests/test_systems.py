@@ -199,10 +199,10 @@ def test_spul_prepends_its_tokens_to_every_input(tiny):
 
 
 # ---------------------------------------------------------------------------- O3
-def _o3(base, requests=1, bounds=(-2.0, -1.0)):
+def _o3(base, requests=1, bounds=(-1e6, -1e6 + 1)):
     targets = [n for n, m in base.named_modules() if n.endswith("mlp.down_proj")]
-    system = O3System(base, {"requests": requests, "rank": 2, "alpha": 4.0, "prototypes": [2] * requests,
-                             "targets": targets, "window": 0}).eval()
+    system = O3System(base, {"requests": requests, "rank": 2, "alpha": 4.0, "targets": targets,
+                             "window": 0}).eval()
     _randomise(system.parts, seed=2)
     with torch.no_grad():
         for r in range(requests):
@@ -211,26 +211,33 @@ def _o3(base, requests=1, bounds=(-2.0, -1.0)):
 
 
 def test_o3_gate_shut_gives_the_base_exactly_and_open_applies_the_adapter(tiny):
-    """Cosine scores lie in [-1, 1]: bounds (2, 3) shut every gate (the base's logits, bit for
-    bit); bounds (-2, -1) open them (the adapters change the logits)."""
+    """Bounds far above every score shut every gate (the base's logits, bit for bit); bounds far
+    below open them (the adapters change the logits)."""
     base, tok = _base(tiny)
     ids, mask = _batch(tok, TEXTS[:3])
     plain = base(input_ids=ids, attention_mask=mask).logits
     with torch.no_grad():
-        assert torch.equal(_o3(base, bounds=(2.0, 3.0))(input_ids=ids, attention_mask=mask).logits, plain)
-        opened = _o3(base, bounds=(-2.0, -1.0))(input_ids=ids, attention_mask=mask).logits
+        assert torch.equal(_o3(base, bounds=(1e6, 1e6 + 1))(input_ids=ids, attention_mask=mask).logits, plain)
+        opened = _o3(base, bounds=(-1e6, -1e6 + 1))(input_ids=ids, attention_mask=mask).logits
     assert not torch.allclose(opened, plain, atol=1e-4)
 
 
 def test_o3_detector_gate_ramp_by_hand():
-    """One prototype (1, 0) on one layer; bounds (0.5, 0.9). x = (1, 0): cos 1 -> gate 1;
-    x = (0.7, sqrt(0.51)): cos 0.7 -> (0.7 - 0.5) / 0.4 = 0.5; x = (0, 1): cos 0 -> 0."""
-    d = Detector(1, 1, 2)
+    """Two layers, width 2. Layer 1: weight (1, 0), bias 0, mean 0, scale 1; layer 2: weight
+    (0, 2), bias 1, mean (0, 1), scale (1, 2). Score = mean of the layers' logits; bounds (0.5, 0.9).
+    x = (1, 0) on both: logits 1 and 2*(0-1)/2 + 1 = 0 -> score 0.5 -> gate 0.
+    x = (1, 2) on both: logits 1 and 2*(2-1)/2 + 1 = 2 -> score 1.5 -> gate 1.
+    x = (1, 0.6) on both: logits 1 and 2*(0.6-1)/2 + 1 = 0.6 -> score 0.8 -> gate (0.8-0.5)/0.4 = 0.75."""
+    d = Detector(2, 2)
     with torch.no_grad():
-        d.prototypes.copy_(torch.tensor([[[1.0, 0.0]]]))
+        d.weight.copy_(torch.tensor([[1.0, 0.0], [0.0, 2.0]]))
+        d.bias.copy_(torch.tensor([0.0, 1.0]))
+        d.mean.copy_(torch.tensor([[0.0, 0.0], [0.0, 1.0]]))
+        d.scale.copy_(torch.tensor([[1.0, 1.0], [1.0, 2.0]]))
         d.bounds.copy_(torch.tensor([0.5, 0.9]))
-    x = torch.tensor([[[1.0, 0.0]], [[0.7, math.sqrt(0.51)]], [[0.0, 1.0]]])
-    torch.testing.assert_close(d.gate(x), torch.tensor([1.0, 0.5, 0.0]))
+    x = torch.tensor([[1.0, 0.0], [1.0, 2.0], [1.0, 0.6]])[:, None, :].expand(3, 2, 2)
+    torch.testing.assert_close(d.score(x), torch.tensor([0.5, 1.5, 0.8]))
+    torch.testing.assert_close(d.gate(x), torch.tensor([0.0, 1.0, 0.75]))
 
 
 def test_o3_adapter_projection_is_orthogonal_to_earlier_rows():
@@ -505,3 +512,30 @@ def test_every_kind_through_eval_audit_report_and_the_ledger(memorised_oracle, t
                 assert rows[(v, rid)]["forget_prob"] < 0.7 * before, (kind, rid, v)
     ok, checks = verify(proj, 1, progress=False)
     assert ok, [c for c in checks if not c.ok]
+
+
+@pytest.mark.slow
+def test_o3_adapter_keeps_retain_answers_where_a_retain_set_is_given(memorised, tmp_path):
+    """Trained with the benchmark's retain set, O3's adapter (forced fully on) keeps the retain
+    answers far better than the same run with the retain term off, while both push the forget
+    answers down from the base's."""
+    from obliviate.data import Benchmark
+    from obliviate.encoding import encode
+    from obliviate.methods.base import batch_seq_nll
+    from obliviate.methods.o3 import _Adapted
+    from obliviate.encoding import collate
+
+    bench = Benchmark.load(memorised / "bench")
+    nll = {}
+    for alpha in (0.0, 5.0):
+        out = _unlearn(memorised, tmp_path / f"a{alpha}", "o3", steps=20,
+                       params={"alpha_retain": alpha})
+        system, tok = load_any(out)
+        for name, exs in (("retain", bench.retain_set()[:32]), ("forget", bench.forget_set())):
+            batch = collate([encode(tok, ex, i) for i, ex in enumerate(exs)], tok.pad_token_id)
+            with torch.no_grad():
+                adapted = batch_seq_nll(_Adapted(system), batch).mean()
+                base = batch_seq_nll(system.base, batch).mean()
+            nll[alpha, name] = float(adapted - base)  # what the adapter adds to the answers' NLL
+    assert nll[5.0, "forget"] > 1.0 and nll[0.0, "forget"] > 1.0
+    assert nll[5.0, "retain"] < 0.25 * nll[0.0, "retain"]

