@@ -520,10 +520,9 @@ def test_o3_adapter_keeps_retain_answers_where_a_retain_set_is_given(memorised, 
     answers far better than the same run with the retain term off, while both push the forget
     answers down from the base's."""
     from obliviate.data import Benchmark
-    from obliviate.encoding import encode
+    from obliviate.encoding import collate, encode
     from obliviate.methods.base import batch_seq_nll
     from obliviate.methods.o3 import _Adapted
-    from obliviate.encoding import collate
 
     bench = Benchmark.load(memorised / "bench")
     nll = {}
