@@ -397,6 +397,34 @@ def test_a_question_is_judged_alone_whatever_precedes_it(tiny):
     assert ids.shape[1] == width and torch.equal(f[0], f[1])
 
 
+def test_gate_features_come_from_the_base_pass_only_where_the_prompt_is_the_question(tiny):
+    """Prompts that are their question (BOS first, within the window), right-padded with answer
+    tokens after them or left-padded for generation: the features of the base's own pass equal
+    re-encoding the question alone (to float tolerance) and the logits are the base's exactly.
+    A prompt with more before the question than the window holds is re-encoded (no base pass)."""
+    from obliviate.systems import gate_features, judged_in_place, question_features
+
+    base, tok = _base(tiny)
+    for left in (False, True):
+        ids, mask = _batch(tok, TEXTS[:3], left=left)
+        # generation: the whole row is the prompt; scoring: its first 4 tokens
+        pm = None if left else mask.bool() & (torch.arange(ids.shape[1]) < 4)
+        window = int(mask.sum(-1).max())
+        assert judged_in_place(ids, mask, pm, window, tok.bos_token_id)
+        with torch.no_grad():
+            feats, out = gate_features(base, ids, mask, pm, [1, 2], window, None if not left
+                                       else ob.systems.positions(mask), use_cache=left)
+            alone = question_features(base, ids, mask, pm, [1, 2], window)
+            plain = base(input_ids=ids, attention_mask=mask,
+                         position_ids=ob.systems.positions(mask) if left else None).logits
+        assert out is not None and torch.equal(out[0], plain)
+        torch.testing.assert_close(feats, alone, atol=1e-5, rtol=1e-5)
+    ids, mask = _batch(tok, TEXTS[:2])
+    assert not judged_in_place(ids, mask, None, 2, tok.bos_token_id)
+    with torch.no_grad():
+        assert gate_features(base, ids, mask, None, [1], 2, None, use_cache=False)[1] is None
+
+
 # ---------------------------------------------------------------------------- runs
 def _unlearn(root, out, method, steps=30, params=None, model=None):
     cfg = ob.UnlearnConfig(model=str(model or root / "target"), method=method, params=params or {},

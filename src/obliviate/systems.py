@@ -217,6 +217,42 @@ def question_features(base, ids: torch.Tensor, mask: torch.Tensor, prompt_mask: 
     return torch.stack([pool(hs[i], w) for i in layers], 1).float()
 
 
+def judged_in_place(ids: torch.Tensor, mask: torch.Tensor, prompt_mask: torch.Tensor | None,
+                    window: int, bos: int | None) -> bool:
+    """Whether every row's prompt is exactly the question a gate judges (question_batch): it
+    opens the row, starts with BOS (where the model has one) and fits the window. Then the
+    base's own pass over the input already holds the gate's hidden states (causal attention:
+    what follows the prompt cannot change them), and no second pass is needed."""
+    pm = prompt_positions(mask, prompt_mask).bool()
+    for row, keep, real in zip(ids.tolist(), pm.tolist(), mask.bool().tolist(), strict=True):
+        first = real.index(True) if True in real else 0
+        k = sum(keep)
+        if keep[first:first + k] != [True] * k:  # the prompt must open the row, in one piece
+            return False
+        toks = row[first:first + k]
+        if bos is not None and (not toks or toks[0] != bos):
+            return False
+        if window > 0 and len(toks) - (bos is not None) > window:
+            return False
+    return True
+
+
+def gate_features(base, ids: torch.Tensor, mask: torch.Tensor, prompt_mask: torch.Tensor | None,
+                  layers: list[int], window: int, pos: torch.Tensor | None, use_cache: bool):
+    """(features, base_out): the gate's features (question_features) and, where they could be
+    read from the base's own pass over the whole input (judged_in_place), that pass's
+    (logits, cache), which a shut gate returns as is; else None, and the question was
+    re-encoded alone."""
+    cfg = base.config
+    if not judged_in_place(ids, mask, prompt_mask, window, cfg.bos_token_id):
+        return question_features(base, ids, mask, prompt_mask, layers, window), None
+    out = base(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=use_cache,
+               output_hidden_states=True, **{_cache_kwarg(type(base)): None})
+    w = prompt_positions(mask, prompt_mask)
+    feats = torch.stack([pool(out.hidden_states[i], w) for i in layers], 1).float()
+    return feats, (out.logits, output_cache(out) if use_cache else None)
+
+
 def prompt_features(base, items, pad_id: int, layers: list[int], window: int = 0,
                     batch_size: int = 32) -> torch.Tensor:
     """question_features of encoded items (their unlabelled positions are the prompt), on CPU

@@ -14,12 +14,12 @@ from ..errors import ObliviateError
 from ..systems import (
     SYSTEMS,
     System,
+    gate_features,
     lm_step,
     positions,
     prompt_features,
     prompt_positions,
     prompt_window,
-    question_features,
     scoring_positions,
     youden_threshold,
 )
@@ -75,13 +75,15 @@ class ECOSystem(System):
     def prefill(self, ids, mask, prompt_mask, use_cache, part: str | None = None):
         pm = prompt_positions(mask, prompt_mask)
         pos = positions(mask) if use_cache else scoring_positions(mask)
+        base_out = None
         if self.force is not None:
             strength = torch.full((len(ids),), self.force, device=ids.device)
         else:
-            feats = question_features(self.base, ids, mask, prompt_mask, [self.layer], self.window)
+            feats, base_out = gate_features(self.base, ids, mask, prompt_mask, [self.layer],
+                                            self.window, pos, use_cache)
             strength = self.parts["classifiers"].strength(feats[:, 0])
         if not bool((strength > 0).any()):  # nothing flagged: the base as it is
-            logits, cache = lm_step(self.base, mask, ids=ids, pos=pos, use_cache=use_cache)
+            logits, cache = base_out or lm_step(self.base, mask, ids=ids, pos=pos, use_cache=use_cache)
             return logits, self.base_state(mask, cache)
         embeds = self.base.get_input_embeddings()(ids)
         rms = embeds.float().pow(2).mean(-1, keepdim=True).sqrt()

@@ -14,11 +14,11 @@ from ..errors import ObliviateError
 from ..systems import (
     SYSTEMS,
     System,
+    gate_features,
     lm_step,
     positions,
     prompt_features,
     prompt_window,
-    question_features,
     scoring_positions,
 )
 from .base import METHODS, Context, batch_nll, batch_seq_nll
@@ -136,10 +136,11 @@ class O3System(System):
             gates[:, -1] = 1.0
             with self.gated(gates):
                 return lm_step(self.base, mask, ids=ids, pos=pos)[0], None
-        feats = question_features(self.base, ids, mask, prompt_mask, self.layers(), self.window)
+        feats, base_out = gate_features(self.base, ids, mask, prompt_mask, self.layers(),
+                                        self.window, pos, use_cache)
         gates = torch.stack([self.parts[f"detector_{r}"].gate(feats) for r in range(self.requests)], 1)
         if not bool((gates > 0).any()):  # every gate shut: the base as it is
-            logits, cache = lm_step(self.base, mask, ids=ids, pos=pos, use_cache=use_cache)
+            logits, cache = base_out or lm_step(self.base, mask, ids=ids, pos=pos, use_cache=use_cache)
         else:
             with self.gated(gates):
                 logits, cache = lm_step(self.base, mask, ids=ids, pos=pos, use_cache=use_cache)
