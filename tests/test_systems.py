@@ -401,7 +401,8 @@ def test_gate_features_come_from_the_base_pass_only_where_the_prompt_is_the_ques
     """Prompts that are their question (BOS first, within the window), right-padded with answer
     tokens after them or left-padded for generation: the features of the base's own pass equal
     re-encoding the question alone (to float tolerance) and the logits are the base's exactly.
-    A prompt with more before the question than the window holds is re-encoded (no base pass)."""
+    A row whose prompt is longer than the window has its question re-encoded, alone or in a
+    batch with rows read in place; with no row in place there is no base pass."""
     from obliviate.systems import gate_features, judged_in_place, question_features
 
     base, tok = _base(tiny)
@@ -410,7 +411,7 @@ def test_gate_features_come_from_the_base_pass_only_where_the_prompt_is_the_ques
         # generation: the whole row is the prompt; scoring: its first 4 tokens
         pm = None if left else mask.bool() & (torch.arange(ids.shape[1]) < 4)
         window = int(mask.sum(-1).max())
-        assert judged_in_place(ids, mask, pm, window, tok.bos_token_id)
+        assert all(judged_in_place(ids, mask, pm, window, tok.bos_token_id))
         with torch.no_grad():
             feats, out = gate_features(base, ids, mask, pm, [1, 2], window, None if not left
                                        else ob.systems.positions(mask), use_cache=left)
@@ -419,10 +420,16 @@ def test_gate_features_come_from_the_base_pass_only_where_the_prompt_is_the_ques
                          position_ids=ob.systems.positions(mask) if left else None).logits
         assert out is not None and torch.equal(out[0], plain)
         torch.testing.assert_close(feats, alone, atol=1e-5, rtol=1e-5)
-    ids, mask = _batch(tok, TEXTS[:2])
-    assert not judged_in_place(ids, mask, None, 2, tok.bos_token_id)
+    ids, mask = _batch(tok, ["a b", TEXTS[0]])  # the second prompt is longer than the window
+    window = int(mask[0].sum()) - 1
+    assert judged_in_place(ids, mask, None, window, tok.bos_token_id) == [True, False]
     with torch.no_grad():
-        assert gate_features(base, ids, mask, None, [1], 2, None, use_cache=False)[1] is None
+        feats, out = gate_features(base, ids, mask, None, [1, 2], window, None, use_cache=False)
+        alone = question_features(base, ids, mask, None, [1, 2], window)
+    assert out is not None
+    torch.testing.assert_close(feats, alone, atol=1e-5, rtol=1e-5)
+    with torch.no_grad():  # no row in place: the questions re-encoded, no base pass
+        assert gate_features(base, ids[1:], mask[1:], None, [1], window, None, use_cache=False)[1] is None
 
 
 # ---------------------------------------------------------------------------- runs

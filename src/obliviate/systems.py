@@ -218,38 +218,42 @@ def question_features(base, ids: torch.Tensor, mask: torch.Tensor, prompt_mask: 
 
 
 def judged_in_place(ids: torch.Tensor, mask: torch.Tensor, prompt_mask: torch.Tensor | None,
-                    window: int, bos: int | None) -> bool:
-    """Whether every row's prompt is exactly the question a gate judges (question_batch): it
+                    window: int, bos: int | None) -> list[bool]:
+    """Per row, whether its prompt is exactly the question a gate judges (question_batch): it
     opens the row, starts with BOS (where the model has one) and fits the window. Then the
-    base's own pass over the input already holds the gate's hidden states (causal attention:
-    what follows the prompt cannot change them), and no second pass is needed."""
+    base's own pass over the input already holds the gate's hidden states for that row (causal
+    attention: what follows the prompt cannot change them)."""
     pm = prompt_positions(mask, prompt_mask).bool()
+    rows = []
     for row, keep, real in zip(ids.tolist(), pm.tolist(), mask.bool().tolist(), strict=True):
         first = real.index(True) if True in real else 0
         k = sum(keep)
-        if keep[first:first + k] != [True] * k:  # the prompt must open the row, in one piece
-            return False
         toks = row[first:first + k]
-        if bos is not None and (not toks or toks[0] != bos):
-            return False
-        if window > 0 and len(toks) - (bos is not None) > window:
-            return False
-    return True
+        rows.append(keep[first:first + k] == [True] * k  # the prompt opens the row, in one piece
+                    and (bos is None or (bool(toks) and toks[0] == bos))
+                    and (window <= 0 or len(toks) - (bos is not None) <= window))
+    return rows
 
 
 def gate_features(base, ids: torch.Tensor, mask: torch.Tensor, prompt_mask: torch.Tensor | None,
                   layers: list[int], window: int, pos: torch.Tensor | None, use_cache: bool):
-    """(features, base_out): the gate's features (question_features) and, where they could be
-    read from the base's own pass over the whole input (judged_in_place), that pass's
-    (logits, cache), which a shut gate returns as is; else None, and the question was
-    re-encoded alone."""
+    """(features, base_out): the gate's features, as question_features gives them, and the
+    base's (logits, cache) over the whole input, which a shut gate returns as is. Rows whose
+    prompt is their question (judged_in_place) are read from that pass; only the others have
+    their question re-encoded alone. With no such row there is no base pass (base_out None)."""
     cfg = base.config
-    if not judged_in_place(ids, mask, prompt_mask, window, cfg.bos_token_id):
+    in_place = judged_in_place(ids, mask, prompt_mask, window, cfg.bos_token_id)
+    if not any(in_place):
         return question_features(base, ids, mask, prompt_mask, layers, window), None
     out = base(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=use_cache,
                output_hidden_states=True, **{_cache_kwarg(type(base)): None})
     w = prompt_positions(mask, prompt_mask)
     feats = torch.stack([pool(out.hidden_states[i], w) for i in layers], 1).float()
+    redo = torch.tensor([i for i, ok in enumerate(in_place) if not ok], dtype=torch.long,
+                        device=ids.device)
+    if len(redo):
+        sub = None if prompt_mask is None else prompt_mask[redo]
+        feats[redo] = question_features(base, ids[redo], mask[redo], sub, layers, window)
     return feats, (out.logits, output_cache(out) if use_cache else None)
 
 
