@@ -240,6 +240,43 @@ def test_o3_detector_gate_ramp_by_hand():
     torch.testing.assert_close(d.gate(x), torch.tensor([0.0, 1.0, 0.75]))
 
 
+def test_o3_detector_fit_on_separable_sides_and_tiny_forget_sets():
+    """Forget features near +1 and negatives near -1 (2 layers, 3 dims). Two forget items are
+    too few to hold any out: their own scores set the open point, the 10th percentile between
+    them (interpolated), so the higher opens the gate fully and the lower not quite (rate 0.5).
+    40 negatives hold out 10; none of the 40 gets the adapter fully."""
+    from obliviate.methods.o3 import O3
+
+    gen = torch.Generator().manual_seed(0)
+    pos = 1.0 + 0.1 * torch.randn(2, 2, 3, generator=gen)
+    neg = -1.0 + 0.1 * torch.randn(40, 2, 3, generator=gen)
+    det = Detector(2, 3)
+    rates = O3()._fit_detector(det, pos, neg)
+    assert rates["forget_items"] == 2 and rates["negative_items"] == 10 and not rates["held_out"]
+    assert rates["forget_open"] == 0.5 and torch.isfinite(det.bounds).all()
+    assert 0.0 < float(det.gate(pos).min()) < 1.0
+    assert float(det.gate(neg).max()) < 1.0  # no negative gets the adapter fully
+    with pytest.raises(ObliviateError, match="one side is empty"):
+        O3()._fit_detector(Detector(2, 3), pos, neg[:0])
+
+
+@pytest.mark.parametrize("params", [{"alpha_retain": float("nan")}, {"c": float("inf")},
+                                    {"beta": 0.0}, {"alpha": -1.0}, {"shut_quantile": 1.5},
+                                    {"rank": 0}])
+def test_o3_rejects_bad_params_in_one_line(params):
+    from obliviate.methods import build
+
+    with pytest.raises(ObliviateError, match=r"o3 |params\."):
+        build("o3", params)
+
+
+def test_an_o3_system_of_the_prototype_format_is_refused_by_name(tiny):
+    base, _ = _base(tiny)
+    with pytest.raises(ValueError, match="prototype detectors"):
+        O3System(base, {"requests": 1, "rank": 2, "alpha": 4.0, "prototypes": [2],
+                        "targets": [], "window": 0})
+
+
 def test_o3_adapter_projection_is_orthogonal_to_earlier_rows():
     """down() = A - A Q Q^T has no component along the earlier adapters' rows (Q their basis)."""
     gen = torch.Generator().manual_seed(0)

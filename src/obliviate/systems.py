@@ -219,7 +219,7 @@ def question_features(base, ids: torch.Tensor, mask: torch.Tensor, prompt_mask: 
 
 def judged_in_place(ids: torch.Tensor, mask: torch.Tensor, prompt_mask: torch.Tensor | None,
                     window: int, bos: int | None) -> list[bool]:
-    """Per row, whether its prompt is exactly the question a gate judges (question_batch): it
+    """Per row, whether its prompt is token for token the question a gate judges (question_batch): it
     opens the row, starts with BOS (where the model has one) and fits the window. Then the
     base's own pass over the input already holds the gate's hidden states for that row (causal
     attention: what follows the prompt cannot change them)."""
@@ -237,7 +237,8 @@ def judged_in_place(ids: torch.Tensor, mask: torch.Tensor, prompt_mask: torch.Te
 
 def gate_features(base, ids: torch.Tensor, mask: torch.Tensor, prompt_mask: torch.Tensor | None,
                   layers: list[int], window: int, pos: torch.Tensor | None, use_cache: bool):
-    """(features, base_out): the gate's features, as question_features gives them, and the
+    """(features, base_out): the gate's features, as question_features gives them (up to float
+    rounding: the same tokens in a differently padded batch), and the
     base's (logits, cache) over the whole input, which a shut gate returns as is. Rows whose
     prompt is their question (judged_in_place) are read from that pass; only the others have
     their question re-encoded alone. With no such row there is no base pass (base_out None)."""
@@ -455,6 +456,6 @@ def save_system(system: System, tok, out: str | Path, provenance: dict[str, Any]
 
 
 __all__ = ["SYSTEMS", "System", "base_folder", "forward_kwargs", "is_system", "load_any",
-           "load_system", "lm_step", "manifest", "output_cache", "pool", "positions", "scoring_positions",
+           "gate_features", "judged_in_place", "load_system", "lm_step", "manifest", "output_cache", "pool", "positions", "scoring_positions",
            "prompt_features", "prompt_mask_of", "prompt_positions", "prompt_window",
            "question_batch", "question_features", "save_system", "youden_threshold"]

@@ -85,6 +85,7 @@ class ECOSystem(System):
         if not bool((strength > 0).any()):  # nothing flagged: the base as it is
             logits, cache = base_out or lm_step(self.base, mask, ids=ids, pos=pos, use_cache=use_cache)
             return logits, self.base_state(mask, cache)
+        del base_out  # not needed once a row is flagged: free the base's logits and cache first
         embeds = self.base.get_input_embeddings()(ids)
         rms = embeds.float().pow(2).mean(-1, keepdim=True).sqrt()
         noise = self.noise[positions(mask) % NOISE_POSITIONS].to(embeds.device)

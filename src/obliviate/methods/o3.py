@@ -86,6 +86,9 @@ class O3System(System):
 
     def __init__(self, base, settings: dict[str, Any]) -> None:
         super().__init__(base, settings)
+        if "prototypes" in settings:  # the prototype detector of earlier versions
+            raise ValueError("this O3 system was saved with prototype detectors, which this "
+                             "version no longer reads; unlearn again from its base")
         self.requests, rank = int(settings["requests"]), int(settings["rank"])
         self.scale = float(settings["alpha"]) / rank
         self.targets = list(settings["targets"])
@@ -142,6 +145,7 @@ class O3System(System):
         if not bool((gates > 0).any()):  # every gate shut: the base as it is
             logits, cache = base_out or lm_step(self.base, mask, ids=ids, pos=pos, use_cache=use_cache)
         else:
+            del base_out  # the base's logits and cache are not needed: free them first
             with self.gated(gates):
                 logits, cache = lm_step(self.base, mask, ids=ids, pos=pos, use_cache=use_cache)
         return logits, {**self.base_state(mask, cache), "gates": gates}
@@ -169,9 +173,10 @@ class O3:
     """O3 for requests that keep arriving. Each request gets (1) a detector: per layer a logistic
     classifier of the forget prompts' pooled states against negatives (the shipped general
     questions and, where given, retain questions), the layers' logits averaged; a quarter of
-    each side is held out to set its gate, which opens fully at the `open_quantile` of the
-    held-out forget scores and is shut at or below the `shut_quantile` of the held-out
-    negatives' (their rates go into the run's log); and (2) a LoRA on the target Linears,
+    each side (of at least 4 items) is held out to set its gate, which is shut at or below the
+    `shut_quantile` of the held-out negatives' scores and opens fully at the `open_quantile` of
+    the held-out forget scores (or just above the shut point, where that is lower); the held-out
+    rates go into the system's manifest; and (2) a LoRA on the target Linears,
     trained with NPO on the forget set (no retain data needed; where it is given, the adapter
     also keeps the retain answers), its down-projection orthogonal to every earlier request's.
     At inference each adapter is scaled by its gate. The paper trains its detector with a
@@ -190,8 +195,9 @@ class O3:
     c: float = 1.0  # inverse regularisation of the detector's classifiers
     seed: int = 0
 
-    description: ClassVar[str] = ("out-of-distribution gate: a detector scales an orthogonal LoRA "
-                                  "per request by how close the prompt is to it (weights untouched)")
+    description: ClassVar[str] = ("gated adapters: a detector per request scales an orthogonal "
+                                  "LoRA by how sure it is that the prompt is about that request "
+                                  "(weights untouched)")
     needs: ClassVar[tuple[str, ...]] = ("forget", "reference", "general")
     paper: ClassVar[str] = "Gao et al. 2024, Practical Unlearning for Large Language Models"
     default_lr: ClassVar[float] = 2e-3
@@ -200,8 +206,15 @@ class O3:
     uses_retain: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
-        if self.alpha_retain < 0:
-            raise ObliviateError(f"o3 alpha_retain must be >= 0 (got {self.alpha_retain})")
+        checks = {"alpha_retain": math.isfinite(self.alpha_retain) and self.alpha_retain >= 0,
+                  "alpha": math.isfinite(self.alpha) and self.alpha > 0,
+                  "beta": math.isfinite(self.beta) and self.beta > 0,
+                  "c": math.isfinite(self.c) and self.c > 0}
+        for name, ok in checks.items():
+            if not ok:
+                raise ObliviateError(f"o3 {name} must be finite and positive"
+                                     f"{' or 0' if name == 'alpha_retain' else ''} "
+                                     f"(got {getattr(self, name)})")
         if self.targets is None:
             self.targets = ["mlp.down_proj", "self_attn.o_proj"]
         if self.rank < 1:
@@ -209,8 +222,6 @@ class O3:
         for name in ("open_quantile", "shut_quantile"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ObliviateError(f"o3 {name} must be in [0, 1] (got {getattr(self, name)})")
-        if not self.c > 0:
-            raise ObliviateError(f"o3 c must be positive (got {self.c})")
 
     def build_system(self, model, ctx: Context) -> O3System:
         old = model if isinstance(model, O3System) else None
@@ -234,17 +245,27 @@ class O3:
 
     def _fit_detector(self, det: Detector, pos: torch.Tensor, neg: torch.Tensor) -> dict[str, Any]:
         """Fit each layer's classifier on three quarters of each side, set the gate's bounds on
-        the held-out quarter (on the training scores where a side is too small to split), and
-        return the held-out rates: forget prompts fully opened, negatives opened at all."""
+        the held-out quarter (a side of fewer than 4 items is not split: its training scores
+        stand in), and return the held-out rates: forget prompts fully opened, negatives
+        opened at all."""
         from sklearn.linear_model import LogisticRegression
 
+        if not len(pos) or not len(neg):
+            raise ObliviateError("o3's detector needs forget questions and negatives (the "
+                                 "shipped general questions or a retain set); one side is empty")
         gen = torch.Generator().manual_seed(self.seed)
-        held_p, held_n = (torch.rand(len(pos), generator=gen) < 0.25,
-                          torch.rand(len(neg), generator=gen) < 0.25)
-        split = 0 < int(held_p.sum()) < len(pos) and 0 < int(held_n.sum()) < len(neg)
-        if not split:
-            held_p, held_n = torch.ones(len(pos), dtype=torch.bool), torch.ones(len(neg), dtype=torch.bool)
-        fit_p, fit_n = (pos[~held_p], neg[~held_n]) if split else (pos, neg)
+
+        def split(n: int) -> torch.Tensor:  # held-out mask, a quarter of a side of 4 or more
+            held = torch.zeros(n, dtype=torch.bool)
+            if n >= 4:
+                held[torch.randperm(n, generator=gen)[:n // 4]] = True
+            return held
+
+        held_p, held_n = split(len(pos)), split(len(neg))
+        fit_p = pos[~held_p] if held_p.any() else pos
+        fit_n = neg[~held_n] if held_n.any() else neg
+        held_p = held_p if held_p.any() else torch.ones(len(pos), dtype=torch.bool)
+        held_n = held_n if held_n.any() else torch.ones(len(neg), dtype=torch.bool)
         x, y = torch.cat([fit_p, fit_n]), [1] * len(fit_p) + [0] * len(fit_n)
         with torch.no_grad():
             for layer in range(x.shape[1]):
@@ -259,9 +280,12 @@ class O3:
             low = float(torch.quantile(sn, self.shut_quantile))
             high = max(float(torch.quantile(sp, self.open_quantile)), low + 1e-3)
             det.bounds.copy_(torch.tensor([low, high]))
-            return {"held_out": split, "forget_open": float((det.gate(pos[held_p]) >= 1).float().mean()),
+            return {"forget_items": int(held_p.sum()), "negative_items": int(held_n.sum()),
+                    "held_out": bool(len(fit_p) < len(pos) and len(fit_n) < len(neg)),
+                    "forget_open": float((det.gate(pos[held_p]) >= 1 - 1e-6).float().mean()),
                     "negatives_open": float((det.gate(neg[held_n]) > 0).float().mean()),
-                    "forget_items": len(pos[held_p]), "negative_items": len(neg[held_n])}
+                    "open_quantile": self.open_quantile, "shut_quantile": self.shut_quantile,
+                    "c": self.c}
 
     def _init_adapter(self, system: O3System) -> None:
         gen = torch.Generator().manual_seed(self.seed + system.requests)
