@@ -31,7 +31,7 @@ LR_MULTS = (0.5, 1.0, 2.0)  # x the method's default lr (its LoRA default under 
 UTILITY_FLOOR = 0.9  # fraction of the oracle's model utility a run must keep
 # the issue's bar for unlearned systems: forget quality, share of the oracle's utility, overhead
 SYSTEM_BAR = (0.3, 0.98, 1.2)
-OVERHEAD_REPEATS = 3  # interleaved timings per model; the median is kept
+OVERHEAD_REPEATS = 5  # back-to-back pairs per run; the median ratio is kept
 
 
 def _quiet() -> None:
@@ -93,12 +93,25 @@ def _generation_rate(model, tok, prompts: list[str], batch_size: int = 32, new_t
     return made / (time.perf_counter() - start)
 
 
-def overhead(args: argparse.Namespace) -> None:
-    """Inference cost of one run's output against the target it came from: the same prompts
-    (forget and retain questions), interleaved repeats, median tokens/s (runs in a child)."""
-    _quiet()
+def paired_overhead(reference, model, tok, prompts: list[str], repeats: int) -> dict[str, float]:
+    """The reference's generation rate over the model's, from back-to-back pairs whose order
+    alternates between repeats (drift in the machine's speed cancels within a pair): the
+    median ratio and each side's median tokens/s."""
     import statistics
 
+    runs: dict[str, list[float]] = {"ratio": [], "reference": [], "model": []}
+    for rep in range(repeats):
+        pair = [("reference", reference), ("model", model)]
+        for side, m in (pair if rep % 2 == 0 else pair[::-1]):
+            runs[side].append(_generation_rate(m, tok, prompts))
+        runs["ratio"].append(runs["reference"][-1] / runs["model"][-1])
+    return {k: statistics.median(v) for k, v in runs.items()}
+
+
+def overhead(args: argparse.Namespace) -> None:
+    """Inference cost of one run's output against the target it came from: the same prompts
+    (forget and retain questions), paired repeats (runs in a child)."""
+    _quiet()
     from obliviate.data import Benchmark
     from obliviate.encoding import DEFAULT_TEMPLATE, prompt_text
     from obliviate.systems import load_any
@@ -110,15 +123,12 @@ def overhead(args: argparse.Namespace) -> None:
     target.eval(), model.eval()
     questions = [ex.question for ex in bench.forget_set("") + bench.retain_set("")[:64]]
     prompts = [prompt_text(q, DEFAULT_TEMPLATE, tok) for q in questions]
-    rates: dict[str, list[float]] = {"target": [], "model": []}
     _generation_rate(model, tok, prompts[:8])  # warm-up: first-call allocations on both
     _generation_rate(target, tok, prompts[:8])
-    for _ in range(OVERHEAD_REPEATS):
-        rates["target"].append(_generation_rate(target, tok, prompts))
-        rates["model"].append(_generation_rate(model, tok, prompts))
+    got = paired_overhead(target, model, tok, prompts, OVERHEAD_REPEATS)
     row = json.loads(Path(args.row).read_text())
-    row["tokens_per_s"] = {k: round(statistics.median(v), 1) for k, v in rates.items()}
-    row["inference_overhead"] = round(statistics.median(rates["target"]) / statistics.median(rates["model"]), 3)
+    row["tokens_per_s"] = {"target": round(got["reference"], 1), "model": round(got["model"], 1)}
+    row["inference_overhead"] = round(got["ratio"], 3)
     Path(args.row).write_text(json.dumps(row))
 
 
@@ -233,7 +243,7 @@ def write(out_dir: Path, refs: dict, rows: list[dict], meta: dict) -> None:
              "peak memory: max RSS of the process through unlearning (Python, torch and the model "
              "included; evaluation comes after). Inference x: the target's generation rate "
              "divided by the run's (greedy, exactly 48 new tokens, batch 32, the forget and 64 "
-             f"retain questions, median of {OVERHEAD_REPEATS} interleaved repeats; 1.00 = as fast "
+             f"retain questions, median ratio of {OVERHEAD_REPEATS} back-to-back pairs, order alternating; 1.00 = as fast "
              "as the target's own `generate`).", "",
              "| method | variant | lr | forget quality | model utility | MU % | forget prob | "
              "forget ROUGE-L | retain prob | time s | peak MiB | inference x |",

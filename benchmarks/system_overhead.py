@@ -22,10 +22,9 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import statistics
 from pathlib import Path
 
-from leaderboard import _generation_rate, _quiet
+from leaderboard import _generation_rate, _quiet, paired_overhead
 from provenance import line, provenance
 from smollm2 import run_stage
 
@@ -69,18 +68,13 @@ def measure(work: Path, args) -> tuple[dict, int]:
                        for ex in bench.retain_set("")[:len(forget)]]}
     for model in [base, *systems.values()]:  # warm-up: first-call allocations
         _generation_rate(model, tok, sets["forget"][:4], new_tokens=4)
-    runs: dict = {k: {s: {"ratio": [], "base": [], "system": []} for s in sets} for k in systems}
-    for rep in range(args.repeats):
-        for kind, system in systems.items():
-            for s, prompts in sets.items():
-                pair = [("base", base), ("system", system)]
-                for side, model in (pair if rep % 2 == 0 else pair[::-1]):
-                    runs[kind][s][side].append(_generation_rate(model, tok, prompts))
-                r = runs[kind][s]
-                r["ratio"].append(r["base"][-1] / r["system"][-1])
-                print(kind, s, f"x{r['ratio'][-1]:.3f}", flush=True)
-    return ({k: {s: {m: statistics.median(v) for m, v in r.items()} for s, r in per.items()}
-             for k, per in runs.items()}, len(forget))
+    rates: dict = {k: {} for k in systems}
+    for kind, system in systems.items():
+        for s, prompts in sets.items():
+            got = paired_overhead(base, system, tok, prompts, args.repeats)
+            rates[kind][s] = {"ratio": got["ratio"], "base": got["reference"], "system": got["model"]}
+            print(kind, s, f"x{got['ratio']:.3f}", flush=True)
+    return rates, len(forget)
 
 
 def write(args, stages: dict, rates: dict, n: int) -> None:

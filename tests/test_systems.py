@@ -222,6 +222,45 @@ def test_o3_gate_shut_gives_the_base_exactly_and_open_applies_the_adapter(tiny):
     assert not torch.allclose(opened, plain, atol=1e-4)
 
 
+def _mixed_gates(system, values=(0.0, 1.0, 0.5)):
+    """Gates fixed per row (a batch of three): one shut, one open, one half open."""
+    system.parts["detector_0"].gate = lambda feats: torch.tensor(values)[:len(feats)]
+    return system
+
+
+def test_o3_mixed_batch_rows_go_their_own_way(tiny):
+    """In one batch a shut row gets the base's logits bit for bit, and the open and half-open
+    rows, run with their adapters folded into the weights, agree with the adapters applied as
+    an extra low-rank term per Linear (each row scaled by its gate)."""
+    base, tok = _base(tiny)
+    ids, mask = _batch(tok, TEXTS[:3])
+    system = _mixed_gates(_o3(base))
+    gates = torch.tensor([[0.0], [1.0], [0.5]])
+    with torch.no_grad():
+        got = system(input_ids=ids, attention_mask=mask).logits
+        plain = base(input_ids=ids, attention_mask=mask).logits
+        with system.gated(system.row_scales(gates)):
+            want = base(input_ids=ids, attention_mask=mask).logits
+    assert torch.equal(got[0], plain[0])
+    torch.testing.assert_close(got[1:], want[1:], rtol=0, atol=1e-4)
+    assert not torch.allclose(got[1], plain[1], atol=1e-3)
+    assert not torch.allclose(got[2], got[1], atol=1e-3)  # half open is not open
+
+
+def test_o3_mixed_batch_cached_generation_equals_step_by_step_greedy(tiny):
+    base, tok = _base(tiny)
+    system = _mixed_gates(_o3(base))
+    ids, mask = _batch(tok, ["Where was Ada", "The river flows to the", "Who"], left=True)
+    with torch.no_grad():
+        got = system.generate(input_ids=ids, attention_mask=mask, max_new_tokens=6,
+                              eos_token_id=None, pad_token_id=tok.pad_token_id)
+        want = _reference_greedy(system, ids, mask, 6)
+        alone = base.generate(input_ids=ids[:1], attention_mask=mask[:1], max_new_tokens=6,
+                              do_sample=False, pad_token_id=tok.pad_token_id)
+    assert torch.equal(got, want)
+    assert torch.equal(got[0, -6:], alone[0, -6:])  # the shut row decodes as the base does
+
+
 def test_o3_detector_gate_ramp_by_hand():
     """Two layers, width 2. Layer 1: weight (1, 0), bias 0, mean 0, scale 1; layer 2: weight
     (0, 2), bias 1, mean (0, 1), scale (1, 2). Score = mean of the layers' logits; bounds (0.5, 0.9).

@@ -93,69 +93,112 @@ class O3System(System):
         self.scale = float(settings["alpha"]) / rank
         self.targets = list(settings["targets"])
         self.window = int(settings.get("window", 0))
-        modules = dict(base.named_modules())
+        self._by_name = dict(base.named_modules())  # the target Linears, by name
         layers, width = base.config.num_hidden_layers, base.config.hidden_size
         for r in range(self.requests):
             self.parts[f"adapters_{r}"] = torch.nn.ModuleDict({
-                _key(n): Adapter(modules[n].in_features, modules[n].out_features, rank)
+                _key(n): Adapter(self._by_name[n].in_features, self._by_name[n].out_features, rank)
                 for n in self.targets})
             self.parts[f"detector_{r}"] = Detector(layers, width)
-        self.gates: torch.Tensor | None = None  # [batch, requests] during a call
+        self._stacked: tuple[tuple, dict] | None = None  # see _stacks()
 
     def layers(self) -> list[int]:
         return list(range(1, self.base.config.num_hidden_layers + 1))
 
+    def row_scales(self, gates: torch.Tensor) -> torch.Tensor:
+        """Gates [batch, requests] -> each row's factor per adapter rank, gate * alpha / rank,
+        laid out as the stacked adapters are [batch, 1, requests * rank]."""
+        rank = self.parts["adapters_0"][_key(self.targets[0])].A.shape[0]
+        return (gates * self.scale).repeat_interleave(rank, dim=1)[:, None, :]
+
     @contextlib.contextmanager
-    def gated(self, gates: torch.Tensor) -> Iterator[None]:
-        """The adapters on for one call, each row scaled by its gates [batch, requests]."""
-        modules = dict(self.base.named_modules())
-        handles = [modules[n].register_forward_hook(self._hook(n)) for n in self.targets]
-        self.gates = gates
+    def gated(self, scales: torch.Tensor) -> Iterator[None]:
+        """The adapters on for one call, each row scaled by its row_scales."""
+        dtype = self.base.dtype
+        scales = scales.to(dtype)
+        handles = [self._by_name[n].register_forward_hook(
+            _hook(down.to(dtype), up.to(dtype), scales)) for n, (down, up) in self._stacks().items()]
         try:
             yield
         finally:
-            self.gates = None
             for h in handles:
                 h.remove()
 
-    def _hook(self, name: str):
-        key = _key(name)
+    def _stacks(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """Per target, every request's adapter side by side: (down [d_in, requests*rank], up
+        [requests*rank, d_out]), so one call adds all of them in three kernels. While gradients
+        flow (training) they are built live; otherwise kept until an adapter changes (training,
+        loading: the tensors' versions are the key)."""
+        def build() -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+            adapters = [self.parts[f"adapters_{r}"] for r in range(self.requests)]
+            return {n: (torch.cat([a[_key(n)].down() for a in adapters]).T,
+                        torch.cat([a[_key(n)].B for a in adapters], 1).T) for n in self.targets}
 
-        def add(module, args, out):
-            x = args[0]
-            for r in range(self.requests):
-                g = self.gates[:, r]
-                if bool((g != 0).any()):
-                    a = self.parts[f"adapters_{r}"][key]
-                    delta = (x @ a.down().T.to(x.dtype)) @ a.B.T.to(x.dtype)
-                    out = out + (g.to(x.dtype)[:, None, None] * self.scale) * delta
-            return out
-        return add
+        if torch.is_grad_enabled():
+            return build()
+        version = tuple(p._version for p in self.parts.parameters())
+        if self._stacked is None or self._stacked[0] != version:
+            self._stacked = (version, build())
+        return self._stacked[1]
 
     def prefill(self, ids, mask, prompt_mask, use_cache, part: str | None = None):
         pos = positions(mask) if use_cache else scoring_positions(mask)
         if part == "adapter":  # training: the newest request's adapter fully on, the rest off
             gates = torch.zeros(len(ids), self.requests, device=ids.device)
             gates[:, -1] = 1.0
-            with self.gated(gates):
+            with self.gated(self.row_scales(gates)):
                 return lm_step(self.base, mask, ids=ids, pos=pos)[0], None
         feats, base_out = gate_features(self.base, ids, mask, prompt_mask, self.layers(),
                                         self.window, pos, use_cache)
         gates = torch.stack([self.parts[f"detector_{r}"].gate(feats) for r in range(self.requests)], 1)
-        if not bool((gates > 0).any()):  # every gate shut: the base as it is
+        opened = torch.nonzero((gates > 0).any(1)).flatten()
+        scales = self.row_scales(gates)
+        if not len(opened):  # every gate shut: the base as it is
             logits, cache = base_out or lm_step(self.base, mask, ids=ids, pos=pos, use_cache=use_cache)
+            return logits, self.base_state(mask, cache)
+        if base_out is not None and _rows_writable(base_out[1]):
+            # only the open rows run again, with their adapters; the base's pass holds the rest
+            logits, cache = base_out
+            sub = None if pos is None else pos[opened]
+            with self.gated(scales[opened]):
+                part_logits, part_cache = lm_step(self.base, mask[opened], ids=ids[opened],
+                                                  pos=sub, use_cache=use_cache)
+            logits[opened] = part_logits
+            if cache is not None:
+                _write_rows(cache, part_cache, opened)
         else:
-            del base_out  # the base's logits and cache are not needed: free them first
-            with self.gated(gates):
+            del base_out  # not needed: free its logits and cache before the gated pass
+            with self.gated(scales):
                 logits, cache = lm_step(self.base, mask, ids=ids, pos=pos, use_cache=use_cache)
-        return logits, {**self.base_state(mask, cache), "gates": gates}
+        return logits, {**self.base_state(mask, cache), "scales": scales}
 
     def decode(self, ids, state):
-        if not bool((state["gates"] > 0).any()):
+        if "scales" not in state:
             return super().decode(ids, state)
-        with self.gated(state["gates"]):
-            logits, new = super().decode(ids, state)
-        return logits, new
+        with self.gated(state["scales"]):
+            return super().decode(ids, state)
+
+
+def _hook(down: torch.Tensor, up: torch.Tensor, scales: torch.Tensor):
+    """A forward hook adding the stacked adapters' update, scaled per row, to a Linear's output
+    (a shut row's scales are 0: its output stays the base's bit for bit)."""
+    def add(module, args, out):
+        return out + ((args[0] @ down) * scales) @ up
+    return add
+
+
+def _rows_writable(cache: Any) -> bool:
+    """Whether a KV cache's rows can be overwritten in place (transformers' dynamic layers)."""
+    return cache is None or all(hasattr(layer, "keys") and hasattr(layer, "values")
+                                and torch.is_tensor(layer.keys)
+                                for layer in getattr(cache, "layers", [None]))
+
+
+def _write_rows(cache: Any, part: Any, rows: torch.Tensor) -> None:
+    """Put `part`'s cache (a run over `rows` of the same batch, same columns) into those rows."""
+    for whole, sub in zip(cache.layers, part.layers, strict=True):
+        whole.keys[rows] = sub.keys
+        whole.values[rows] = sub.values
 
 
 def _targets(model, suffixes: list[str]) -> list[str]:
