@@ -202,7 +202,7 @@ def test_spul_prepends_its_tokens_to_every_input(tiny):
 def _o3(base, requests=1, bounds=(-1e6, -1e6 + 1)):
     targets = [n for n, m in base.named_modules() if n.endswith("mlp.down_proj")]
     system = O3System(base, {"requests": requests, "rank": 2, "alpha": 4.0, "targets": targets,
-                             "window": 0}).eval()
+                             "window": 0, "views": 1}).eval()
     _randomise(system.parts, seed=2)
     with torch.no_grad():
         for r in range(requests):
@@ -230,8 +230,8 @@ def _mixed_gates(system, values=(0.0, 1.0, 0.5)):
 
 def test_o3_mixed_batch_rows_go_their_own_way(tiny):
     """In one batch a shut row gets the base's logits bit for bit, and the open and half-open
-    rows, run with their adapters folded into the weights, agree with the adapters applied as
-    an extra low-rank term per Linear (each row scaled by its gate)."""
+    rows, run again apart from it, agree with the adapters applied to the whole batch in one
+    pass (each row scaled by its gate)."""
     base, tok = _base(tiny)
     ids, mask = _batch(tok, TEXTS[:3])
     system = _mixed_gates(_o3(base))
@@ -275,8 +275,21 @@ def test_o3_detector_gate_ramp_by_hand():
         d.scale.copy_(torch.tensor([[1.0, 1.0], [1.0, 2.0]]))
         d.bounds.copy_(torch.tensor([0.5, 0.9]))
     x = torch.tensor([[1.0, 0.0], [1.0, 2.0], [1.0, 0.6]])[:, None, :].expand(3, 2, 2)
-    torch.testing.assert_close(d.score(x), torch.tensor([0.5, 1.5, 0.8]))
+    torch.testing.assert_close(d.score(x)[:, 0], torch.tensor([0.5, 1.5, 0.8]))
     torch.testing.assert_close(d.gate(x), torch.tensor([0.0, 1.0, 0.75]))
+
+
+def test_o3_detector_gate_is_the_widest_open_view():
+    """One layer, width 1, two views: view 0 scores x, view 1 scores -x (weights 1 and -1,
+    bias 0, mean 0, scale 1), bounds (0, 1) and (0, 2). x = 0.5: ramps 0.5 and 0 -> 0.5;
+    x = -1: ramps 0 and 0.5 -> 0.5; x = 2: ramps 1 and 0 -> 1; x = 0: both 0 -> 0."""
+    d = Detector(1, 1, views=2)
+    with torch.no_grad():
+        d.weight.copy_(torch.tensor([[[1.0]], [[-1.0]]]))
+        d.bounds.copy_(torch.tensor([[0.0, 1.0], [0.0, 2.0]]))
+    x = torch.tensor([0.5, -1.0, 2.0, 0.0])[:, None, None]
+    torch.testing.assert_close(d.score(x), torch.tensor([[0.5, -0.5], [-1.0, 1.0], [2.0, -2.0], [0.0, 0.0]]))
+    torch.testing.assert_close(d.gate(x), torch.tensor([0.5, 0.5, 1.0, 0.0]))
 
 
 def test_o3_detector_fit_on_separable_sides_and_tiny_forget_sets():
@@ -301,7 +314,9 @@ def test_o3_detector_fit_on_separable_sides_and_tiny_forget_sets():
 
 @pytest.mark.parametrize("params", [{"alpha_retain": float("nan")}, {"c": float("inf")},
                                     {"beta": 0.0}, {"alpha": -1.0}, {"shut_quantile": 1.5},
-                                    {"rank": 0}])
+                                    {"rank": 0}, {"augment": ["no slot"]},
+                                    {"augment": ["{question} and {question}"]},
+                                    {"augment": ["{question} {other}"]}, {"augment": [3]}])
 def test_o3_rejects_bad_params_in_one_line(params):
     from obliviate.methods import build
 
@@ -309,11 +324,30 @@ def test_o3_rejects_bad_params_in_one_line(params):
         build("o3", params)
 
 
-def test_an_o3_system_of_the_prototype_format_is_refused_by_name(tiny):
+@pytest.mark.parametrize(("extra", "kind"), [({"prototypes": [2], "views": 1}, "prototype"),
+                                             ({}, "single-view")])
+def test_an_o3_system_of_an_earlier_format_is_refused_by_name(tiny, extra, kind):
     base, _ = _base(tiny)
-    with pytest.raises(ValueError, match="prototype detectors"):
-        O3System(base, {"requests": 1, "rank": 2, "alpha": 4.0, "prototypes": [2],
-                        "targets": [], "window": 0})
+    with pytest.raises(ValueError, match=f"{kind} detectors"):
+        O3System(base, {"requests": 1, "rank": 2, "alpha": 4.0, "targets": [], "window": 0, **extra})
+
+
+def test_context_encodes_a_stream_again_in_another_template(tiny):
+    """What O3's second detector view learns from: the same examples, another prompt."""
+    from obliviate.data.examples import Example
+    from obliviate.encoding import encode
+    from obliviate.methods.base import Context
+
+    _, tok = _base(tiny)
+    exs = [Example(question="Who wrote it?", answer="Ada"), Example(question="Where?", answer="Rome")]
+    ctx = Context(pad_id=tok.pad_token_id, examples={"forget": exs},
+                  encoder=lambda ex, i, t: encode(tok, ex, i, t))
+    got = ctx.encoded("forget", "Ask: {question}\n", limit=1)
+    assert len(got) == 1
+    prompt = [t for t, lab in zip(got[0].input_ids, got[0].labels, strict=True) if lab == -100]
+    assert tok.decode(prompt, skip_special_tokens=True) == "Ask: Who wrote it?\n"
+    with pytest.raises(ObliviateError, match="no examples"):
+        ctx.encoded("retain", "{question}")
 
 
 def test_o3_adapter_projection_is_orthogonal_to_earlier_rows():

@@ -157,13 +157,14 @@ def resolve_data(benchmark: str, split: str, forget: str, retain: str) -> tuple[
 
 def _context(tok, forget: list[Example], retain: list[Example], needs: tuple[str, ...],
              template: str, lora: bool, seed: int) -> Context:
-    ctx = Context(pad_id=tok.pad_token_id, lora=lora, seed=seed)
-    ctx.items["forget"] = [encode(tok, ex, i, template) for i, ex in enumerate(forget)]
-    if retain:
-        ctx.items["retain"] = [encode(tok, ex, i, template) for i, ex in enumerate(retain)]
+    ctx = Context(pad_id=tok.pad_token_id, lora=lora, seed=seed,
+                  encoder=lambda ex, i, t: encode(tok, ex, i, t))
+    ctx.examples = {"forget": forget, "retain": retain}
     if "general" in needs:
-        ctx.items["general"] = [encode(tok, Example(question=q, answer=""), i, template)
-                                for i, q in enumerate(general_questions())]
+        ctx.examples["general"] = [Example(question=q, answer="") for q in general_questions()]
+    for name, examples in ctx.examples.items():
+        if examples:
+            ctx.items[name] = [encode(tok, ex, i, template) for i, ex in enumerate(examples)]
     if "refusal" in needs:
         refusals = load_refusals()
         # a fixed, seed-dependent refusal per forget item, so reference caches stay valid

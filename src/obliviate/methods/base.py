@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from ..config import from_dict
+from ..data.examples import Example
 from ..encoding import Encoded, collate
 from ..errors import ObliviateError
 from ..registry import Registry
@@ -69,6 +70,9 @@ class Context:
 
     pad_id: int = 0
     items: dict[str, list[Encoded]] = field(default_factory=dict)
+    # the examples behind `items` and how they were encoded, to encode them another way
+    examples: dict[str, list[Example]] = field(default_factory=dict)
+    encoder: Callable[[Example, int, str], Encoded] | None = None
     cache: dict[str, Any] = field(default_factory=dict)
     state: dict[str, Any] = field(default_factory=dict)
     grad_masks: dict[torch.nn.Parameter, torch.Tensor] = field(default_factory=dict)
@@ -97,6 +101,13 @@ class Context:
             return term
         self.backward(term)
         return term.detach()
+
+    def encoded(self, name: str, template: str, limit: int | None = None) -> list[Encoded]:
+        """The first `limit` examples of stream `name` encoded with prompt `template` instead
+        of the run's (a detector learning other ways of asking)."""
+        if self.encoder is None or name not in self.examples:
+            raise ObliviateError(f"stream {name!r} has no examples to encode again")
+        return [self.encoder(ex, i, template) for i, ex in enumerate(self.examples[name][:limit])]
 
     def batch_of(self, name: str, index: list[int], device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
         """A collated batch of items `index` of stream `name`."""

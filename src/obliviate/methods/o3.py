@@ -53,32 +53,38 @@ class Adapter(torch.nn.Module):
 
 
 class Detector(torch.nn.Module):
-    """Per layer a linear score of the standardised pooled prompt state (local: a logistic
-    classifier of the request's forget prompts against negatives); the mean of the layers'
-    logits is the score (global). The gate is 0 at or below `low`, 1 at or above `high`,
-    linear between."""
+    """Per view and layer a linear score of the standardised pooled prompt state (local: a
+    logistic classifier of the request's forget prompts against negatives); a view's score is
+    the mean of its layers' logits (global). A view's gate is 0 at or below its `low`, 1 at or
+    above its `high`, linear between; the detector's gate is the widest open of its views (one
+    view per way of asking the detector was fit on: the training template alone, and that
+    template with others)."""
 
-    def __init__(self, layers: int, width: int) -> None:
+    def __init__(self, layers: int, width: int, views: int = 1) -> None:
         super().__init__()
-        for name, shape in (("weight", (layers, width)), ("bias", (layers,)),
-                            ("mean", (layers, width)), ("scale", (layers, width)), ("bounds", (2,))):
+        for name, shape in (("weight", (views, layers, width)), ("bias", (views, layers)),
+                            ("mean", (views, layers, width)), ("scale", (views, layers, width)),
+                            ("bounds", (views, 2))):
             init = torch.ones(shape) if name == "scale" else torch.zeros(shape)
             self.register_parameter(name, torch.nn.Parameter(init, requires_grad=False))
 
     def score(self, feats: torch.Tensor) -> torch.Tensor:
-        """feats [batch, layers, d] -> [batch]."""
-        z = (feats.float() - self.mean) / self.scale
+        """feats [batch, layers, d] -> [batch, views]."""
+        z = (feats.float()[:, None] - self.mean) / self.scale
         return ((z * self.weight).sum(-1) + self.bias).mean(-1)
 
     def gate(self, feats: torch.Tensor) -> torch.Tensor:
-        low, high = self.bounds[0], self.bounds[1]
-        return ((self.score(feats) - low) / (high - low).clamp(min=1e-6)).clamp(0.0, 1.0)
+        low, high = self.bounds[:, 0], self.bounds[:, 1]
+        ramps = ((self.score(feats) - low) / (high - low).clamp(min=1e-6)).clamp(0.0, 1.0)
+        return ramps.amax(-1)
 
 
 @SYSTEMS.register("o3")
 class O3System(System):
     """The base plus, per request, a detector and an adapter on every target Linear; each
-    request's adapter is scaled per input by its detector's gate (0: the base exactly)."""
+    request's adapter is scaled per input by its detector's gate (0: the base exactly). The
+    base's own pass over a batch gives the gates' features; only the rows some gate opens run
+    again, with the adapters, so a batch of unrelated questions costs one pass."""
 
     kind: ClassVar[str] = "o3"
     threat: ClassVar[str] = ("access to the base weights, or a question the detector scores as "
@@ -86,8 +92,9 @@ class O3System(System):
 
     def __init__(self, base, settings: dict[str, Any]) -> None:
         super().__init__(base, settings)
-        if "prototypes" in settings:  # the prototype detector of earlier versions
-            raise ValueError("this O3 system was saved with prototype detectors, which this "
+        if "prototypes" in settings or "views" not in settings:  # earlier versions' detectors
+            kind = "prototype" if "prototypes" in settings else "single-view"
+            raise ValueError(f"this O3 system was saved with {kind} detectors, which this "
                              "version no longer reads; unlearn again from its base")
         self.requests, rank = int(settings["requests"]), int(settings["rank"])
         self.scale = float(settings["alpha"]) / rank
@@ -99,7 +106,7 @@ class O3System(System):
             self.parts[f"adapters_{r}"] = torch.nn.ModuleDict({
                 _key(n): Adapter(self._by_name[n].in_features, self._by_name[n].out_features, rank)
                 for n in self.targets})
-            self.parts[f"detector_{r}"] = Detector(layers, width)
+            self.parts[f"detector_{r}"] = Detector(layers, width, int(settings["views"]))
         self._stacked: tuple[tuple, dict] | None = None  # see _stacks()
 
     def layers(self) -> list[int]:
@@ -201,6 +208,19 @@ def _write_rows(cache: Any, part: Any, rows: torch.Tensor) -> None:
         whole.values[rows] = sub.values
 
 
+# Ways of asking the second view learns besides the training template: a chat-style turn, a
+# sentence around the question, a markdown heading (the rephrase audit's templates are others).
+AUGMENT = ("User: {question}\nAssistant: ", "Here is a question: {question}\nThe answer: ",
+           "### Question\n{question}\n### Answer\n")
+
+
+def _formats(template: str) -> str | None:
+    try:
+        return template.format(question="")
+    except (KeyError, IndexError, ValueError):
+        return None
+
+
 def _targets(model, suffixes: list[str]) -> list[str]:
     names = [n for n, m in model.named_modules()
              if isinstance(m, torch.nn.Linear) and any(n.endswith(s) for s in suffixes)]
@@ -218,8 +238,11 @@ class O3:
     questions and, where given, retain questions), the layers' logits averaged; a quarter of
     each side (of at least 4 items) is held out to set its gate, which is shut at or below the
     `shut_quantile` of the held-out negatives' scores and opens fully at the `open_quantile` of
-    the held-out forget scores (or just above the shut point, where that is lower); the held-out
-    rates go into the system's manifest; and (2) a LoRA on the target Linears,
+    the held-out forget scores (or just above the shut point, where that is lower). That is one
+    view, fit on the questions as the run's template asks them; a second view is fit the same
+    way on them asked also through the `augment` templates, and the gate is the wider open of
+    the two, so a question asked another way still opens it (the first view keeps the training
+    template's rates). The held-out rates go into the system's manifest. (2) a LoRA on the target Linears,
     trained with NPO on the forget set (no retain data needed; where it is given, the adapter
     also keeps the retain answers), its down-projection orthogonal to every earlier request's.
     At inference each adapter is scaled by its gate. The paper trains its detector with a
@@ -236,6 +259,9 @@ class O3:
     open_quantile: float = 0.1
     shut_quantile: float = 0.95
     c: float = 1.0  # inverse regularisation of the detector's classifiers
+    # Other ways of asking, which a second view of the detector also learns (the forget and
+    # negative questions in each); [] for one view. None of them is an audit's template.
+    augment: list[str] = None  # type: ignore[assignment]
     seed: int = 0
 
     description: ClassVar[str] = ("gated adapters: a detector per request scales an orthogonal "
@@ -260,6 +286,12 @@ class O3:
                                      f"(got {getattr(self, name)})")
         if self.targets is None:
             self.targets = ["mlp.down_proj", "self_attn.o_proj"]
+        if self.augment is None:
+            self.augment = list(AUGMENT)
+        for t in self.augment:
+            if not isinstance(t, str) or t.count("{question}") != 1 or _formats(t) is None:
+                raise ObliviateError(f"o3 augment: each entry must be a prompt template with "
+                                     f"one {{question}} and no other braces (got {t!r})")
         if self.rank < 1:
             raise ObliviateError(f"o3 rank must be at least 1 (got {self.rank})")
         for name in ("open_quantile", "shut_quantile"):
@@ -271,26 +303,42 @@ class O3:
         base = old.base if old is not None else model
         window = old.window if old is not None else prompt_window(ctx.items["forget"])
         layers = list(range(1, base.config.num_hidden_layers + 1))
-        feats = prompt_features(base, ctx.items["forget"], ctx.pad_id, layers, window)
-        negatives = ctx.items["general"] + ctx.items.get("retain", [])[:512]
-        neg = prompt_features(base, negatives, ctx.pad_id, layers, window)
+        views = old.settings["views"] if old is not None else 1 + bool(self.augment)
         settings = ({**old.settings, "requests": old.requests + 1} if old is not None else
-                    {"requests": 1, "rank": self.rank, "alpha": self.alpha,
+                    {"requests": 1, "rank": self.rank, "alpha": self.alpha, "views": views,
                      "targets": _targets(base, self.targets), "window": window, "detectors": []})
         system = O3System(base, settings)
         if old is not None:
             system.parts.load_state_dict(old.parts.state_dict(), strict=False)
-        rates = self._fit_detector(system.parts[f"detector_{system.requests - 1}"], feats, neg)
+        det = system.parts[f"detector_{system.requests - 1}"]
+
+        def features(template: str | None, *names: str):
+            """Pooled prompt states of streams' items (the negatives: general questions and at
+            most 512 retain ones), in the training template or in `template`."""
+            limits = {"retain": 512}
+            items = [it for n in names for it in
+                     (ctx.items.get(n, [])[:limits.get(n)] if template is None
+                      else ctx.encoded(n, template, limits.get(n)))]
+            return prompt_features(base, items, ctx.pad_id, layers, window)
+
+        pos, neg = [features(None, "forget")], [features(None, "general", "retain")]
+        rates = [self._fit_detector(det, pos[0], neg[0], view=0)]
+        if views > 1:  # the second view: the training template and the other ways of asking
+            for t in self.augment:
+                pos.append(features(t, "forget"))
+                neg.append(features(t, "general", "retain"))
+            rates.append(self._fit_detector(det, torch.cat(pos), torch.cat(neg), view=1))
         # the detector's held-out rates travel in the manifest (covered by its checksum)
         system.settings["detectors"] = [*settings.get("detectors", []), rates]
         self._init_adapter(system)
         return system
 
-    def _fit_detector(self, det: Detector, pos: torch.Tensor, neg: torch.Tensor) -> dict[str, Any]:
-        """Fit each layer's classifier on three quarters of each side, set the gate's bounds on
-        the held-out quarter (a side of fewer than 4 items is not split: its training scores
-        stand in), and return the held-out rates: forget prompts fully opened, negatives
-        opened at all."""
+    def _fit_detector(self, det: Detector, pos: torch.Tensor, neg: torch.Tensor,
+                      view: int = 0) -> dict[str, Any]:
+        """Fit each layer's classifier of one view on three quarters of each side, set the
+        view's gate bounds on the held-out quarter (a side of fewer than 4 items is not split:
+        its training scores stand in), and return the held-out rates of that view: forget
+        prompts fully opened, negatives opened at all."""
         from sklearn.linear_model import LogisticRegression
 
         if not len(pos) or not len(neg):
@@ -316,17 +364,19 @@ class O3:
                 mean, scale = xl.mean(0), xl.std(0) + 1e-6
                 clf = LogisticRegression(C=self.c, class_weight="balanced", max_iter=3000)
                 clf.fit(((xl - mean) / scale).numpy(), y)
-                det.weight[layer] = torch.as_tensor(clf.coef_[0], dtype=torch.float32)
-                det.bias[layer] = float(clf.intercept_[0])
-                det.mean[layer], det.scale[layer] = mean.float(), scale.float()
-            sp, sn = det.score(pos[held_p]), det.score(neg[held_n])
+                det.weight[view, layer] = torch.as_tensor(clf.coef_[0], dtype=torch.float32)
+                det.bias[view, layer] = float(clf.intercept_[0])
+                det.mean[view, layer], det.scale[view, layer] = mean.float(), scale.float()
+            sp, sn = det.score(pos[held_p])[:, view], det.score(neg[held_n])[:, view]
             low = float(torch.quantile(sn, self.shut_quantile))
             high = max(float(torch.quantile(sp, self.open_quantile)), low + 1e-3)
-            det.bounds.copy_(torch.tensor([low, high]))
-            return {"forget_items": int(held_p.sum()), "negative_items": int(held_n.sum()),
+            det.bounds[view] = torch.tensor([low, high])
+            ramp = lambda s: ((s - low) / (high - low)).clamp(0.0, 1.0)  # noqa: E731
+            return {"view": view, "forget_items": int(held_p.sum()),
+                    "negative_items": int(held_n.sum()),
                     "held_out": bool(len(fit_p) < len(pos) and len(fit_n) < len(neg)),
-                    "forget_open": float((det.gate(pos[held_p]) >= 1 - 1e-6).float().mean()),
-                    "negatives_open": float((det.gate(neg[held_n]) > 0).float().mean()),
+                    "forget_open": float((ramp(sp) >= 1 - 1e-6).float().mean()),
+                    "negatives_open": float((ramp(sn) > 0).float().mean()),
                     "open_quantile": self.open_quantile, "shut_quantile": self.shut_quantile,
                     "c": self.c}
 
