@@ -1,6 +1,6 @@
 """What an unlearned system costs at inference on a real pretrained model (SmolLM2-135M-Instruct).
 
-    python benchmarks/system_overhead.py [--kinds uld,eco,spul,o3] [--steps 10] [--repeats 3]
+    python benchmarks/system_overhead.py [--kinds uld,eco,spul,o3] [--steps 10] [--repeats 5]
         [--entities 40] [--fresh]
 
 Each system method unlearns the forget10 people of a small built-in benchmark from SmolLM2 as
@@ -111,12 +111,14 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--kinds", default=",".join(KINDS))
     ap.add_argument("--steps", type=int, default=10)
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--entities", type=int, default=40)
     ap.add_argument("--work", default=str(HERE / ".work" / "system_overhead"))
     ap.add_argument("--fresh", action="store_true")
     args = ap.parse_args()
     args.kinds = [k for k in args.kinds.split(",") if k]
+    if args.repeats < 1:
+        raise SystemExit("--repeats must be at least 1")
     unknown = sorted(set(args.kinds) - set(KINDS))
     if unknown:
         raise SystemExit(f"unknown system kinds {unknown}; choose from {', '.join(KINDS)}")

@@ -256,7 +256,7 @@ def test_o3_mixed_batch_cached_generation_equals_step_by_step_greedy(tiny):
                               eos_token_id=None, pad_token_id=tok.pad_token_id)
         want = _reference_greedy(system, ids, mask, 6)
         alone = base.generate(input_ids=ids[:1], attention_mask=mask[:1], max_new_tokens=6,
-                              do_sample=False, pad_token_id=tok.pad_token_id)
+                              min_new_tokens=6, do_sample=False, pad_token_id=tok.pad_token_id)
     assert torch.equal(got, want)
     assert torch.equal(got[0, -6:], alone[0, -6:])  # the shut row decodes as the base does
 
@@ -316,12 +316,60 @@ def test_o3_detector_fit_on_separable_sides_and_tiny_forget_sets():
                                     {"beta": 0.0}, {"alpha": -1.0}, {"shut_quantile": 1.5},
                                     {"rank": 0}, {"augment": ["no slot"]},
                                     {"augment": ["{question} and {question}"]},
-                                    {"augment": ["{question} {other}"]}, {"augment": [3]}])
+                                    {"augment": ["{question} {other}"]}, {"augment": ["{{question}}"]},
+                                    {"augment": ["{question}{question.x}"]},
+                                    {"augment": ["{question!r}"]}, {"augment": ["{question"]}])
 def test_o3_rejects_bad_params_in_one_line(params):
     from obliviate.methods import build
 
     with pytest.raises(ObliviateError, match=r"o3 |params\."):
         build("o3", params)
+
+
+@pytest.mark.parametrize("augment", [[3], "User: {question}\n"])
+def test_o3_augment_must_be_a_list_of_text(augment):
+    from obliviate.methods.o3 import O3
+
+    with pytest.raises(ObliviateError, match="o3 augment"):
+        O3(augment=augment)
+
+
+def test_o3_second_view_holds_out_the_same_items_in_every_phrasing():
+    """Four phrasings of 8 forget and 40 negative items, stacked block by block: the held-out
+    quarter is the same items in every block, so no item is fit in one phrasing and judged
+    in another; a side under 4 items is all held out (its training scores stand in)."""
+    from obliviate.methods.o3 import _held_out
+
+    held_p, held_n = _held_out(32, 160, seed=0, blocks=4)
+    assert int(held_p.sum()) == 4 * 2 and int(held_n.sum()) == 4 * 10
+    assert all(torch.equal(b, held_p[:8]) for b in held_p.view(4, 8))
+    assert all(torch.equal(b, held_n[:40]) for b in held_n.view(4, 40))
+    one_p, _ = _held_out(8, 40, seed=0)  # the first view's split: the same items
+    assert torch.equal(one_p, held_p[:8])
+    small, _ = _held_out(6, 40, seed=0, blocks=2)
+    assert bool(small.all())
+
+
+def test_o3_adapter_changes_reach_the_next_call(tiny):
+    """The stacked adapters kept between calls are rebuilt when an adapter changes in place,
+    is loaded, or has its data swapped."""
+    base, tok = _base(tiny)
+    ids, mask = _batch(tok, TEXTS[:2])
+    system = _o3(base)
+    with torch.no_grad():
+        first = system(input_ids=ids, attention_mask=mask).logits
+        for a in system.parts["adapters_0"].values():
+            a.B.mul_(3.0)
+        tripled = system(input_ids=ids, attention_mask=mask).logits
+        assert not torch.allclose(first, tripled, atol=1e-4)
+        state = {k: v * 0 if k.endswith(".B") else v for k, v in system.parts.state_dict().items()}
+        system.parts.load_state_dict(state)
+        zeroed = system(input_ids=ids, attention_mask=mask).logits
+        torch.testing.assert_close(zeroed, base(input_ids=ids, attention_mask=mask).logits)
+        for a in system.parts["adapters_0"].values():
+            a.B.data = torch.ones_like(a.B)
+        swapped = system(input_ids=ids, attention_mask=mask).logits
+        assert not torch.allclose(swapped, zeroed, atol=1e-4)
 
 
 @pytest.mark.parametrize(("extra", "kind"), [({"prototypes": [2], "views": 1}, "prototype"),
@@ -586,6 +634,10 @@ def test_o3_requests_get_orthogonal_adapters(memorised, tmp_path):
         earlier = b.parts["adapters_0"][key].A
         assert torch.equal(earlier, a.parts["adapters_0"][key].A)
         assert float((adapter.A @ earlier.T).abs().max()) < 1e-4 * float(adapter.A.abs().max())
+    # both requests' detectors have two views; the gate's combined rates are in the manifest
+    assert b.settings["views"] == 2 and [r["view"] for r in b.settings["detectors"][1]] == [0, 1, "gate"]
+    with pytest.raises(ObliviateError, match="must use the same"):  # other ways of asking
+        _unlearn(memorised, tmp_path / "three", "o3", steps=2, model=second, params={"augment": []})
 
 
 @pytest.mark.slow

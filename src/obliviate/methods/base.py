@@ -106,7 +106,9 @@ class Context:
         """The first `limit` examples of stream `name` encoded with prompt `template` instead
         of the run's (a detector learning other ways of asking)."""
         if self.encoder is None or name not in self.examples:
-            raise ObliviateError(f"stream {name!r} has no examples to encode again")
+            raise ObliviateError(f"stream {name!r} has no examples to encode again (a Context "
+                                 f"built outside `unlearn` has none: give it `examples` and an "
+                                 f"`encoder`, or turn off what needs them, e.g. o3's augment=[])")
         return [self.encoder(ex, i, template) for i, ex in enumerate(self.examples[name][:limit])]
 
     def batch_of(self, name: str, index: list[int], device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:

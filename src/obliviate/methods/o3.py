@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import string
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -68,8 +69,11 @@ class Detector(torch.nn.Module):
             init = torch.ones(shape) if name == "scale" else torch.zeros(shape)
             self.register_parameter(name, torch.nn.Parameter(init, requires_grad=False))
 
-    def score(self, feats: torch.Tensor) -> torch.Tensor:
-        """feats [batch, layers, d] -> [batch, views]."""
+    def score(self, feats: torch.Tensor, view: int | None = None) -> torch.Tensor:
+        """feats [batch, layers, d] -> [batch, views], or [batch] for one `view`."""
+        if view is not None:
+            z = (feats.float() - self.mean[view]) / self.scale[view]
+            return ((z * self.weight[view]).sum(-1) + self.bias[view]).mean(-1)
         z = (feats.float()[:, None] - self.mean) / self.scale
         return ((z * self.weight).sum(-1) + self.bias).mean(-1)
 
@@ -83,8 +87,9 @@ class Detector(torch.nn.Module):
 class O3System(System):
     """The base plus, per request, a detector and an adapter on every target Linear; each
     request's adapter is scaled per input by its detector's gate (0: the base exactly). The
-    base's own pass over a batch gives the gates' features; only the rows some gate opens run
-    again, with the adapters, so a batch of unrelated questions costs one pass."""
+    base's own pass over a batch gives the gates' features (rows whose prompt is more than
+    the question are re-encoded for them); only the rows some gate opens run again, with the
+    adapters, so a batch of unrelated plain questions costs one pass."""
 
     kind: ClassVar[str] = "o3"
     threat: ClassVar[str] = ("access to the base weights, or a question the detector scores as "
@@ -121,10 +126,9 @@ class O3System(System):
     @contextlib.contextmanager
     def gated(self, scales: torch.Tensor) -> Iterator[None]:
         """The adapters on for one call, each row scaled by its row_scales."""
-        dtype = self.base.dtype
-        scales = scales.to(dtype)
-        handles = [self._by_name[n].register_forward_hook(
-            _hook(down.to(dtype), up.to(dtype), scales)) for n, (down, up) in self._stacks().items()]
+        scales = scales.to(self.base.dtype)
+        handles = [self._by_name[n].register_forward_hook(_hook(down, up, scales))
+                   for n, (down, up) in self._stacks().items()]
         try:
             yield
         finally:
@@ -132,20 +136,24 @@ class O3System(System):
                 h.remove()
 
     def _stacks(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-        """Per target, every request's adapter side by side: (down [d_in, requests*rank], up
-        [requests*rank, d_out]), so one call adds all of them in three kernels. While gradients
-        flow (training) they are built live; otherwise kept until an adapter changes (training,
-        loading: the tensors' versions are the key)."""
+        """Per target, every request's adapter side by side in the base's dtype: (down [d_in,
+        requests*rank], up [requests*rank, d_out]), so one call adds all of them at once. While
+        gradients flow (training) they are built live; otherwise kept until an adapter changes:
+        the key is each tensor's storage and version (an optimiser step, a load, a swap of
+        `.data` or a move to another device or dtype all change it)."""
+        dtype = self.base.dtype
+
         def build() -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
             adapters = [self.parts[f"adapters_{r}"] for r in range(self.requests)]
-            return {n: (torch.cat([a[_key(n)].down() for a in adapters]).T,
-                        torch.cat([a[_key(n)].B for a in adapters], 1).T) for n in self.targets}
+            return {n: (torch.cat([a[_key(n)].down() for a in adapters]).T.to(dtype),
+                        torch.cat([a[_key(n)].B for a in adapters], 1).T.to(dtype))
+                    for n in self.targets}
 
         if torch.is_grad_enabled():
             return build()
-        version = tuple(p._version for p in self.parts.parameters())
-        if self._stacked is None or self._stacked[0] != version:
-            self._stacked = (version, build())
+        key = (dtype, *((p.data_ptr(), p._version) for p in self.parts.parameters()))
+        if self._stacked is None or self._stacked[0] != key:
+            self._stacked = (key, build())
         return self._stacked[1]
 
     def prefill(self, ids, mask, prompt_mask, use_cache, part: str | None = None):
@@ -158,13 +166,16 @@ class O3System(System):
         feats, base_out = gate_features(self.base, ids, mask, prompt_mask, self.layers(),
                                         self.window, pos, use_cache)
         gates = torch.stack([self.parts[f"detector_{r}"].gate(feats) for r in range(self.requests)], 1)
+        gates = gates.nan_to_num(0.0)  # a non-finite score opens nothing
         opened = torch.nonzero((gates > 0).any(1)).flatten()
         scales = self.row_scales(gates)
         if not len(opened):  # every gate shut: the base as it is
             logits, cache = base_out or lm_step(self.base, mask, ids=ids, pos=pos, use_cache=use_cache)
             return logits, self.base_state(mask, cache)
-        if base_out is not None and _rows_writable(base_out[1]):
-            # only the open rows run again, with their adapters; the base's pass holds the rest
+        if base_out is not None and 2 * len(opened) <= len(ids) and _rows_writable(base_out[1]):
+            # Only the open rows run again, with their adapters; the base's pass holds the rest.
+            # (With more than half open, one gated pass over all rows after freeing the base's
+            # keeps the peak memory of one pass.)
             logits, cache = base_out
             sub = None if pos is None else pos[opened]
             with self.gated(scales[opened]):
@@ -188,15 +199,20 @@ class O3System(System):
 
 def _hook(down: torch.Tensor, up: torch.Tensor, scales: torch.Tensor):
     """A forward hook adding the stacked adapters' update, scaled per row, to a Linear's output
-    (a shut row's scales are 0: its output stays the base's bit for bit)."""
+    (a shut row's scales are 0: while the update is finite its output stays the base's bit
+    for bit)."""
     def add(module, args, out):
         return out + ((args[0] @ down) * scales) @ up
     return add
 
 
 def _rows_writable(cache: Any) -> bool:
-    """Whether a KV cache's rows can be overwritten in place (transformers' dynamic layers)."""
-    return cache is None or all(hasattr(layer, "keys") and hasattr(layer, "values")
+    """Whether a KV cache's rows can be overwritten in place: transformers' plain and
+    sliding-window dynamic layers, whose whole state per row is its keys and values (a
+    recurrent or indexed layer holds more; such a model takes one gated pass instead)."""
+    from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
+
+    return cache is None or all(type(layer) in (DynamicLayer, DynamicSlidingWindowLayer)
                                 and torch.is_tensor(layer.keys)
                                 for layer in getattr(cache, "layers", [None]))
 
@@ -204,8 +220,9 @@ def _rows_writable(cache: Any) -> bool:
 def _write_rows(cache: Any, part: Any, rows: torch.Tensor) -> None:
     """Put `part`'s cache (a run over `rows` of the same batch, same columns) into those rows."""
     for whole, sub in zip(cache.layers, part.layers, strict=True):
-        whole.keys[rows] = sub.keys
-        whole.values[rows] = sub.values
+        at = rows.to(whole.keys.device)
+        whole.keys[at] = sub.keys
+        whole.values[at] = sub.values
 
 
 # Ways of asking the second view learns besides the training template: a chat-style turn, a
@@ -214,11 +231,32 @@ AUGMENT = ("User: {question}\nAssistant: ", "Here is a question: {question}\nThe
            "### Question\n{question}\n### Answer\n")
 
 
-def _formats(template: str) -> str | None:
+def _one_question_slot(template: Any) -> bool:
+    """Whether `template` is text whose only format field is one plain {question}."""
+    if not isinstance(template, str):
+        return False
     try:
-        return template.format(question="")
-    except (KeyError, IndexError, ValueError):
-        return None
+        fields = [(name, spec, conv) for _, name, spec, conv in string.Formatter().parse(template)
+                  if name is not None]
+    except ValueError:  # an unmatched brace
+        return False
+    return fields == [("question", "", None)]
+
+
+def _held_out(n_pos: int, n_neg: int, seed: int, blocks: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """Held-out masks of a detector's two sides, each made of `blocks` equal blocks (one per
+    way of asking, the same items in the same order): a random quarter of the items of a side
+    of at least 4, held out in every block, so no item is fit in one phrasing and judged in
+    another. A side too small to split is all "held out" (its training scores stand in)."""
+    gen = torch.Generator().manual_seed(seed)
+
+    def split(n: int) -> torch.Tensor:
+        held = torch.zeros(n, dtype=torch.bool)
+        if n >= 4:
+            held[torch.randperm(n, generator=gen)[:n // 4]] = True
+        return held.repeat(blocks) if held.any() else torch.ones(n * blocks, dtype=torch.bool)
+
+    return split(n_pos // blocks), split(n_neg // blocks)
 
 
 def _targets(model, suffixes: list[str]) -> list[str]:
@@ -241,8 +279,10 @@ class O3:
     the held-out forget scores (or just above the shut point, where that is lower). That is one
     view, fit on the questions as the run's template asks them; a second view is fit the same
     way on them asked also through the `augment` templates, and the gate is the wider open of
-    the two, so a question asked another way still opens it (the first view keeps the training
-    template's rates). The held-out rates go into the system's manifest. (2) a LoRA on the target Linears,
+    the two, so a question asked another way still opens it. Both views hold out the same
+    items, in every phrasing; the manifest records each view's held-out rates and the gate's
+    own on the training template. A longer phrasing is judged by its last `window` tokens, as
+    the training template's questions are. (2) a LoRA on the target Linears,
     trained with NPO on the forget set (no retain data needed; where it is given, the adapter
     also keeps the retain answers), its down-projection orthogonal to every earlier request's.
     At inference each adapter is scaled by its gate. The paper trains its detector with a
@@ -288,10 +328,13 @@ class O3:
             self.targets = ["mlp.down_proj", "self_attn.o_proj"]
         if self.augment is None:
             self.augment = list(AUGMENT)
+        if isinstance(self.augment, str):
+            raise ObliviateError("o3 augment must be a list of prompt templates, e.g. "
+                                 "params.augment='[\"User: {question}\\nAssistant: \"]' ([] for none)")
         for t in self.augment:
-            if not isinstance(t, str) or t.count("{question}") != 1 or _formats(t) is None:
-                raise ObliviateError(f"o3 augment: each entry must be a prompt template with "
-                                     f"one {{question}} and no other braces (got {t!r})")
+            if not _one_question_slot(t):
+                raise ObliviateError(f"o3 augment: each entry must be a prompt template whose "
+                                     f"only field is one {{question}} (got {t!r})")
         if self.rank < 1:
             raise ObliviateError(f"o3 rank must be at least 1 (got {self.rank})")
         for name in ("open_quantile", "shut_quantile"):
@@ -304,9 +347,14 @@ class O3:
         window = old.window if old is not None else prompt_window(ctx.items["forget"])
         layers = list(range(1, base.config.num_hidden_layers + 1))
         views = old.settings["views"] if old is not None else 1 + bool(self.augment)
+        if old is not None and list(self.augment) != old.settings.get("augment", []):
+            raise ObliviateError(f"o3: this system's detectors learn the ways of asking "
+                                 f"{old.settings.get('augment', [])}; a new request must use the "
+                                 f"same (params.augment)")
         settings = ({**old.settings, "requests": old.requests + 1} if old is not None else
                     {"requests": 1, "rank": self.rank, "alpha": self.alpha, "views": views,
-                     "targets": _targets(base, self.targets), "window": window, "detectors": []})
+                     "augment": list(self.augment), "targets": _targets(base, self.targets),
+                     "window": window, "detectors": []})
         system = O3System(base, settings)
         if old is not None:
             system.parts.load_state_dict(old.parts.state_dict(), strict=False)
@@ -316,8 +364,8 @@ class O3:
             """Pooled prompt states of streams' items (the negatives: general questions and at
             most 512 retain ones), in the training template or in `template`."""
             limits = {"retain": 512}
-            items = [it for n in names for it in
-                     (ctx.items.get(n, [])[:limits.get(n)] if template is None
+            items = [it for n in names if ctx.items.get(n) for it in
+                     (ctx.items[n][:limits.get(n)] if template is None
                       else ctx.encoded(n, template, limits.get(n)))]
             return prompt_features(base, items, ctx.pad_id, layers, window)
 
@@ -327,36 +375,34 @@ class O3:
             for t in self.augment:
                 pos.append(features(t, "forget"))
                 neg.append(features(t, "general", "retain"))
-            rates.append(self._fit_detector(det, torch.cat(pos), torch.cat(neg), view=1))
+            rates.append(self._fit_detector(det, torch.cat(pos), torch.cat(neg), view=1,
+                                            blocks=len(pos)))
+            # what the gate (the wider open view) does on the training template's held-out items
+            held_p, held_n = _held_out(len(pos[0]), len(neg[0]), self.seed)
+            with torch.no_grad():
+                rates.append({"view": "gate",
+                              "forget_open": float((det.gate(pos[0][held_p]) >= 1 - 1e-6).float().mean()),
+                              "negatives_open": float((det.gate(neg[0][held_n]) > 0).float().mean())})
         # the detector's held-out rates travel in the manifest (covered by its checksum)
         system.settings["detectors"] = [*settings.get("detectors", []), rates]
         self._init_adapter(system)
         return system
 
     def _fit_detector(self, det: Detector, pos: torch.Tensor, neg: torch.Tensor,
-                      view: int = 0) -> dict[str, Any]:
-        """Fit each layer's classifier of one view on three quarters of each side, set the
-        view's gate bounds on the held-out quarter (a side of fewer than 4 items is not split:
-        its training scores stand in), and return the held-out rates of that view: forget
-        prompts fully opened, negatives opened at all."""
+                      view: int = 0, blocks: int = 1) -> dict[str, Any]:
+        """Fit each layer's classifier of one view on three quarters of each side's items, set
+        the view's gate bounds on the held-out quarter (_held_out; each side is `blocks` ways
+        of asking the same items), and return the held-out rates of that view: forget prompts
+        fully opened, negatives opened at all."""
         from sklearn.linear_model import LogisticRegression
 
         if not len(pos) or not len(neg):
             raise ObliviateError("o3's detector needs forget questions and negatives (the "
                                  "shipped general questions or a retain set); one side is empty")
-        gen = torch.Generator().manual_seed(self.seed)
-
-        def split(n: int) -> torch.Tensor:  # held-out mask, a quarter of a side of 4 or more
-            held = torch.zeros(n, dtype=torch.bool)
-            if n >= 4:
-                held[torch.randperm(n, generator=gen)[:n // 4]] = True
-            return held
-
-        held_p, held_n = split(len(pos)), split(len(neg))
-        fit_p = pos[~held_p] if held_p.any() else pos
-        fit_n = neg[~held_n] if held_n.any() else neg
-        held_p = held_p if held_p.any() else torch.ones(len(pos), dtype=torch.bool)
-        held_n = held_n if held_n.any() else torch.ones(len(neg), dtype=torch.bool)
+        held_p, held_n = _held_out(len(pos), len(neg), self.seed, blocks)
+        split = bool((~held_p).any() and (~held_n).any())
+        fit_p = pos[~held_p] if (~held_p).any() else pos
+        fit_n = neg[~held_n] if (~held_n).any() else neg
         x, y = torch.cat([fit_p, fit_n]), [1] * len(fit_p) + [0] * len(fit_n)
         with torch.no_grad():
             for layer in range(x.shape[1]):
@@ -367,14 +413,14 @@ class O3:
                 det.weight[view, layer] = torch.as_tensor(clf.coef_[0], dtype=torch.float32)
                 det.bias[view, layer] = float(clf.intercept_[0])
                 det.mean[view, layer], det.scale[view, layer] = mean.float(), scale.float()
-            sp, sn = det.score(pos[held_p])[:, view], det.score(neg[held_n])[:, view]
+            sp, sn = det.score(pos[held_p], view), det.score(neg[held_n], view)
             low = float(torch.quantile(sn, self.shut_quantile))
             high = max(float(torch.quantile(sp, self.open_quantile)), low + 1e-3)
             det.bounds[view] = torch.tensor([low, high])
             ramp = lambda s: ((s - low) / (high - low)).clamp(0.0, 1.0)  # noqa: E731
             return {"view": view, "forget_items": int(held_p.sum()),
                     "negative_items": int(held_n.sum()),
-                    "held_out": bool(len(fit_p) < len(pos) and len(fit_n) < len(neg)),
+                    "held_out": split,
                     "forget_open": float((ramp(sp) >= 1 - 1e-6).float().mean()),
                     "negatives_open": float((ramp(sn) > 0).float().mean()),
                     "open_quantile": self.open_quantile, "shut_quantile": self.shut_quantile,
