@@ -48,8 +48,19 @@ NEEDS = {
     # questions), and O3's adapter is trained with NPO against the cached reference
     "uld": ("forget", "retain"), "spul": ("forget", "retain", "refusal"),
     "eco": ("forget", "retain", "general"), "o3": ("forget", "reference", "general"),
+    # located and representation methods: SLUG's one gradient and concept-vector ablation's
+    # attribution read both sets; LUNAR's direction comes from declining (refusal texts) and
+    # its retain term compares live activations; WHP's reinforced model learns only the
+    # forget set
+    "slug": ("forget", "retain"), "concept_ablation": ("forget", "retain"),
+    "lunar": ("forget", "retain", "refusal", "reference_model"), "whp": ("forget",),
 }
 SYSTEM_METHODS = ("eco", "o3", "spul", "uld")
+FULL_WEIGHTS_ONLY = ("slug",)  # one step on one real matrix: LoRA is refused (tested below)
+# Concept-vector ablation is not selective on this 2-layer subject: its facts share value
+# vectors (ablating 112 of the 256 columns takes forget to 0.53 and retain to 0.49 alike), so
+# the contract below does not hold for it here; test_deep_methods.py tests what it promises.
+NOT_LOCALISED_HERE = ("concept_ablation",)
 
 
 def _probs(path, bench):
@@ -79,7 +90,7 @@ def start(memorised):
 # LoRA does not apply to unlearned systems (they train their own components): that variant
 # is an error for them, tested below
 VARIANTS = [(m, lora) for m in METHODS.names() for lora in (False, True)
-            if not (lora and m in SYSTEM_METHODS)]
+            if not (lora and m in SYSTEM_METHODS + FULL_WEIGHTS_ONLY) and m not in NOT_LOCALISED_HERE]
 
 
 @pytest.mark.slow

@@ -157,7 +157,7 @@ def resolve_data(benchmark: str, split: str, forget: str, retain: str) -> tuple[
 
 def _context(tok, forget: list[Example], retain: list[Example], needs: tuple[str, ...],
              template: str, lora: bool, seed: int) -> Context:
-    ctx = Context(pad_id=tok.pad_token_id, lora=lora, seed=seed,
+    ctx = Context(pad_id=tok.pad_token_id, lora=lora, seed=seed, tokenizer=tok,
                   encoder=lambda ex, i, t: encode(tok, ex, i, t))
     ctx.examples = {"forget": forget, "retain": retain}
     if "general" in needs:
@@ -388,6 +388,9 @@ def _plan(cfg: UnlearnConfig, forget: list[Example], retain: list[Example], out:
     if method.declared("system", "") and cfg.lora.enabled:
         raise ObliviateError(f"method '{cfg.method}' trains its own components and leaves the "
                              "model's weights alone; lora.enabled does not apply to it")
+    if method.declared("full_weights", False) and cfg.lora.enabled:
+        raise ObliviateError(f"method '{cfg.method}' edits the model's own weight matrices; "
+                             "lora.enabled does not apply to it")
     if "retain" in method.needs() and not retain:
         raise ObliviateError(f"method '{cfg.method}' needs a retain set (retain=<file.jsonl>)")
     lr = cfg.optim.lr or default_lr(method.method, cfg.lora.enabled)

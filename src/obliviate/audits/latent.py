@@ -14,6 +14,7 @@ from typing import ClassVar
 import numpy as np
 import torch
 
+from ..concepts import answer_token_ids, value_vectors
 from ..encoding import collate, encode
 from ..models import load_model
 from .base import AUDITS, AuditData, NotApplicable
@@ -76,17 +77,7 @@ class ParametricTrace:
         if not hasattr(model, "config") or not hasattr(model, "get_output_embeddings"):
             raise NotApplicable("needs weights (MLP down-projections and an output head)")
         target, _ = _load_cached(self.target)
-        ids = sorted({t for ex in data.forget for t in tokenizer.encode(ex.answer, add_special_tokens=False)})
-        head = target.get_output_embeddings().weight.detach().float()  # [vocab, d]
-        picked = []  # (score, layer name, column)
-        with torch.no_grad():
-            for name, mod in target.named_modules():
-                if name.endswith("mlp.down_proj"):
-                    cols = mod.weight.detach().float()  # [d, intermediate]
-                    promote = (head[ids] @ cols).mean(0)  # [intermediate]
-                    for j in torch.topk(promote, min(self.top, promote.numel())).indices.tolist():
-                        picked.append((float(promote[j]), name, j))
-        picked = sorted(picked, reverse=True)[:self.top]
+        picked = value_vectors(target, answer_token_ids(tokenizer, data.forget), self.top)
         mods = dict(model.named_modules())
         tmods = dict(target.named_modules())
         cos, norm = [], []

@@ -6,18 +6,21 @@ Adding a method is writing one file here: a dataclass registered with `@METHODS.
 
 from . import (  # noqa: F401  (registration at definition)
     ceu,
+    concept_ablation,
     eco,
     flat,
     ga,
     graddiff,
     idknll,
     idkpo,
+    lunar,
     npo,
     o3,
     pdu,
     rmu,
     satimp,
     simnpo,
+    slug,
     soul,
     sparse,
     spul,
@@ -26,6 +29,7 @@ from . import (  # noqa: F401  (registration at definition)
     undial,
     wagle,
     wga,
+    whp,
 )
 from .base import METHODS, Context, build, typed_params
 from .wrapping import MethodStack, describe, needs_of

@@ -73,6 +73,7 @@ class Context:
     # the examples behind `items` and how they were encoded, to encode them another way
     examples: dict[str, list[Example]] = field(default_factory=dict)
     encoder: Callable[[Example, int, str], Encoded] | None = None
+    tokenizer: Any = None  # the run's tokenizer (methods that read answers as tokens)
     cache: dict[str, Any] = field(default_factory=dict)
     state: dict[str, Any] = field(default_factory=dict)
     grad_masks: dict[torch.nn.Parameter, torch.Tensor] = field(default_factory=dict)

@@ -251,6 +251,23 @@ def rmu_retain(hidden: torch.Tensor, ref_hidden: torch.Tensor, mask: torch.Tenso
     return dp_mean(sq, mask, world=world)
 
 
+def lunar_redirect(hidden: torch.Tensor, ref_hidden: torch.Tensor, direction: torch.Tensor,
+                   mask: torch.Tensor, world: int = 1) -> torch.Tensor:
+    """LUNAR (Shen et al. 2025, "LLM Unlearning via Neural Activation Redirection"), forget
+    term: mean squared distance of the layer's hidden states [batch, seq, d] to where they are
+    redirected, the reference's states plus the refusal direction [d], over `mask`."""
+    sq = ((hidden.float() - (ref_hidden.float() + direction.float())) ** 2).mean(-1)
+    return dp_mean(sq, mask, world=world)
+
+
+def whp_generic_logits(base: torch.Tensor, reinforced: torch.Tensor, alpha: float) -> torch.Tensor:
+    """Who's Harry Potter (Eldan & Russinovich 2023): v_generic = v_base - alpha *
+    relu(v_reinforced - v_base). A model fine-tuned further on the forget data raises exactly
+    the tokens tied to it; subtracting that rise demotes them. [..., vocab] -> [..., vocab]."""
+    base = base.float()
+    return base - alpha * torch.relu(reinforced.float() - base)
+
+
 # ---------------------------------------------------------------------------- parameters
 def l1_penalty(params: list[torch.Tensor]) -> torch.Tensor:
     """Sum of absolute weights (Jia et al. 2023, "Model Sparsity Can Simplify Machine

@@ -1,0 +1,93 @@
+"""LUNAR: redirect the forget set's activations to where the model declines to answer."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+
+from ..errors import ObliviateError
+from .base import METHODS, Context, label_mask
+from .objectives import lunar_redirect, rmu_retain
+
+
+def _hidden(model, batch, layer: int) -> torch.Tensor:
+    """Output of decoder layer `layer` [batch, seq, d]."""
+    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                output_hidden_states=True)
+    return out.hidden_states[layer + 1]
+
+
+@torch.no_grad()
+def _mean_state(model, ctx: Context, name: str, layer: int) -> torch.Tensor:
+    """Mean hidden state [d] of layer `layer` over stream `name`'s answer-predicting positions."""
+    device = next(model.parameters()).device
+    total, count = None, 0
+    for start in range(0, len(ctx.items[name]), 32):
+        b = ctx.batch_of(name, list(range(start, min(start + 32, len(ctx.items[name])))), device)
+        h = _hidden(model, b, layer)[:, :-1][label_mask(b)].float()  # [positions, d]
+        total = h.sum(0) if total is None else total + h.sum(0)
+        count += h.shape[0]
+    return total / max(count, 1)
+
+
+@METHODS.register("lunar")
+@dataclass
+class LUNAR:
+    """The refusal direction r at decoder layer `layer` is the mean hidden state while the model
+    is made to decline the forget questions (the shipped refusal texts as answers) minus the
+    mean while it gives their answers, both at the positions that predict an answer token. The
+    forget set's states there are trained towards the reference's plus `coeff` * r, the retain
+    set's to stay the reference's; only that layer's MLP output projection trains. The paper
+    estimates r from prompts an instruction-tuned model declines; a model that never learned
+    to decline (the built-in tiny target) has no such prompts, hence teacher-forced refusals."""
+
+    layer: int = -1  # -1: the middle of the stack, (layers - 1) // 2
+    coeff: float = 2.0  # the mean difference understates where single states must go
+    alpha: float = 5.0  # retain weight
+    train: str = "mlp.down_proj"
+
+    description: ClassVar[str] = "LUNAR: redirect forget activations along the refusal direction, training one projection"
+    needs: ClassVar[tuple[str, ...]] = ("forget", "retain", "refusal", "reference_model")
+    paper: ClassVar[str] = "Shen et al. 2025, LUNAR: LLM Unlearning via Neural Activation Redirection"
+    default_lr: ClassVar[float] = 1e-2
+
+    def __post_init__(self) -> None:
+        for key in ("coeff", "alpha"):
+            value = getattr(self, key)
+            if not (0 < value < float("inf")):
+                raise ObliviateError(f"lunar {key} must be finite and positive (got {value})")
+
+    def _layer(self, model) -> int:
+        n = model.config.num_hidden_layers
+        layer = self.layer if self.layer >= 0 else (n - 1) // 2
+        if layer >= n:
+            raise ObliviateError(f"lunar layer {layer} does not exist (the model has {n} layers)")
+        return layer
+
+    def target_modules(self, model, ctx: Context) -> list[str]:
+        wanted = f"layers.{self._layer(model)}.{self.train}"
+        names = [n for n, _ in model.named_modules() if n.endswith(wanted)]
+        if not names:
+            raise ObliviateError(f"lunar: no module named '*{wanted}' in this model; set "
+                                 "params.train to a module suffix it has")
+        return names
+
+    def setup(self, model, ctx: Context) -> None:
+        layer = self._layer(model)
+        direction = _mean_state(model, ctx, "idk", layer) - _mean_state(model, ctx, "forget", layer)
+        ctx.state["lunar"] = {"layer": layer, "direction": self.coeff * direction,
+                              "direction_norm": float(direction.norm())}
+
+    def loss(self, model, batches, ctx: Context):
+        st = ctx.state["lunar"]
+        f, r = batches["forget"], batches["retain"]
+        h_f, h_r = _hidden(model, f, st["layer"]), _hidden(model, r, st["layer"])
+        with ctx.reference_model(model) as ref:
+            ref_f, ref_r = _hidden(ref, f, st["layer"]), _hidden(ref, r, st["layer"])
+        forget = lunar_redirect(h_f[:, :-1], ref_f[:, :-1], st["direction"].to(h_f.device),
+                                label_mask(f), ctx.world_size)
+        retain = rmu_retain(h_r, ref_r, r["attention_mask"], ctx.world_size)
+        return forget + self.alpha * retain, {"lunar_forget": float(forget.detach()),
+                                              "lunar_retain": float(retain.detach())}

@@ -1,0 +1,190 @@
+"""The located and representation-level methods, each by its defining mechanism (not only
+"forget probability went down"): SLUG's one gradient and one matrix, LUNAR's one projection
+and redirected activations, concept-vector ablation's exact edit, WHP's generic labels."""
+
+import math
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import obliviate as ob
+from obliviate.audits.base import AuditData
+from obliviate.audits.latent import ParametricTrace
+from obliviate.concepts import answer_token_ids, value_vectors
+from obliviate.data import Benchmark
+from obliviate.encoding import DEFAULT_TEMPLATE, Encoded
+from obliviate.methods.base import mean_answer_prob
+from obliviate.methods.lunar import _hidden, _mean_state
+from obliviate.methods.objectives import whp_generic_logits
+from obliviate.methods.slug import pareto_front
+from obliviate.methods.whp import generic_items
+from obliviate.models import load_model
+from obliviate.train import OptimConfig
+from obliviate.unlearning import _context
+
+
+def _unlearn(root, out, method, steps=40, params=None, lora=False):
+    cfg = ob.UnlearnConfig(model=str(root / "target"), method=method, params=params or {},
+                           benchmark=str(root / "bench"),
+                           optim=OptimConfig(lr=None, steps=steps, batch_size=16,
+                                             warmup_ratio=0.0, schedule="constant"))
+    cfg.lora.enabled = lora
+    return ob.unlearn(cfg, out, progress=False)
+
+
+def _weights(path):
+    return load_file(str(path / "model.safetensors"))
+
+
+def _sets(root):
+    bench = Benchmark.load(root / "bench")
+    return bench.forget_set("forget10"), bench.retain_set("forget10")
+
+
+def test_pareto_front_by_hand():
+    """(forget importance, retain influence): a (3, 2), b (2, 1), c (1, 0.5), d (2.5, 3).
+    Highest forget first: a is kept; d has less forget than a and more retain (dominated);
+    b and c each trade forget for lower retain, so they stay: front a, b, c."""
+    assert pareto_front([3, 2, 1, 2.5], [2, 1, 0.5, 3]) == [0, 1, 2]
+    assert pareto_front([1, 1], [1, 1]) == [0]  # a tie dominates its twin
+
+
+@pytest.mark.slow
+def test_slug_one_gradient_one_matrix(memorised, tmp_path, monkeypatch):
+    """Every backward pass is part of the one forget gradient and the one retain gradient
+    (one per batch of 16: ceil(n_forget / 16) + ceil(64 / 16)); exactly one weight tensor
+    changes, the one named in the log; the forget probability reaches half its start."""
+    calls = []
+    original = torch.Tensor.backward
+    monkeypatch.setattr(torch.Tensor, "backward", lambda self, *a, **k: (calls.append(1), original(self, *a, **k))[1])
+    out = _unlearn(memorised, tmp_path / "slug", "slug")
+    forget, retain = _sets(memorised)
+    assert len(calls) == math.ceil(len(forget) / 16) + math.ceil(min(len(retain), 64) / 16)
+    before, after = _weights(memorised / "target"), _weights(out)
+    changed = [k for k in before if not torch.equal(before[k], after[k])]
+    log = ob.models.read_provenance(out)["last_log"]
+    assert changed == [log["layer"]]
+    assert log["target_reached"] == 1.0 and log["forget_prob"] <= 0.5 * log["forget_start"] + 1e-9
+    with pytest.raises(ob.ObliviateError, match="lora.enabled does not apply"):
+        _unlearn(memorised, tmp_path / "slug-lora", "slug", lora=True)
+    assert not (tmp_path / "slug-lora").exists()
+
+
+def _answer_states(model, ctx, name, layer):
+    """Hidden states [positions, d] of layer `layer` at stream `name`'s answer-predicting positions."""
+    out = []
+    with torch.no_grad():
+        for i in range(len(ctx.items[name])):
+            b = ctx.batch_of(name, [i])
+            h = _hidden(model, b, layer)[:, :-1]
+            out.append(h[b["labels"][:, 1:] != -100].float())
+    return torch.cat(out)
+
+
+@pytest.mark.slow
+def test_lunar_trains_one_projection_and_redirects_forget_activations(memorised, tmp_path):
+    """Only layer 0's MLP output projection changes (the middle of 2 layers). At that layer the
+    forget answers' states move along the refusal direction r (the default target is the
+    reference's state + 2r): their mean shift points along r and covers a good part of 2r
+    (measured: cosine 0.999, 52%), while the retain answers' states move clearly less than the
+    forget answers' (measured: half as far; one 128-neuron projection cannot separate them
+    further on this subject)."""
+    out = _unlearn(memorised, tmp_path / "lunar", "lunar")
+    before, after = _weights(memorised / "target"), _weights(out)
+    assert {k for k in before if not torch.equal(before[k], after[k])} == {"model.layers.0.mlp.down_proj.weight"}
+    forget, retain = _sets(memorised)
+    old, tok = load_model(str(memorised / "target"))
+    new, _ = load_model(str(out))
+    ctx = _context(tok, forget, retain[:64], ("forget", "retain", "refusal"), DEFAULT_TEMPLATE, False, 0)
+    r = (_mean_state(old, ctx, "idk", 0) - _mean_state(old, ctx, "forget", 0)).float()
+    shift = (_answer_states(new, ctx, "forget", 0) - _answer_states(old, ctx, "forget", 0)).mean(0)
+    assert torch.nn.functional.cosine_similarity(shift, r, dim=0) > 0.95
+    assert float(shift @ r / r.norm()) > 0.4 * float(2 * r.norm())
+    f_move = (_answer_states(new, ctx, "forget", 0) - _answer_states(old, ctx, "forget", 0)).norm(dim=-1).mean()
+    r_move = (_answer_states(new, ctx, "retain", 0) - _answer_states(old, ctx, "retain", 0)).norm(dim=-1).mean()
+    assert r_move < 0.7 * f_move
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("locate", ["attribution", "vocab"])
+def test_concept_ablation_edits_exactly_the_located_vectors(memorised, tmp_path, locate):
+    """With no repair, the only weights that differ are the located down-projection columns,
+    now zero. With locate=vocab they are the vectors the parametric-trace audit traces, so its
+    cosine falls from 1 (the target against itself) to 0."""
+    out = _unlearn(memorised, tmp_path / locate, "concept_ablation", params={"locate": locate, "top": 8})
+    before, after = _weights(memorised / "target"), _weights(out)
+    diff = {(k, int(j)) for k in before for j in
+            ((before[k] != after[k]).any(0).nonzero().flatten().tolist() if before[k].dim() == 2
+             else ([0] if not torch.equal(before[k], after[k]) else []))}
+    assert len(diff) == 8 and all(k.endswith("mlp.down_proj.weight") for k, _ in diff)
+    assert all(torch.count_nonzero(after[k][:, j]) == 0 for k, j in diff)
+    if locate == "vocab":
+        target, tok = load_model(str(memorised / "target"))
+        forget, _ = _sets(memorised)
+        located = {(f"{name}.weight", j) for _, name, j in value_vectors(target, answer_token_ids(tok, forget), 8)}
+        assert diff == located
+        data = AuditData(forget=forget, retain=[], related=[], template=DEFAULT_TEMPLATE)
+        audit = ParametricTrace(target=str(memorised / "target"), top=8)
+        assert audit.run(target, tok, data)["cosine"] == pytest.approx(1.0)
+        model, tok = load_model(str(out))
+        assert audit.run(model, tok, data)["cosine"] == pytest.approx(0.0, abs=1e-6)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("lora", [False, True])
+def test_concept_ablation_repair_keeps_the_edit(memorised, tmp_path, lora):
+    """A retain repair moves other weights (adapters under LoRA) but the ablated columns end
+    exactly zero: masked during the repair and written back after it."""
+    base = _weights(memorised / "target")
+    out = _unlearn(memorised, tmp_path / "repair", "concept_ablation", lora=lora,
+                   params={"top": 4, "repair_steps": 5, "repair_lr": 1e-3})
+    after = _weights(out)
+    zeroed = [(k, j) for k in base if k.endswith("down_proj.weight")
+              for j in range(base[k].shape[1])
+              if torch.count_nonzero(after[k][:, j]) == 0 and torch.count_nonzero(base[k][:, j]) > 0]
+    assert len(zeroed) == 4
+    assert sum(not torch.equal(base[k], after[k]) for k in base) > 1
+
+
+def test_whp_generic_logits_by_hand():
+    """base [2, 1, 0], reinforced [4, 1, -1]: relu(reinforced - base) = [2, 0, 0]; alpha 1
+    gives [0, 1, 0] (token 1 now leads), alpha 0.25 gives [1.5, 1, 0] (token 0 still leads)."""
+    base, reinforced = torch.tensor([2.0, 1.0, 0.0]), torch.tensor([4.0, 1.0, -1.0])
+    assert whp_generic_logits(base, reinforced, 1.0).tolist() == [0.0, 1.0, 0.0]
+    assert whp_generic_logits(base, reinforced, 0.25).tolist() == [1.5, 1.0, 0.0]
+
+
+def test_whp_relabels_each_answer_position_with_its_generic_argmax():
+    """Item ids [5, 6, 7, 8], labels [-100, -100, 7, 8]: positions 1 and 2 predict the labels 7
+    and 8. Their generic argmaxes (rows of base - relu(reinforced - base)) are 3 and 0, so the
+    labels become [-100, -100, 3, 0]; the inputs are unchanged."""
+    item = Encoded([5, 6, 7, 8], [-100, -100, 7, 8], 0)
+    base = torch.tensor([[0.0, 0.0, 0.0, 1.0], [2.0, 0.0, 0.0, 0.0]])
+    reinforced = torch.tensor([[0.0, 0.0, 0.0, 1.0], [2.0, 0.0, 0.0, 0.0]])
+    out = generic_items([item], [base], [reinforced], alpha=5.0)[0]
+    assert out.input_ids == [5, 6, 7, 8] and out.labels == [-100, -100, 3, 0]
+    reinforced = torch.tensor([[0.0, 0.0, 0.0, 2.0], [2.0, 1.0, 0.0, 0.0]])  # 3 and 1 pushed up
+    out = generic_items([item], [base], [reinforced], alpha=5.0)[0]
+    assert out.labels == [-100, -100, 0, 0]  # row 0: [0,0,0,-4] -> 0; row 1: [2,-5,0,0] -> 0
+
+
+@pytest.mark.slow
+def test_whp_labels_come_from_the_reinforced_difference_and_the_weights_are_restored(memorised, tmp_path):
+    """After WHP the forget answers are less likely (the model learned generic labels); the
+    reinforcement was undone before unlearning: with 0 learning rate the unlearned model equals
+    the target exactly, whatever the reinforced model learned."""
+    forget, _ = _sets(memorised)
+    out = _unlearn(memorised, tmp_path / "whp", "whp")
+    model, tok = load_model(str(out))
+    target, _ = load_model(str(memorised / "target"))
+    ctx = _context(tok, forget, [], ("forget",), DEFAULT_TEMPLATE, False, 0)
+    assert mean_answer_prob(model, ctx.items["forget"], tok.pad_token_id) < 0.8 * mean_answer_prob(
+        target, ctx.items["forget"], tok.pad_token_id)
+    assert ob.models.read_provenance(out)["last_log"]["relabelled"] > 0.05
+    cfg = ob.UnlearnConfig(model=str(memorised / "target"), method="whp", benchmark=str(memorised / "bench"),
+                           optim=OptimConfig(lr=1e-12, steps=2, batch_size=16, warmup_ratio=0.0,
+                                             schedule="constant"))
+    same = _weights(ob.unlearn(cfg, tmp_path / "whp0", progress=False))
+    base = _weights(memorised / "target")
+    assert all(torch.allclose(base[k], same[k], atol=1e-6) for k in base)
