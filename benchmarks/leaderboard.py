@@ -268,11 +268,13 @@ def write(out_dir: Path, refs: dict, rows: list[dict], meta: dict) -> None:
 def _plan(cls, no_lora: bool, default_lr) -> list[tuple[str, float]]:
     """(variant, lr) runs of a method: full weights and LoRA over the lr sweep; a method that
     builds an unlearned system runs as "system", once where it fits without a learning rate."""
+    mults = (1.0,) if hasattr(cls, "fit") else LR_MULTS
     if getattr(cls, "system", None):
-        mults = (1.0,) if hasattr(cls, "fit") else LR_MULTS
         return [("system", default_lr(cls(), False) * m) for m in mults]
-    variants = ("full",) if no_lora else ("full", "lora")
-    return [(v, default_lr(cls(), v == "lora") * m) for v in variants for m in LR_MULTS]
+    # a method that fits without an optimiser (SLUG, concept-vector ablation) runs once, and
+    # on full weights only: its edit is on the model's own matrices
+    variants = ("full",) if no_lora or hasattr(cls, "fit") or getattr(cls, "full_weights", False) else ("full", "lora")
+    return [(v, default_lr(cls(), v == "lora") * m) for v in variants for m in mults]
 
 
 def _row_path(work: Path, method: str, variant: str, lr: float) -> Path:
