@@ -14,6 +14,8 @@ from obliviate.audits.latent import ParametricTrace
 from obliviate.concepts import answer_token_ids, value_vectors
 from obliviate.data import Benchmark
 from obliviate.encoding import DEFAULT_TEMPLATE, Encoded
+from obliviate.data.examples import Example
+from obliviate.methods.altpo import alternate_answers
 from obliviate.methods.base import mean_answer_prob
 from obliviate.methods.lunar import _hidden, _mean_state
 from obliviate.methods.objectives import whp_generic_logits
@@ -188,3 +190,36 @@ def test_whp_labels_come_from_the_reinforced_difference_and_the_weights_are_rest
     same = _weights(ob.unlearn(cfg, tmp_path / "whp0", progress=False))
     base = _weights(memorised / "target")
     assert all(torch.allclose(base[k], same[k], atol=1e-6) for k in base)
+
+
+def test_altpo_alternates_are_in_domain_and_wrong():
+    """A perturbed answer when the item has some; else another item's answer to the same
+    relation (never its own); else a clear error naming the item."""
+    a = Example(answer="Paris", question="Capital?", perturbed_answers=("Lyon", "Nice"), id="a", relation="capital")
+    b = Example(answer="Rome", question="Capital of Italy?", id="b", relation="capital")
+    c = Example(answer="Oslo", question="Capital of Norway?", id="c", relation="capital")
+    alt = alternate_answers([a, b], [c], seed=0)
+    assert alt[0] in ("Lyon", "Nice") and alt[1] in ("Paris", "Oslo")
+    assert alternate_answers([a, b], [c], seed=0) == alt  # fixed by the seed
+    with pytest.raises(ob.ObliviateError, match="item 'x' has no alternate answer"):
+        alternate_answers([Example(answer="42", question="?", id="x")], [], seed=0)
+
+
+@pytest.mark.slow
+def test_altpo_prefers_the_alternate_over_the_forget_answer(memorised, tmp_path):
+    """Before: the forget answers are far more likely than their alternates. After AltPO the
+    order is reversed, and the retain set keeps 90% of its probability."""
+    forget, retain = _sets(memorised)
+    out = _unlearn(memorised, tmp_path / "altpo", "altpo")
+    alts = alternate_answers(forget, retain, seed=0)
+    alt_examples = [Example(answer=a, question=ex.question) for ex, a in zip(forget, alts, strict=True)]
+
+    def probs(path):
+        model, tok = load_model(str(path))
+        enc = [_context(tok, xs, [], ("forget",), DEFAULT_TEMPLATE, False, 0).items["forget"]
+               for xs in (forget, alt_examples, retain[:64])]
+        return [mean_answer_prob(model, items, tok.pad_token_id) for items in enc]
+
+    f0, a0, r0 = probs(memorised / "target")
+    f1, a1, r1 = probs(out)
+    assert f0 > 10 * a0 and a1 > f1 and r1 > 0.9 * r0

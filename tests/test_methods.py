@@ -54,6 +54,8 @@ NEEDS = {
     # forget set
     "slug": ("forget", "retain"), "concept_ablation": ("forget", "retain"),
     "lunar": ("forget", "retain", "refusal", "reference_model"), "whp": ("forget",),
+    # AltPO is IdkPO's objective with an alternate answer in place of the refusal
+    "altpo": ("forget", "retain", "reference"),
 }
 SYSTEM_METHODS = ("eco", "o3", "spul", "uld")
 FULL_WEIGHTS_ONLY = ("slug",)  # one step on one real matrix: LoRA is refused (tested below)

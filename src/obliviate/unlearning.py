@@ -157,7 +157,7 @@ def resolve_data(benchmark: str, split: str, forget: str, retain: str) -> tuple[
 
 def _context(tok, forget: list[Example], retain: list[Example], needs: tuple[str, ...],
              template: str, lora: bool, seed: int) -> Context:
-    ctx = Context(pad_id=tok.pad_token_id, lora=lora, seed=seed, tokenizer=tok,
+    ctx = Context(pad_id=tok.pad_token_id, lora=lora, seed=seed, tokenizer=tok, template=template,
                   encoder=lambda ex, i, t: encode(tok, ex, i, t))
     ctx.examples = {"forget": forget, "retain": retain}
     if "general" in needs:

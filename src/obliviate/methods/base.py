@@ -23,7 +23,7 @@ import torch
 
 from ..config import from_dict
 from ..data.examples import Example
-from ..encoding import Encoded, collate
+from ..encoding import DEFAULT_TEMPLATE, Encoded, collate
 from ..errors import ObliviateError
 from ..registry import Registry
 from ..systems import forward_kwargs
@@ -74,6 +74,7 @@ class Context:
     examples: dict[str, list[Example]] = field(default_factory=dict)
     encoder: Callable[[Example, int, str], Encoded] | None = None
     tokenizer: Any = None  # the run's tokenizer (methods that read answers as tokens)
+    template: str = DEFAULT_TEMPLATE  # the run's prompt template (methods that encode new answers)
     cache: dict[str, Any] = field(default_factory=dict)
     state: dict[str, Any] = field(default_factory=dict)
     grad_masks: dict[torch.nn.Parameter, torch.Tensor] = field(default_factory=dict)
