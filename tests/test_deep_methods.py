@@ -13,8 +13,8 @@ from obliviate.audits.base import AuditData
 from obliviate.audits.latent import ParametricTrace
 from obliviate.concepts import answer_token_ids, value_vectors
 from obliviate.data import Benchmark
-from obliviate.encoding import DEFAULT_TEMPLATE, Encoded
 from obliviate.data.examples import Example
+from obliviate.encoding import DEFAULT_TEMPLATE, Encoded
 from obliviate.methods.altpo import alternate_answers
 from obliviate.methods.base import mean_answer_prob
 from obliviate.methods.lunar import _hidden, _mean_state
