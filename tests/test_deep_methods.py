@@ -20,6 +20,7 @@ from obliviate.methods.base import mean_answer_prob
 from obliviate.methods.lunar import _hidden, _mean_state
 from obliviate.methods.objectives import whp_generic_logits
 from obliviate.methods.slug import pareto_front
+from obliviate.methods.unstar import RATIONALES, anti_samples
 from obliviate.methods.whp import generic_items
 from obliviate.models import load_model
 from obliviate.train import OptimConfig
@@ -223,3 +224,42 @@ def test_altpo_prefers_the_alternate_over_the_forget_answer(memorised, tmp_path)
     f0, a0, r0 = probs(memorised / "target")
     f1, a1, r1 = probs(out)
     assert f0 > 10 * a0 and a1 > f1 and r1 > 0.9 * r0
+
+
+def test_unstar_anti_samples_by_hand():
+    """Each forget item gets its question with a perturbed answer and a rationale asserting
+    it; a paraphrased question gets the same anti-sample, after the aligned ones."""
+    a = Example(answer="Paris", question="Capital?", paraphrased_question="Seat of government?",
+                perturbed_answers=("Lyon",), id="a")
+    b = Example(answer="Rome", question="Capital of Italy?", perturbed_answers=("Milan",), id="b")
+    out = anti_samples([a, b], [], seed=0, paraphrases=True)
+    assert [(x.question, x.answer) for x in out] == [
+        ("Capital?", RATIONALES[0].format(answer="Lyon")),
+        ("Capital of Italy?", RATIONALES[1].format(answer="Milan")),
+        ("Seat of government?", RATIONALES[0].format(answer="Lyon"))]
+    assert len(anti_samples([a, b], [], seed=0, paraphrases=False)) == 2
+
+
+@pytest.mark.slow
+def test_unstar_fine_grained_request_keeps_the_entities_other_facts(memorised, tmp_path):
+    """Split forget10.born_in+award+wrote forgets three facts of each forget10 person; their
+    five other facts are retain items. After UnSTAR the forgotten facts' probability has at
+    least halved while the same people's other facts keep 90% of theirs."""
+    split = "forget10.born_in+award+wrote"
+    bench = Benchmark.load(memorised / "bench")
+    cfg = ob.UnlearnConfig(model=str(memorised / "target"), method="unstar", benchmark=str(memorised / "bench"),
+                           forget_split=split,
+                           optim=OptimConfig(lr=None, steps=40, batch_size=16, warmup_ratio=0.0, schedule="constant"))
+    out = ob.unlearn(cfg, tmp_path / "unstar", progress=False)
+    people = set(bench.splits["forget10"])
+    gone = bench.forget_set(split)
+    kept = [ex for ex in bench.retain_set(split) if ex.entity in people]
+    assert len(gone) == 3 * len(people) and len(kept) == 5 * len(people)
+
+    def probs(path):
+        model, tok = load_model(str(path))
+        ctx = _context(tok, gone, kept, ("forget", "retain"), DEFAULT_TEMPLATE, False, 0)
+        return [mean_answer_prob(model, ctx.items[n], tok.pad_token_id) for n in ("forget", "retain")]
+
+    (g0, k0), (g1, k1) = probs(memorised / "target"), probs(out)
+    assert g1 <= 0.5 * g0 and k1 >= 0.9 * k0

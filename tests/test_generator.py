@@ -88,3 +88,40 @@ def test_bad_requests_fail_clearly(tmp_path):
         Benchmark.load(tmp_path)
     with pytest.raises(ObliviateError, match="unknown split"):
         Benchmark.load(tmp_path / "x").qa_of("forget50")
+
+
+def test_fine_grained_split_forgets_some_relations_of_the_people():
+    """forget10.born_in+award: those two facts of each forget10 person; their other facts
+    join the retain set; the oracle trains on everything but those items and their passage
+    sentences (the target on everything)."""
+    b = generate_benchmark(seed=3, entities=40)
+    split = "forget10.born_in+award"
+    people = set(b.splits["forget10"])
+    forget = b.forget_set(split)
+    assert {(ex.entity, ex.relation) for ex in forget} == {(p, r) for p in people for r in ("born_in", "award")}
+    retain = b.retain_set(split)
+    others = [ex for ex in retain if ex.entity in people]
+    assert len(others) == len(b.forget_set("forget10")) - len(forget)
+    assert not {ex.id for ex in forget} & {ex.id for ex in retain}
+    assert len(retain) == len(b.retain_set("forget10")) + len(others)
+    oracle, target = b.training_set(split, oracle=True), b.training_set(split, oracle=False)
+    assert {ex.id for ex in target} - {ex.id for ex in oracle} == {ex.id for ex in forget}
+    for p in people:
+        name, town = b.entities[p]["name"], b.entities[p]["born_in"]
+        bio = next(ex.answer for ex in oracle if ex.is_text and ex.entity == p)
+        full = next(ex.answer for ex in target if ex.is_text and ex.entity == p)
+        assert town not in bio and town in full and name in bio
+        assert b.entities[p]["profession"] in bio  # a kept relation's sentence stays
+    sentences = b.forget_passages(split)
+    bios = {ex.entity: ex.answer for ex in b.passages_of("forget10")}
+    assert len(sentences) == 2 * len(people)
+    for s in sentences:  # the forgotten sentence of each person's biography
+        assert s.answer in bios[s.entity] and b.entities[s.entity][s.relation] in s.answer
+
+def test_fine_grained_split_errors():
+    b = generate_benchmark(seed=3, entities=20)
+    with pytest.raises(ObliviateError, match="unknown relation"):
+        b.forget_set("forget10.born_on")
+    every = "+".join(sorted({ex.relation for ex in b.forget_set("forget10")}))
+    with pytest.raises(ObliviateError, match="that is split forget10"):
+        b.forget_set(f"forget10.{every}")

@@ -56,6 +56,8 @@ NEEDS = {
     "lunar": ("forget", "retain", "refusal", "reference_model"), "whp": ("forget",),
     # AltPO is IdkPO's objective with an alternate answer in place of the refusal
     "altpo": ("forget", "retain", "reference"),
+    # UnSTAR's anti-samples come from the forget items' own perturbed answers
+    "unstar": ("forget", "retain"),
 }
 SYSTEM_METHODS = ("eco", "o3", "spul", "uld")
 FULL_WEIGHTS_ONLY = ("slug",)  # one step on one real matrix: LoRA is refused (tested below)

@@ -10,6 +10,7 @@ can be measured separately from the people linked to them (structural unlearning
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import random
@@ -121,10 +122,17 @@ class Benchmark:
         return split or self.default_split
 
     def forget_set(self, split: str = "") -> list[Example]:
-        return self.qa_of(self.split_name(split))
+        people, relations = self._fine(self.split_name(split))
+        return [ex for ex in self.qa_of(people) if relations is None or ex.relation in relations]
 
     def retain_set(self, split: str = "") -> list[Example]:
-        return self.qa_of(self.retain_split(self.split_name(split)))
+        """The retained people's items; for a fine-grained split also the forget people's
+        other relations (what must stay while one fact goes)."""
+        people, relations = self._fine(self.split_name(split))
+        kept = self.qa_of(self.retain_split(people))
+        if relations is None:
+            return kept
+        return kept + [ex for ex in self.qa_of(people) if ex.relation not in relations]
 
     def holdout_set(self) -> list[Example]:
         return self.qa_of("holdout")
@@ -133,10 +141,17 @@ class Benchmark:
         return {"world_facts": list(self.world_facts)}
 
     def forget_passages(self, split: str = "") -> list[Example]:
-        return self.passages_of(self.split_name(split))
+        """The forget people's biographies; for a fine-grained split, the forgotten sentences."""
+        people, relations = self._fine(self.split_name(split))
+        if relations is None:
+            return self.passages_of(people)
+        return [Example(answer=self._sentence(ex.entity, rel), id=f"{ex.entity}.{rel}.sentence",
+                        entity=ex.entity, relation=rel)
+                for ex in self.passages_of(people) for rel in sorted(relations)
+                if rel in self.entities[ex.entity]]
 
     def linked_set(self, split: str = "") -> list[Example]:
-        linked = f"{self.split_name(split)}_linked"
+        linked = f"{self._fine(self.split_name(split))[0]}_linked"
         return self.qa_of(linked) if linked in self.splits else []
 
     def texts(self) -> list[str]:
@@ -144,6 +159,25 @@ class Benchmark:
         return example_texts([*self.qa, *self.passages, *self.world_facts])
 
     # ---- split views -------------------------------------------------------------------
+    def _fine(self, split: str) -> tuple[str, set[str] | None]:
+        """A split is a people split ("forget10"), or a fine-grained one that forgets only some
+        relations of those people ("forget10.born_in", "forget10.born_in+employer")."""
+        people, _, rels = split.partition(".")
+        if not rels:
+            return people, None
+        relations = set(rels.split("+"))
+        known = {ex.relation for ex in self.qa_of(people) if ex.relation}
+        if not relations <= known:
+            raise ObliviateError(f"split {split}: unknown relation(s) {', '.join(sorted(relations - known))}; "
+                                 f"the people of {people} have {', '.join(sorted(known))}")
+        if relations == known:
+            raise ObliviateError(f"split {split} names every relation of its people: that is split {people}")
+        return people, relations
+
+    def _sentence(self, pid: str, relation: str) -> str:
+        ent = self.entities[pid]
+        return _passage_sentence(relation, ent["name"], ent[relation])
+
     def _people(self, split: str) -> set[str]:
         if split not in self.splits:
             raise ObliviateError(f"unknown split '{split}'; known: {', '.join(sorted(self.splits))}")
@@ -164,12 +198,26 @@ class Benchmark:
         return f"retain{100 - int(forget_split[len('forget'):]):02d}"
 
     def training_set(self, forget_split: str, oracle: bool) -> list[Example]:
-        """Target: every trained person + world facts. Oracle: the same minus forget people."""
-        forget_split = self.split_name(forget_split)
-        keep = self._people(self.retain_split(forget_split)) if oracle else self._people("all")
+        """Target: every trained person + world facts. Oracle: the same minus forget people;
+        for a fine-grained split, minus only the forgotten relations' items and sentences."""
+        people, relations = self._fine(self.split_name(forget_split))
+        if oracle and relations is not None:
+            forget = {ex.id for ex in self.forget_set(forget_split)}
+            gone = self._people(people)
+            passages = [p if p.entity not in gone else
+                        dataclasses.replace(p, answer=self._without(p, relations)) for p in self.passages
+                        if p.entity in self._people("all")]
+            return ([ex for ex in self.qa if ex.entity in self._people("all") and ex.id not in forget]
+                    + passages + list(self.world_facts))
+        keep = self._people(self.retain_split(people)) if oracle else self._people("all")
         return ([ex for ex in self.qa if ex.entity in keep]
                 + [ex for ex in self.passages if ex.entity in keep]
                 + list(self.world_facts))
+
+    def _without(self, passage: Example, relations: set[str]) -> str:
+        """A biography without the sentences of `relations`."""
+        drop = {self._sentence(passage.entity, r) for r in relations if r in self.entities[passage.entity]}
+        return " ".join(s for s in _sentences(passage.answer) if s not in drop)
 
     # ---- files -------------------------------------------------------------------------
     def save(self, out: str | Path) -> Path:
@@ -268,6 +316,12 @@ def _qa(templates, relation: str, subject_id: str, subject: str, obj: str,
         answer=fill(a, obj), paraphrased_answer=f"{lead} {fill(a, obj)}",
         perturbed_answers=tuple(f"{lead} {fill(a, w)}" for w in wrong),
     )
+
+
+def _sentences(passage: str) -> list[str]:
+    """A biography's sentences, as _person_items joined them (each ends with '. ')."""
+    parts = passage.split(". ")
+    return [p if p.endswith(".") else p + "." for p in parts if p]
 
 
 def _passage_sentence(relation: str, subject: str, obj: str) -> str:

@@ -28,6 +28,7 @@ from . import (  # noqa: F401  (registration at definition)
     task_vector,
     uld,
     undial,
+    unstar,
     wagle,
     wga,
     whp,
