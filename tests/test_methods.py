@@ -58,8 +58,10 @@ NEEDS = {
     "altpo": ("forget", "retain", "reference"),
     # UnSTAR's anti-samples come from the forget items' own perturbed answers
     "unstar": ("forget", "retain"),
+    # CodeUnlearn's codebook is fit on both sets and its codes ranked forget against retain
+    "codeunlearn": ("forget", "retain"),
 }
-SYSTEM_METHODS = ("eco", "o3", "spul", "uld")
+SYSTEM_METHODS = ("eco", "o3", "spul", "uld", "codeunlearn")
 FULL_WEIGHTS_ONLY = ("slug",)  # one step on one real matrix: LoRA is refused (tested below)
 # Concept-vector ablation is not selective on this 2-layer subject: its facts share value
 # vectors (ablating 112 of the 256 columns takes forget to 0.53 and retain to 0.49 alike), so

@@ -12,6 +12,7 @@ from safetensors.torch import load_file
 
 import obliviate as ob
 from obliviate.errors import ObliviateError
+from obliviate.methods.codeunlearn import Codebook, CodebookSystem
 from obliviate.methods.eco import Classifiers, ECOSystem
 from obliviate.methods.o3 import Adapter, Detector, O3System
 from obliviate.methods.objectives import uniform_kl, zo_step
@@ -29,6 +30,7 @@ from obliviate.systems import (
 )
 from obliviate.train import OptimConfig
 
+KINDS = ["uld", "spul", "eco", "o3", "codeunlearn"]
 TEXTS = ["Who wrote the book about the river?", "The river flows to the sea.",
          "Where was Ada Lovelace born?", "She was born in London."] * 5
 
@@ -424,11 +426,15 @@ def _systems(base):
         c.threshold.fill_(0.5)
         c.sigma.fill_(1.5)
         c.bias.fill_(5.0)  # flags every prompt
-    return {"uld": uld.eval(), "spul": spul.eval(), "eco": eco, "o3": _o3(base)}
+    code = CodebookSystem(base, {"layer": 0, "codes": 48, "k": 6})
+    _randomise(code.parts, seed=6, scale=0.3)
+    with torch.no_grad():
+        code.parts["codebook"].keep.copy_((torch.arange(48) % 3 != 0).float())  # a third removed
+    return {"uld": uld.eval(), "spul": spul.eval(), "eco": eco, "o3": _o3(base), "codeunlearn": code.eval()}
 
 
 def test_every_system_kind_is_covered():
-    assert set(SYSTEMS.names()) == {"uld", "spul", "eco", "o3"}
+    assert set(SYSTEMS.names()) == set(KINDS)
 
 
 def _reference_greedy(system, ids, mask, steps):
@@ -443,7 +449,7 @@ def _reference_greedy(system, ids, mask, steps):
     return ids
 
 
-@pytest.mark.parametrize("kind", ["uld", "spul", "eco", "o3"])
+@pytest.mark.parametrize("kind", KINDS)
 def test_cached_generation_equals_step_by_step_greedy(tiny, kind):
     """Left-padded prompts of different lengths: the KV-cached decoding gives the tokens that
     full forward passes give (positions, soft tokens, gates and both ULD caches line up)."""
@@ -457,7 +463,7 @@ def test_cached_generation_equals_step_by_step_greedy(tiny, kind):
     assert torch.equal(got, want)
 
 
-@pytest.mark.parametrize("kind", ["uld", "spul", "eco", "o3"])
+@pytest.mark.parametrize("kind", KINDS)
 def test_save_and_load_round_trip_with_identical_logits(tiny, tmp_path, kind):
     base, tok = _base(tiny)
     system = _systems(base)[kind]
@@ -659,7 +665,7 @@ def _write(path, exs):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("kind", ["uld", "spul", "eco", "o3"])
+@pytest.mark.parametrize("kind", KINDS)
 def test_every_kind_through_eval_audit_report_and_the_ledger(memorised_oracle, tmp_path, kind):
     """A system is read by `eval`, `audit` (weight-level audits run on its base and say so)
     and `report` as a model is, and is what a ledger request produces. O3 and ECO take a
@@ -735,3 +741,51 @@ def test_o3_adapter_keeps_retain_answers_where_a_retain_set_is_given(memorised, 
             nll[alpha, name] = float(adapted - base)  # what the adapter adds to the answers' NLL
     assert nll[5.0, "forget"] > 1.0 and nll[0.0, "forget"] > 1.0
     assert nll[5.0, "retain"] < 0.25 * nll[0.0, "retain"]
+
+
+# ---------------------------------------------------------------------------- CodeUnlearn
+def test_codebook_removed_codes_never_reach_the_output():
+    """Hand-made codebook, width 2, 3 codes, k 2: enc = I with a third column [1, 1], no
+    biases, dec = rows [1, 0], [0, 1], [5, 5]. h = [2, 1]: pre-codes [2, 1, 3], top 2 keep codes
+    0 and 2 ([2, 0, 3]) -> reconstruction 2 [1, 0] + 3 [5, 5] = [17, 15]. With code 2 removed
+    it is [2, 0]; removing never changes which codes fire (top-k is taken before `keep`)."""
+    book = Codebook(2, 3, 2)
+    with torch.no_grad():
+        book.enc.copy_(torch.tensor([[1.0, 0.0, 1.0], [0.0, 1.0, 1.0]]))
+        book.dec.copy_(torch.tensor([[1.0, 0.0], [0.0, 1.0], [5.0, 5.0]]))
+    h = torch.tensor([[2.0, 1.0]])
+    assert book.codes(h).tolist() == [[2.0, 0.0, 3.0]]
+    assert book(h).tolist() == [[17.0, 15.0]]
+    with torch.no_grad():
+        book.keep[2] = 0.0
+    assert book(h).tolist() == [[2.0, 0.0]]
+
+
+@pytest.mark.slow
+def test_codeunlearn_bottleneck_keeps_the_model_and_removal_trains_nothing(memorised, tmp_path, monkeypatch):
+    """The base's weights are the target's byte for byte. Every backward call of the run is one
+    of the codebook's fitting steps: removing codes takes no gradient step. The removal reaches
+    half the forget set's level while the retain set keeps 90% of its level, and with every code
+    kept the bottleneck's answer probabilities on retain items stay within 2% of the model's."""
+    from obliviate.data import Benchmark
+    from obliviate.encoding import encode
+    from obliviate.methods.base import mean_answer_prob
+
+    calls = []
+    original = torch.Tensor.backward
+    monkeypatch.setattr(torch.Tensor, "backward", lambda self, *a, **k: (calls.append(1), original(self, *a, **k))[1])
+    out = _unlearn(memorised, tmp_path / "code", "codeunlearn", params={"sae_steps": 400})
+    assert len(calls) == 400
+    assert _sha(out / "base" / "model.safetensors") == _sha(memorised / "target" / "model.safetensors")
+    system, tok = load_any(out)
+    log = ob.models.read_provenance(out)["last_log"]
+    assert log["removed"] >= 1 and int((system.parts["codebook"].keep == 0).sum()) == log["removed"]
+    assert log["forget_prob"] <= 0.5 * log["forget_start"] + 1e-9
+    assert log["retain_prob"] >= 0.9 * log["retain_prob_bottleneck"]
+    target, _ = ob.models.load_model(memorised / "target")
+    items = [encode(tok, ex, i) for i, ex in enumerate(Benchmark.load(memorised / "bench").qa_of("retain90")[:64])]
+    with torch.no_grad():
+        system.parts["codebook"].keep.fill_(1.0)
+        kept = mean_answer_prob(system.eval(), items, tok.pad_token_id)
+        plain = mean_answer_prob(target.eval(), items, tok.pad_token_id)
+    assert abs(kept - plain) <= 0.02 * plain

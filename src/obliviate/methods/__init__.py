@@ -7,6 +7,7 @@ Adding a method is writing one file here: a dataclass registered with `@METHODS.
 from . import (  # noqa: F401  (registration at definition)
     altpo,
     ceu,
+    codeunlearn,
     concept_ablation,
     eco,
     flat,
