@@ -342,7 +342,10 @@ def main() -> None:
     from obliviate.methods import METHODS
     from obliviate.unlearning import default_lr
 
-    methods = args.methods.split(",") if args.methods else METHODS.names()
+    # the leaderboard's subject is a dense Llama: methods for other architectures (UOE needs
+    # experts) have their own benchmark (benchmarks/moe.py)
+    methods = args.methods.split(",") if args.methods else [
+        m for m in METHODS.names() if getattr(METHODS.get(m), "architecture", "") == ""]
     rows = []
     for method in methods:
         for variant, lr in _plan(METHODS.get(method), args.no_lora, default_lr):

@@ -48,3 +48,19 @@ def memorised_oracle(memorised):
                                       epochs=100, optim=ob.FinetuneOptim(lr=3e-3, batch_size=32)),
                     memorised / "oracle", progress=False)
     return memorised
+
+
+@pytest.fixture(scope="session")
+def memorised_moe(tmp_path_factory):
+    """The `memorised` recipe on a mixture-of-experts model (a 2-layer Mixtral, 4 experts, 2 per
+    token): the subject of the methods that need experts."""
+    import obliviate as ob
+    from obliviate.models import TinyModelConfig
+
+    root = tmp_path_factory.mktemp("memorised_moe")
+    ob.generate(root / "bench", seed=1, entities=20)
+    ob.finetune(ob.FinetuneConfig(benchmark=str(root / "bench"),
+                                  tiny=TinyModelConfig(layers=2, hidden=64, intermediate=128, experts=4),
+                                  epochs=100, optim=ob.FinetuneOptim(lr=3e-3, batch_size=32)),
+                root / "target", progress=False)
+    return root

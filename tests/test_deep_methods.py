@@ -263,3 +263,61 @@ def test_unstar_fine_grained_request_keeps_the_entities_other_facts(memorised, t
 
     (g0, k0), (g1, k1) = probs(memorised / "target"), probs(out)
     assert g1 <= 0.5 * g0 and k1 >= 0.9 * k0
+
+
+def _expert_probs(path, root, stream):
+    """Mean routing probability [layers, experts] over the forget or retain set's real tokens."""
+    from obliviate.methods.uoe import router_probs
+
+    forget, retain = _sets(root)
+    model, tok = load_model(str(path))
+    ctx = _context(tok, forget, retain[:64], ("forget", "retain"), DEFAULT_TEMPLATE, False, 0)
+    return router_probs(model.eval(), ctx, stream)
+
+
+@pytest.mark.slow
+def test_uoe_unlearns_one_expert_and_its_router_only(memorised_moe, tmp_path):
+    """The chosen expert is the one whose routing probability on the forget set most exceeds
+    its probability on the retain set (computed here from the target). Only that expert's slice
+    of the fused expert tensors and that layer's router change; every other expert's slice is
+    bit for bit the target's; the forget set is forgotten. A dense model is refused by name."""
+    out = _unlearn(memorised_moe, tmp_path / "uoe", "uoe")
+    score = (_expert_probs(memorised_moe / "target", memorised_moe, "forget")
+             - _expert_probs(memorised_moe / "target", memorised_moe, "retain"))
+    layer, expert = divmod(int(score.argmax()), score.shape[1])
+    # as loaded (the files keep Mixtral's per-expert checkpoint names; the model fuses them)
+    before, after = (load_model(str(p))[0].state_dict() for p in (memorised_moe / "target", out))
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    prefix = f"model.layers.{layer}.mlp."
+    assert changed <= {prefix + "experts.gate_up_proj", prefix + "experts.down_proj", prefix + "gate.weight"}
+    assert prefix + "experts.down_proj" in changed
+    for k in (prefix + "experts.gate_up_proj", prefix + "experts.down_proj"):
+        others = [e for e in range(before[k].shape[0]) if e != expert]
+        assert torch.equal(before[k][others], after[k][others])
+    forget, _ = _sets(memorised_moe)
+    model, tok = load_model(str(out))
+    target, _ = load_model(str(memorised_moe / "target"))
+    ctx = _context(tok, forget, [], ("forget",), DEFAULT_TEMPLATE, False, 0)
+    assert mean_answer_prob(model, ctx.items["forget"], tok.pad_token_id) < 0.5 * mean_answer_prob(
+        target, ctx.items["forget"], tok.pad_token_id)
+
+
+@pytest.mark.slow
+def test_uoe_anchor_keeps_the_forget_set_routed_to_its_expert(memorised_moe, tmp_path):
+    """Without the anchor (anchor=0) the router of the chosen layer is frozen and the expert's
+    share of the forget tokens is what unlearning leaves; with it the expert keeps a larger
+    share than without (the anchor trains the router towards it)."""
+    score = (_expert_probs(memorised_moe / "target", memorised_moe, "forget")
+             - _expert_probs(memorised_moe / "target", memorised_moe, "retain"))
+    layer, expert = divmod(int(score.argmax()), score.shape[1])
+    free = _expert_probs(_unlearn(memorised_moe, tmp_path / "a0", "uoe", params={"anchor": 0.0}),
+                         memorised_moe, "forget")[layer, expert]
+    held = _expert_probs(_unlearn(memorised_moe, tmp_path / "a1", "uoe"), memorised_moe, "forget")[layer, expert]
+    assert held > free
+
+
+@pytest.mark.slow
+def test_uoe_refuses_a_dense_model(memorised, tmp_path):
+    with pytest.raises(ob.ObliviateError, match="needs a mixture-of-experts model"):
+        _unlearn(memorised, tmp_path / "dense", "uoe", steps=2)
+    assert not (tmp_path / "dense").exists()

@@ -60,13 +60,15 @@ NEEDS = {
     "unstar": ("forget", "retain"),
     # CodeUnlearn's codebook is fit on both sets and its codes ranked forget against retain
     "codeunlearn": ("forget", "retain"),
+    "uoe": ("forget", "retain", "reference"),  # around NPO by default
 }
 SYSTEM_METHODS = ("eco", "o3", "spul", "uld", "codeunlearn")
-FULL_WEIGHTS_ONLY = ("slug",)  # one step on one real matrix: LoRA is refused (tested below)
+FULL_WEIGHTS_ONLY = ("slug", "uoe")  # one real matrix / one slice of fused experts: LoRA is refused
 # Concept-vector ablation is not selective on this 2-layer subject: its facts share value
 # vectors (ablating 112 of the 256 columns takes forget to 0.53 and retain to 0.49 alike), so
 # the contract below does not hold for it here; test_deep_methods.py tests what it promises.
 NOT_LOCALISED_HERE = ("concept_ablation",)
+MOE_ONLY = ("uoe",)  # needs experts: tested on a mixture-of-experts subject in test_deep_methods.py
 
 
 def _probs(path, bench):
@@ -96,7 +98,7 @@ def start(memorised):
 # LoRA does not apply to unlearned systems (they train their own components): that variant
 # is an error for them, tested below
 VARIANTS = [(m, lora) for m in METHODS.names() for lora in (False, True)
-            if not (lora and m in SYSTEM_METHODS + FULL_WEIGHTS_ONLY) and m not in NOT_LOCALISED_HERE]
+            if not (lora and m in SYSTEM_METHODS + FULL_WEIGHTS_ONLY) and m not in NOT_LOCALISED_HERE + MOE_ONLY]
 
 
 @pytest.mark.slow

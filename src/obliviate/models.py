@@ -33,7 +33,8 @@ PROVENANCE = "obliviate.json"
 
 @dataclass
 class TinyModelConfig:
-    """A small Llama trained from scratch on the built-in benchmark."""
+    """A small Llama (or, with `experts`, a small Mixtral) trained from scratch on the built-in
+    benchmark."""
 
     layers: int = 4
     hidden: int = 128
@@ -41,10 +42,16 @@ class TinyModelConfig:
     intermediate: int = 256
     vocab_size: int = 1024
     max_positions: int = 512
+    experts: int = 0  # > 0: a mixture-of-experts model (Mixtral) with this many experts per layer
+    experts_per_token: int = 2
 
     def __post_init__(self) -> None:
         for key in ("layers", "hidden", "heads", "intermediate", "max_positions"):
             require(getattr(self, key) > 0, key, f"must be positive (got {getattr(self, key)})")
+        require(self.experts == 0 or 2 <= self.experts <= 64, "experts",
+                f"must be 0 (a dense model) or 2..64 (got {self.experts})")
+        require(self.experts == 0 or 1 <= self.experts_per_token <= self.experts, "experts_per_token",
+                f"must be in 1..experts (got {self.experts_per_token})")
         require(self.hidden % self.heads == 0, "heads",
                 f"must divide hidden ({self.hidden} is not a multiple of {self.heads})")
         # the byte-level tokenizer starts from 256 byte symbols plus 3 special tokens
@@ -69,9 +76,9 @@ def train_tokenizer(texts: list[str], vocab_size: int = 2048):
 
 
 def build_tiny_model(tokenizer, cfg: TinyModelConfig, seed: int = 0):
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaConfig, LlamaForCausalLM, MixtralConfig, MixtralForCausalLM
 
-    config = LlamaConfig(
+    shape = dict(
         vocab_size=len(tokenizer), hidden_size=cfg.hidden, intermediate_size=cfg.intermediate,
         num_hidden_layers=cfg.layers, num_attention_heads=cfg.heads,
         num_key_value_heads=cfg.heads, max_position_embeddings=cfg.max_positions,
@@ -79,7 +86,11 @@ def build_tiny_model(tokenizer, cfg: TinyModelConfig, seed: int = 0):
         pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=True,
     )
     torch.manual_seed(seed)  # same seed, same init: the target and the oracle share it
-    model = LlamaForCausalLM(config)
+    if cfg.experts:
+        model = MixtralForCausalLM(MixtralConfig(**shape, num_local_experts=cfg.experts,
+                                                 num_experts_per_tok=cfg.experts_per_token))
+    else:
+        model = LlamaForCausalLM(LlamaConfig(**shape))
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     return model
 

@@ -30,6 +30,7 @@ from . import (  # noqa: F401  (registration at definition)
     uld,
     undial,
     unstar,
+    uoe,
     wagle,
     wga,
     whp,

@@ -57,7 +57,7 @@ class SparseUnlearn:
                 p.mul_(keep)
                 ctx.grad_masks[p] = keep
 
-    def adjust_loss(self, loss, info: dict[str, float], model, ctx: Context):
+    def adjust_loss(self, loss, info: dict[str, float], model, batches, ctx: Context):
         if self.l1 > 0:
             reg = l1_penalty([p for p in model.parameters() if p.requires_grad])
             loss = loss + self.l1 * reg

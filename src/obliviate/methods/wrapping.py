@@ -7,7 +7,8 @@ is (an optimiser, a penalty, a gradient mask), so it declares only what it chang
 - `setup(model, ctx)` runs after the base's, `finish(model, ctx)` after the base's;
 - `target_modules(model, ctx)` applies when the base names none: a base method's structural
   choice (RMU's three projections) wins over a wrapper's preference;
-- `adjust_loss(loss, info, model, ctx) -> (loss, info)` edits the base's loss (an l1 term);
+- `adjust_loss(loss, info, model, batches, ctx) -> (loss, info)` edits the base's loss (an l1
+  term, UOE's router anchor on the forget batch);
 - `optimizer`, `forget_stop`, `lora_lr_scale`: the outermost declaration wins, else the base's
   (SOUL declares its own forget stop; sparse and WAGLE inherit their base's);
 - `needs`: the base's, plus what the wrapper itself declares.
@@ -81,7 +82,7 @@ class MethodStack:
              ctx: Context) -> tuple[torch.Tensor, dict[str, float]]:
         loss, info = self.base.loss(model, batches, ctx)
         for adjust in self._hooks("adjust_loss"):
-            loss, info = adjust(loss, info, model, ctx)
+            loss, info = adjust(loss, info, model, batches, ctx)
         return loss, info
 
     def finish(self, model, ctx: Context) -> None:

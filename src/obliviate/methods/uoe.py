@@ -1,0 +1,108 @@
+"""UOE: in a mixture-of-experts model, unlearn only the expert the forget set engages most."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+
+from ..errors import ObliviateError
+from .base import METHODS, Context
+
+
+def moe_layers(model) -> dict[int, tuple[str, torch.nn.Module]]:
+    """Layer index -> (module name, sparse MoE block): blocks with a router `gate` and `experts`."""
+    out = {}
+    for name, module in model.named_modules():
+        if hasattr(module, "gate") and hasattr(module, "experts") and ".layers." in f".{name}":
+            layer = int(name.split("layers.")[1].split(".")[0])
+            out[layer] = (name, module)
+    return out
+
+
+def router_probs(model, ctx: Context, stream: str) -> torch.Tensor:
+    """Mean routing probability of each expert over stream `stream`'s real tokens
+    [moe layers, experts], in layer order."""
+    device = next(model.parameters()).device
+    items = ctx.items[stream]
+    total, count = None, 0
+    with torch.no_grad():
+        for start in range(0, len(items), 32):
+            b = ctx.batch_of(stream, list(range(start, min(start + 32, len(items)))), device)
+            out = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"], output_router_logits=True)
+            real = b["attention_mask"].flatten().bool()
+            probs = torch.stack([torch.softmax(r.float(), -1)[real].sum(0) for r in out.router_logits])
+            total = probs if total is None else total + probs
+            count += int(real.sum())
+    return total / max(count, 1)
+
+
+@METHODS.register("uoe")
+@dataclass
+class UOE:
+    """Expert attribution: each expert's mean routing probability over the forget set's tokens,
+    minus over the retain set's (where given); the highest one, over all layers, is the only
+    expert that unlearns, with any base method (`base`, NPO by default). Its slices of the
+    fused expert weights are the only weights that move (a gradient mask), besides that layer's
+    router, trained by the anchor loss: -anchor * mean log p(expert | token) over the forget
+    tokens, which keeps the forget set routed to the expert being unlearned (otherwise the
+    router learns to send it elsewhere, to experts that still know it). Full weights only:
+    LoRA cannot adapt one slice of a fused expert tensor."""
+
+    base: str = "npo"
+    base_params: dict[str, Any] = field(default_factory=dict)
+    anchor: float = 1.0
+
+    description: ClassVar[str] = "UOE: unlearn only the most forget-engaged expert of a mixture-of-experts model, router anchored"
+    needs: ClassVar[tuple[str, ...]] = ()  # the base method's (the retain set is used if given)
+    wraps: ClassVar[bool] = True
+    paper: ClassVar[str] = "Zhuang et al. 2024, Unlearning One Expert Is Enough for Mixture-of-Experts LLMs"
+    default_lr: ClassVar[float] = 1e-3
+    full_weights: ClassVar[bool] = True
+    architecture: ClassVar[str] = "moe"  # runs only on mixture-of-experts models
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.anchor < float("inf"):
+            raise ObliviateError(f"uoe anchor must be finite and 0 or more (got {self.anchor})")
+
+    def setup(self, model, ctx: Context) -> None:
+        layers = moe_layers(model)
+        if not layers:
+            raise ObliviateError("uoe needs a mixture-of-experts model (layers with a router `gate` and "
+                                 "`experts`, e.g. Mixtral or Qwen2-MoE); this one has none")
+        order = sorted(layers)
+        forget = router_probs(model, ctx, "forget")
+        score = forget - router_probs(model, ctx, "retain") if ctx.items.get("retain") else forget
+        flat = int(score.argmax())
+        row, expert = divmod(flat, score.shape[1])
+        layer = order[row]
+        name, block = layers[layer]
+        ctx.state["uoe"] = {"layer": layer, "expert": expert, "module": name,
+                            "forget_prob": float(forget[row, expert]), "score": float(score[row, expert])}
+        for pname, p in block.experts.named_parameters():
+            head = pname.split(".")[0]
+            mask = torch.zeros_like(p)
+            if head.isdigit():  # one module per expert (experts.3.w1.weight): its own trains
+                if int(head) == expert:
+                    continue
+            else:  # fused [experts, ...] tensors (transformers 5): the expert's slice trains
+                mask[expert] = 1
+            ctx.grad_masks[p] = mask
+
+    def target_modules(self, model, ctx: Context) -> list[str]:
+        name = ctx.state["uoe"]["module"]
+        return [f"{name}.experts", *([f"{name}.gate"] if self.anchor > 0 else [])]
+
+    def adjust_loss(self, loss, info: dict[str, float], model, batches, ctx: Context):
+        if self.anchor <= 0:
+            return loss, info
+        st = ctx.state["uoe"]
+        f = batches["forget"]
+        out = model(input_ids=f["input_ids"], attention_mask=f["attention_mask"], output_router_logits=True)
+        row = sorted(moe_layers(model)).index(st["layer"])
+        real = f["attention_mask"].flatten().bool()
+        logp = torch.log_softmax(out.router_logits[row].float(), -1)[real, st["expert"]]
+        anchor = -logp.mean()
+        return loss + self.anchor * anchor, {**info, "router_anchor": float(anchor.detach()),
+                                             "expert_prob": float(logp.detach().exp().mean())}
