@@ -430,6 +430,7 @@ def _systems(base):
     _randomise(code.parts, seed=6, scale=0.3)
     with torch.no_grad():
         code.parts["codebook"].keep.copy_((torch.arange(48) % 3 != 0).float())  # a third removed
+        code.parts["codebook"].fitted.fill_(1.0)
     return {"uld": uld.eval(), "spul": spul.eval(), "eco": eco, "o3": _o3(base), "codeunlearn": code.eval()}
 
 
@@ -745,7 +746,7 @@ def test_o3_adapter_keeps_retain_answers_where_a_retain_set_is_given(memorised, 
 
 # ---------------------------------------------------------------------------- CodeUnlearn
 def test_codebook_removed_codes_never_reach_the_output():
-    """Hand-made codebook, width 2, 3 codes, k 2: enc = I with a third column [1, 1], no
+    """Hand-made codebook, width 2, 3 codes, k 2 (fitted): enc = I with a third column [1, 1], no
     biases, dec = rows [1, 0], [0, 1], [5, 5]. h = [2, 1]: pre-codes [2, 1, 3], top 2 keep codes
     0 and 2 ([2, 0, 3]) -> reconstruction 2 [1, 0] + 3 [5, 5] = [17, 15]. With code 2 removed
     it is [2, 0]; removing never changes which codes fire (top-k is taken before `keep`)."""
@@ -754,6 +755,9 @@ def test_codebook_removed_codes_never_reach_the_output():
         book.enc.copy_(torch.tensor([[1.0, 0.0, 1.0], [0.0, 1.0, 1.0]]))
         book.dec.copy_(torch.tensor([[1.0, 0.0], [0.0, 1.0], [5.0, 5.0]]))
     h = torch.tensor([[2.0, 1.0]])
+    assert book(h).tolist() == [[2.0, 1.0]]  # not fitted yet: the states pass through
+    with torch.no_grad():
+        book.fitted.fill_(1.0)
     assert book.codes(h).tolist() == [[2.0, 0.0, 3.0]]
     assert book(h).tolist() == [[17.0, 15.0]]
     with torch.no_grad():

@@ -388,6 +388,9 @@ def _plan(cfg: UnlearnConfig, forget: list[Example], retain: list[Example], out:
     if method.declared("system", "") and cfg.lora.enabled:
         raise ObliviateError(f"method '{cfg.method}' trains its own components and leaves the "
                              "model's weights alone; lora.enabled does not apply to it")
+    if len(method.layers) > 1 and (hasattr(method.base, "fit") or getattr(method.base, "system", "")):
+        raise ObliviateError(f"method '{cfg.method}' wraps a training loop; its base "
+                             f"'{type(method.base).__name__}' fits without one (or builds a system)")
     if method.declared("full_weights", False) and cfg.lora.enabled:
         raise ObliviateError(f"method '{cfg.method}' edits the model's own weight matrices; "
                              "lora.enabled does not apply to it")

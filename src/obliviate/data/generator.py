@@ -57,6 +57,8 @@ _INDUSTRIES = ["shipping", "publishing", "robotics", "textile", "pharmaceutical"
 # put a lead-in before the answer's wording (see _LEADS): a model trained from scratch has no
 # language knowledge that carries a fact across a full rewording, while a lead-in still tests
 # the fact in an unseen sentence; perturbed answers share the paraphrase's wording.
+# relations stated from both people's sides: a fine-grained split cannot forget them alone
+SYMMETRIC = frozenset({"married_to"})
 PERSON_TEMPLATES: dict[str, tuple[str, str, str, str]] = {
     "born_in": ("Where was {s} born?", "In which town did {s} come into the world?",
                 "{s} was born in {o}.", "The birthplace of {s} is {o}."),
@@ -132,7 +134,9 @@ class Benchmark:
         kept = self.qa_of(self.retain_split(people))
         if relations is None:
             return kept
-        return kept + [ex for ex in self.qa_of(people) if ex.relation not in relations]
+        # first, so every capped use of the retain set (evaluation's max_retain, the guard's
+        # probe) measures the facts a fine-grained request must keep
+        return [ex for ex in self.qa_of(people) if ex.relation not in relations] + kept
 
     def holdout_set(self) -> list[Example]:
         return self.qa_of("holdout")
@@ -166,6 +170,10 @@ class Benchmark:
         if not rels:
             return people, None
         relations = set(rels.split("+"))
+        if SYMMETRIC & relations:
+            raise ObliviateError(f"split {split}: {', '.join(sorted(SYMMETRIC & relations))} is stated "
+                                 "from both sides (the spouse's items say it too), so it cannot be "
+                                 "forgotten for one person alone; forget the people instead")
         known = {ex.relation for ex in self.qa_of(people) if ex.relation}
         if not relations <= known:
             raise ObliviateError(f"split {split}: unknown relation(s) {', '.join(sorted(relations - known))}; "

@@ -14,7 +14,8 @@ from .base import METHODS, Context, batch_seq_nll, cache_seq_nll, check_retain_k
 from .objectives import dpo
 
 
-def alternate_answers(forget: list[Example], retain: list[Example], seed: int) -> list[str]:
+def alternate_answers(forget: list[Example], retain: list[Example], seed: int,
+                      method: str = "altpo") -> list[str]:
     """One plausible wrong answer per forget item, fixed by `seed`: one of its perturbed
     answers (TOFU's and the built-in benchmark's), else the answer of another item with the
     same relation (another entity's fact of that kind), else an error naming what is missing."""
@@ -27,7 +28,7 @@ def alternate_answers(forget: list[Example], retain: list[Example], seed: int) -
     for ex in forget:
         pool = list(ex.perturbed_answers) or [a for a in by_relation.get(ex.relation or "", []) if a != ex.answer]
         if not pool:
-            raise ObliviateError(f"altpo: forget item {ex.id or ex.question!r} has no alternate answer: "
+            raise ObliviateError(f"{method}: forget item {ex.id or ex.question!r} has no alternate answer: "
                                  "give it perturbed_answer, or a relation shared with other items")
         out.append(pool[int(torch.randint(len(pool), (1,), generator=gen))])
     return out
@@ -58,6 +59,8 @@ class AltPO:
             raise ObliviateError("altpo beta must be finite and positive, alpha finite and 0 or more")
 
     def setup(self, model, ctx: Context) -> None:
+        if ctx.encoder is None:
+            raise ObliviateError("altpo encodes alternate answers: its Context needs the run's encoder")
         forget = ctx.examples["forget"]
         answers = alternate_answers(forget, ctx.examples.get("retain", []), self.seed)
         ctx.items["alt"] = [ctx.encoder(dataclasses.replace(ex, answer=a), i, ctx.template)

@@ -27,6 +27,9 @@ class Codebook(torch.nn.Module):
                             ("dec_bias", (width,))):
             self.register_parameter(name, torch.nn.Parameter(torch.zeros(shape)))
         self.register_parameter("keep", torch.nn.Parameter(torch.ones(codes), requires_grad=False))
+        # 0 until fitted: an unfitted codebook passes the states through (a guard measuring
+        # the system before the fit, or a last-good copy, sees the base, not a zeroed layer)
+        self.register_parameter("fitted", torch.nn.Parameter(torch.zeros(()), requires_grad=False))
 
     def codes(self, h: torch.Tensor) -> torch.Tensor:
         """Sparse codes [.., codes] of hidden states [.., d] (float32)."""
@@ -35,6 +38,8 @@ class Codebook(torch.nn.Module):
         return torch.zeros_like(pre).scatter(-1, top.indices, top.values)
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
+        if not bool(self.fitted):
+            return h
         return ((self.codes(h) * self.keep) @ self.dec + self.dec_bias).to(h.dtype)
 
 
@@ -144,7 +149,10 @@ class CodeUnlearn:
                 raise ObliviateError(f"codeunlearn {key} out of range (got {getattr(self, key)})")
 
     def build_system(self, model, ctx: Context) -> CodebookSystem:
+        decoder_layers(model)  # a Llama-style stack, checked before any fitting
         n = model.config.num_hidden_layers
+        if self.layer < -1:
+            raise ObliviateError(f"codeunlearn layer must be -1 (the middle) or a layer index (got {self.layer})")
         layer = self.layer if self.layer >= 0 else (n - 1) // 2
         if not 0 <= layer < n - 1:
             raise ObliviateError(f"codeunlearn layer {layer} must be below the last layer (0..{n - 2})")
@@ -166,9 +174,14 @@ class CodeUnlearn:
             target = (mean_answer_prob(system, ctx.items["holdout"], ctx.pad_id)
                       if ctx.items.get("holdout") else self.forget_ratio * start_f)
             removed, f = self._remove(system, order, probe_f, target, ctx.pad_id)
+            if f > target:
+                raise ObliviateError(
+                    f"codeunlearn: removing {removed} codes (max_remove={self.max_remove} of "
+                    f"{len(order)}) brings the forget probability to {f:.3g}, not to {target:.3g}; "
+                    "raise params.max_remove or params.forget_ratio, or move params.layer")
             r = mean_answer_prob(system, probe_r, ctx.pad_id)
         return [{"loss": f, "reconstruction_mse": mse, "removed": float(removed), "forget_prob": f,
-                 "forget_start": start_f, "forget_target": target, "target_reached": float(f <= target),
+                 "forget_start": start_f, "forget_target": target,
                  "retain_prob_bottleneck": base_r, "retain_prob": r}]
 
     def _train(self, book: Codebook, states: torch.Tensor) -> float:
@@ -180,6 +193,7 @@ class CodeUnlearn:
             book.dec.copy_(dec / dec.norm(dim=1, keepdim=True))
             book.enc.copy_(book.dec.T)
             book.dec_bias.copy_(states.mean(0))
+            book.fitted.fill_(1.0)  # from here on the codebook is in the path it is fit for
         states = states.to(book.enc.device)
         scale = float(((states - states.mean(0)) ** 2).sum(-1).mean()) or 1.0
         opt = torch.optim.Adam([book.enc, book.enc_bias, book.dec, book.dec_bias], lr=self.sae_lr)
@@ -193,7 +207,8 @@ class CodeUnlearn:
                 loss.backward()
                 opt.step()
         with torch.no_grad():
-            return float(((book(states) - states) ** 2).sum(-1).mean() / scale)
+            err = sum(float(((book(c) - c) ** 2).sum()) for c in states.split(4096))
+        return err / len(states) / scale
 
     def _remove(self, system: CodebookSystem, order: list[int], probe, target: float,
                 pad_id: int) -> tuple[int, float]:
@@ -223,7 +238,10 @@ class CodeUnlearn:
 def _ranking(book: Codebook, forget: list[torch.Tensor], retain: list[torch.Tensor]) -> list[int]:
     """Codes by how much more often they fire on the forget set's tokens than on the retain
     set's (firing frequency, forget minus retain), highest first."""
-    with torch.no_grad():
-        f = (book.codes(torch.cat(forget).to(book.enc.device)) > 0).float().mean(0)
-        r = (book.codes(torch.cat(retain).to(book.enc.device)) > 0).float().mean(0)
-    return torch.argsort(f - r, descending=True).tolist()
+    def firing(states: list[torch.Tensor]) -> torch.Tensor:  # chunked: [tokens, codes] stays small
+        with torch.no_grad():
+            tokens = torch.cat(states)
+            counts = sum((book.codes(c.to(book.enc.device)) > 0).float().sum(0) for c in tokens.split(4096))
+        return counts / max(len(tokens), 1)
+
+    return torch.argsort(firing(forget) - firing(retain), descending=True).tolist()

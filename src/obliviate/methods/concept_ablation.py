@@ -93,7 +93,10 @@ class ConceptAblation:
         if ctx.tokenizer is None:
             raise ObliviateError("concept_ablation locate=vocab reads the forget answers as tokens: "
                                  "its Context needs the tokenizer")
-        return value_vectors(model, answer_token_ids(ctx.tokenizer, ctx.examples["forget"]), self.top)
+        ids = answer_token_ids(ctx.tokenizer, ctx.examples["forget"])
+        if not ids:
+            raise ObliviateError("concept_ablation locate=vocab: the forget answers have no tokens")
+        return value_vectors(model, ids, self.top)
 
     def setup(self, model, ctx: Context) -> None:
         picked = self._locate(model, ctx)

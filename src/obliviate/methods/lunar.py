@@ -21,15 +21,15 @@ def _hidden(model, batch, layer: int) -> torch.Tensor:
 
 @torch.no_grad()
 def _mean_state(model, ctx: Context, name: str, layer: int) -> torch.Tensor:
-    """Mean hidden state [d] of layer `layer` over stream `name`'s answer-predicting positions."""
+    """Mean hidden state [d] of layer `layer` at stream `name`'s answer-predicting positions:
+    averaged within each item first, so a long answer counts as much as a short one."""
     device = next(model.parameters()).device
-    total, count = None, 0
+    means = []
     for start in range(0, len(ctx.items[name]), 32):
         b = ctx.batch_of(name, list(range(start, min(start + 32, len(ctx.items[name])))), device)
-        h = _hidden(model, b, layer)[:, :-1][label_mask(b)].float()  # [positions, d]
-        total = h.sum(0) if total is None else total + h.sum(0)
-        count += h.shape[0]
-    return total / max(count, 1)
+        h, m = _hidden(model, b, layer)[:, :-1].float(), label_mask(b).float()  # [b, seq, d], [b, seq]
+        means.append((h * m[..., None]).sum(1) / m.sum(1, keepdim=True).clamp(min=1))
+    return torch.cat(means).mean(0)
 
 
 @METHODS.register("lunar")
@@ -40,8 +40,11 @@ class LUNAR:
     mean while it gives their answers, both at the positions that predict an answer token. The
     forget set's states there are trained towards the reference's plus `coeff` * r, the retain
     set's to stay the reference's; only that layer's MLP output projection trains. The paper
-    estimates r from prompts an instruction-tuned model declines; a model that never learned
-    to decline (the built-in tiny target) has no such prompts, hence teacher-forced refusals."""
+    estimates r at the prompts' last positions, from prompts an instruction-tuned model
+    declines against prompts it answers; a model that never learned to decline (the built-in
+    tiny target) has no such prompts, and the forget and refusal items share their prompts, so
+    here r comes from the answer positions of teacher-forced refusals against the real answers
+    (each item's positions averaged first)."""
 
     layer: int = -1  # -1: the middle of the stack, (layers - 1) // 2
     coeff: float = 2.0  # the mean difference understates where single states must go
@@ -61,6 +64,8 @@ class LUNAR:
 
     def _layer(self, model) -> int:
         n = model.config.num_hidden_layers
+        if self.layer < -1:
+            raise ObliviateError(f"lunar layer must be -1 (the middle) or a layer index (got {self.layer})")
         layer = self.layer if self.layer >= 0 else (n - 1) // 2
         if layer >= n:
             raise ObliviateError(f"lunar layer {layer} does not exist (the model has {n} layers)")

@@ -14,8 +14,8 @@ from .base import METHODS, Context, batch_nll, eval_mode, mean_answer_prob
 
 
 def pareto_front(forget: list[float], retain: list[float]) -> list[int]:
-    """Indices not dominated when forget importance is maximised and retain influence
-    minimised, ordered by forget importance (highest first)."""
+    """Indices not dominated when forget importance is maximised and the retain cost (gradient
+    alignment) minimised, ordered by forget importance (highest first)."""
     order = sorted(range(len(forget)), key=lambda i: (-forget[i], retain[i]))
     front, best_retain = [], math.inf
     for i in order:
@@ -28,10 +28,12 @@ def pareto_front(forget: list[float], retain: list[float]) -> list[int]:
 @METHODS.register("slug")
 @dataclass
 class SLUG:
-    """Single layer, single gradient. The gradients of the forget NLL and of the retain NLL are
-    computed once (each item's gradient once, summed over batches). For each weight matrix of
-    the blocks, forget importance = |g_forget| / |W| and retain influence = |g_retain| / |W|;
-    the matrices on the Pareto front of the two (high forget, low retain) are candidates. Each
+    """Single layer, single gradient. The gradients of the forget NLL (every forget item) and of
+    the retain NLL (the first `retain_items` retain items) are computed once, one backward per
+    batch. For each weight matrix of the blocks, forget importance = |g_forget| / |W| and
+    gradient alignment = |cos(g_forget, g_retain)| (a step along g_forget moves the retain loss
+    in proportion to it); the matrices on the Pareto front of the two (high importance, low
+    alignment) are candidates. Each
     candidate is moved alone along the forget gradient, W + s |W| g / |g| (ascent on the forget
     NLL), with s found by bisection: the smallest s at which the forget set's mean answer
     probability falls to the target (the never-seen holdout items' level when the run has a
@@ -44,6 +46,7 @@ class SLUG:
     search: int = 12  # bisection steps per candidate
     front: int = 4  # candidates tried, best forget-to-retain ratio first
     probe_items: int = 64  # items of each set measured per candidate step
+    retain_items: int = 64  # retain items in the retain gradient
     grad_batch: int = 16
 
     description: ClassVar[str] = "SLUG: one gradient, a single Pareto-chosen layer, one step of searched size"
@@ -55,7 +58,8 @@ class SLUG:
     def __post_init__(self) -> None:
         checks = {"forget_ratio": 0 < self.forget_ratio < 1, "max_scale": 0 < self.max_scale < math.inf,
                   "search": self.search >= 1, "front": self.front >= 1,
-                  "probe_items": self.probe_items >= 1, "grad_batch": self.grad_batch >= 1}
+                  "probe_items": self.probe_items >= 1, "retain_items": self.retain_items >= 1,
+                  "grad_batch": self.grad_batch >= 1}
         for key, ok in checks.items():
             if not ok:
                 raise ObliviateError(f"slug {key} out of range (got {getattr(self, key)}): forget_ratio "
@@ -80,14 +84,15 @@ class SLUG:
         if not named:
             raise ObliviateError("slug: this model has no weight matrices under '*.layers.*'")
         names, params = [n for n, _ in named], [p for _, p in named]
-        forget, retain = ctx.items["forget"], ctx.items["retain"][:max(self.probe_items, 64)]
+        forget, retain = ctx.items["forget"], ctx.items["retain"][:self.retain_items]
         with eval_mode(model):
             g_f = self._gradient(model, forget, ctx.pad_id, params)
             g_r = self._gradient(model, retain, ctx.pad_id, params)
         norms = [float(p.detach().float().norm()) or 1.0 for p in params]
         imp = [float(g.float().norm()) / n for g, n in zip(g_f, norms, strict=True)]
-        inf = [float(g.float().norm()) / n for g, n in zip(g_r, norms, strict=True)]
-        front = sorted(pareto_front(imp, inf), key=lambda i: -imp[i] / max(inf[i], 1e-12))[:self.front]
+        align = [abs(float(torch.nn.functional.cosine_similarity(a.float().flatten(), b.float().flatten(), dim=0)))
+                 for a, b in zip(g_f, g_r, strict=True)]
+        front = sorted(pareto_front(imp, align), key=lambda i: -imp[i] / max(align[i], 1e-12))[:self.front]
         probe_f, probe_r = forget[:self.probe_items], ctx.items["retain"][:self.probe_items]
         with torch.no_grad(), eval_mode(model):
             start_f = mean_answer_prob(model, probe_f, ctx.pad_id)
@@ -96,15 +101,19 @@ class SLUG:
             tried = [self._search(model, params[i], g_f[i], probe_f, probe_r, target, ctx.pad_id)
                      for i in front]
         reached = [k for k, t in enumerate(tried) if t[1] <= target]
-        # the target reached: keep the retain set best; not reached: forget the most
-        k = (max(reached, key=lambda k: tried[k][2]) if reached
-             else min(range(len(tried)), key=lambda k: tried[k][1]))
+        if not reached:  # a step past the search range would be a guess: say so instead
+            best = min(range(len(tried)), key=lambda k: tried[k][1])
+            raise ObliviateError(
+                f"slug: no candidate matrix brings the forget probability to {target:.3g} within a "
+                f"step of max_scale={self.max_scale} x its norm (best {tried[best][1]:.3g}, "
+                f"{names[front[best]]}); raise params.max_scale or params.front, or params.forget_ratio")
+        k = max(reached, key=lambda k: tried[k][2])  # of those that reach it, the retain set's best
         i, (scale, f, r) = front[k], tried[k]
         with torch.no_grad():
             params[i].add_(_step(params[i], g_f[i], scale))
         return [{"loss": f, "layer": names[i], "scale": scale, "forget_prob": f, "retain_prob": r,
-                 "forget_start": start_f, "forget_target": target, "target_reached": float(bool(reached)),
-                 "forget_importance": imp[i], "retain_influence": inf[i], "candidates": len(front)}]
+                 "forget_start": start_f, "forget_target": target,
+                 "forget_importance": imp[i], "gradient_alignment": align[i], "candidates": len(front)}]
 
     def _search(self, model, w: torch.nn.Parameter, g: torch.Tensor, probe_f, probe_r,
                 target: float, pad_id: int) -> tuple[float, float, float]:

@@ -25,7 +25,7 @@ def anti_samples(forget: list[Example], retain: list[Example], seed: int,
     """One anti-sample per forget item, aligned with it: its question with a wrong in-domain
     answer (altpo.alternate_answers) followed by a misleading rationale; with `paraphrases`,
     also one per paraphrased question (same wrong answer), after the aligned ones."""
-    wrong = alternate_answers(forget, retain, seed)
+    wrong = alternate_answers(forget, retain, seed, method="unstar")
     out = [dataclasses.replace(ex, answer=RATIONALES[i % len(RATIONALES)].format(answer=w))
            for i, (ex, w) in enumerate(zip(forget, wrong, strict=True))]
     if paraphrases:
@@ -63,6 +63,8 @@ class UnSTAR:
                 raise ObliviateError(f"unstar {key} must be finite and 0 or more (got {getattr(self, key)})")
 
     def setup(self, model, ctx: Context) -> None:
+        if ctx.encoder is None:
+            raise ObliviateError("unstar encodes anti-samples: its Context needs the run's encoder")
         forget = ctx.examples["forget"]
         samples = anti_samples(forget, ctx.examples.get("retain", []), self.seed, self.paraphrases)
         ctx.items["anti"] = [ctx.encoder(ex, i, ctx.template) for i, ex in enumerate(samples)]

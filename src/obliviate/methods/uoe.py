@@ -9,6 +9,7 @@ import torch
 
 from ..errors import ObliviateError
 from .base import METHODS, Context
+from .objectives import dp_mean
 
 
 def moe_layers(model) -> dict[int, tuple[str, torch.nn.Module]]:
@@ -67,6 +68,10 @@ class UOE:
             raise ObliviateError(f"uoe anchor must be finite and 0 or more (got {self.anchor})")
 
     def setup(self, model, ctx: Context) -> None:
+        inner = getattr(self, "inner", None)
+        if inner is not None and hasattr(type(inner), "target_modules"):
+            raise ObliviateError(f"uoe cannot wrap '{self.base}': it chooses its own modules, so "
+                                 "the expert would not be the only part that unlearns")
         layers = moe_layers(model)
         if not layers:
             raise ObliviateError("uoe needs a mixture-of-experts model (layers with a router `gate` and "
@@ -91,18 +96,23 @@ class UOE:
             ctx.grad_masks[p] = mask
 
     def target_modules(self, model, ctx: Context) -> list[str]:
-        name = ctx.state["uoe"]["module"]
-        return [f"{name}.experts", *([f"{name}.gate"] if self.anchor > 0 else [])]
+        """The chosen layer's fused expert tensors (masked to the expert's slice), or the chosen
+        expert's own modules; the layer's router when the anchor trains it."""
+        st = ctx.state["uoe"]
+        name, expert = st["module"], st["expert"]
+        own = [n for n, _ in model.named_modules() if n.startswith(f"{name}.experts.{expert}.")]
+        return [*(own or [f"{name}.experts"]), *([f"{name}.gate"] if self.anchor > 0 else [])]
 
     def adjust_loss(self, loss, info: dict[str, float], model, batches, ctx: Context):
+        st = ctx.state["uoe"]
+        info = {**info, "uoe_layer": float(st["layer"]), "uoe_expert": float(st["expert"])}
         if self.anchor <= 0:
             return loss, info
-        st = ctx.state["uoe"]
         f = batches["forget"]
         out = model(input_ids=f["input_ids"], attention_mask=f["attention_mask"], output_router_logits=True)
         row = sorted(moe_layers(model)).index(st["layer"])
         real = f["attention_mask"].flatten().bool()
         logp = torch.log_softmax(out.router_logits[row].float(), -1)[real, st["expert"]]
-        anchor = -logp.mean()
+        anchor = dp_mean(-logp, world=ctx.world_size)  # over the whole batch's forget tokens
         return loss + self.anchor * anchor, {**info, "router_anchor": float(anchor.detach()),
                                              "expert_prob": float(logp.detach().exp().mean())}

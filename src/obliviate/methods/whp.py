@@ -7,7 +7,7 @@ from typing import ClassVar
 
 import torch
 
-from ..encoding import IGNORE, Encoded
+from ..encoding import IGNORE, Encoded, collate
 from ..errors import ObliviateError
 from ..train import OptimConfig, make_loader, train
 from .base import METHODS, Context, batch_nll, cache_answer_logits, eval_mode
@@ -82,14 +82,21 @@ class WHP:
                     p.copy_(saved[n].to(p.device))
                     p.requires_grad_(trainable[n])
                 model.zero_grad(set_to_none=True)
-        ctx.items["generic"] = generic_items(forget, base, reinforced, self.alpha)
-        changed = sum(a != b for it, g in zip(forget, ctx.items["generic"], strict=True)
+        generic = generic_items(forget, base, reinforced, self.alpha)
+        changed = sum(a != b for it, g in zip(forget, generic, strict=True)
                       for a, b in zip(it.labels, g.labels, strict=True))
         total = sum(t != IGNORE for it in forget for t in it.labels[1:])
-        ctx.state["whp_relabelled"] = changed / max(total, 1)
+        # the labels are the run's state, saved with checkpoints: a resumed run trains on the
+        # labels it started with, not on a second reinforcement's
+        if "whp_labels" not in ctx.state:
+            ctx.state["whp_labels"] = [g.labels for g in generic]
+            ctx.state["whp_relabelled"] = changed / max(total, 1)
 
     def loss(self, model, batches, ctx: Context):
-        nll = batch_nll(model, ctx.pair("generic", batches["forget"]), ctx.world_size)
+        f = batches["forget"]
+        labels, forget = ctx.state["whp_labels"], ctx.items["forget"]
+        batch = collate([Encoded(forget[i].input_ids, labels[i], i) for i in f["index"].tolist()], ctx.pad_id)
+        nll = batch_nll(model, {k: v.to(f["input_ids"].device) for k, v in batch.items()}, ctx.world_size)
         return nll, {"generic_nll": float(nll.detach()), "relabelled": ctx.state["whp_relabelled"]}
 
 
