@@ -58,7 +58,7 @@ def test_slug_one_gradient_one_matrix(memorised, tmp_path, monkeypatch):
     """Every backward pass is part of the one forget gradient and the one retain gradient
     (one per batch of 16: ceil(n_forget / 16) + ceil(64 / 16)); exactly one weight tensor
     changes, the one named in the log; the forget probability reaches half its start. A step
-    range too small to get there is an error, not a silent maximal step."""
+    range too small to get there takes its largest step and the log says the target was missed."""
     calls = []
     original = torch.Tensor.backward
     monkeypatch.setattr(torch.Tensor, "backward", lambda self, *a, **k: (calls.append(1), original(self, *a, **k))[1])
@@ -69,9 +69,10 @@ def test_slug_one_gradient_one_matrix(memorised, tmp_path, monkeypatch):
     changed = [k for k in before if not torch.equal(before[k], after[k])]
     log = ob.models.read_provenance(out)["last_log"]
     assert changed == [log["layer"]]
-    assert log["forget_prob"] <= 0.5 * log["forget_start"] + 1e-9
-    with pytest.raises(ob.ObliviateError, match="no candidate matrix brings"):
-        _unlearn(memorised, tmp_path / "slug-small", "slug", params={"max_scale": 1e-6})
+    assert log["target_reached"] == 1.0 and log["forget_prob"] <= 0.5 * log["forget_start"] + 1e-9
+    small = ob.models.read_provenance(_unlearn(memorised, tmp_path / "slug-small", "slug",
+                                                params={"max_scale": 1e-6}))["last_log"]
+    assert small["target_reached"] == 0.0 and small["scale"] == 1e-6  # the most it may step, said
     with pytest.raises(ob.ObliviateError, match="lora.enabled does not apply"):
         _unlearn(memorised, tmp_path / "slug-lora", "slug", lora=True)
     assert not (tmp_path / "slug-lora").exists()

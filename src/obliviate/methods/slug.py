@@ -101,18 +101,15 @@ class SLUG:
             tried = [self._search(model, params[i], g_f[i], probe_f, probe_r, target, ctx.pad_id)
                      for i in front]
         reached = [k for k, t in enumerate(tried) if t[1] <= target]
-        if not reached:  # a step past the search range would be a guess: say so instead
-            best = min(range(len(tried)), key=lambda k: tried[k][1])
-            raise ObliviateError(
-                f"slug: no candidate matrix brings the forget probability to {target:.3g} within a "
-                f"step of max_scale={self.max_scale} x its norm (best {tried[best][1]:.3g}, "
-                f"{names[front[best]]}); raise params.max_scale or params.front, or params.forget_ratio")
-        k = max(reached, key=lambda k: tried[k][2])  # of those that reach it, the retain set's best
+        # the target reached: keep the retain set best; not reached within max_scale (as a
+        # step budget runs out): forget the most, and the log says so
+        k = (max(reached, key=lambda k: tried[k][2]) if reached
+             else min(range(len(tried)), key=lambda k: tried[k][1]))
         i, (scale, f, r) = front[k], tried[k]
         with torch.no_grad():
             params[i].add_(_step(params[i], g_f[i], scale))
         return [{"loss": f, "layer": names[i], "scale": scale, "forget_prob": f, "retain_prob": r,
-                 "forget_start": start_f, "forget_target": target,
+                 "forget_start": start_f, "forget_target": target, "target_reached": float(bool(reached)),
                  "forget_importance": imp[i], "gradient_alignment": align[i], "candidates": len(front)}]
 
     def _search(self, model, w: torch.nn.Parameter, g: torch.Tensor, probe_f, probe_r,
