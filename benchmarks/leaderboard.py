@@ -343,7 +343,7 @@ def main() -> None:
     from obliviate.unlearning import default_lr
 
     # the leaderboard's subject is a dense Llama: methods for other architectures (UOE needs
-    # experts) have their own benchmark (benchmarks/moe.py)
+    # experts) have their own benchmark (benchmarks/deep.py)
     methods = args.methods.split(",") if args.methods else [
         m for m in METHODS.names() if getattr(METHODS.get(m), "architecture", "") == ""]
     rows = []
