@@ -16,8 +16,8 @@ from obliviate.data import Benchmark
 from obliviate.data.examples import Example
 from obliviate.encoding import DEFAULT_TEMPLATE, Encoded
 from obliviate.methods.altpo import alternate_answers
-from obliviate.methods.base import mean_answer_prob
-from obliviate.methods.lunar import _hidden, _mean_state
+from obliviate.methods.base import layer_output, mean_answer_prob
+from obliviate.methods.lunar import _mean_state
 from obliviate.methods.objectives import whp_generic_logits
 from obliviate.methods.slug import pareto_front
 from obliviate.methods.unstar import RATIONALES, anti_samples
@@ -84,7 +84,7 @@ def _answer_states(model, ctx, name, layer):
     with torch.no_grad():
         for i in range(len(ctx.items[name])):
             b = ctx.batch_of(name, [i])
-            h = _hidden(model, b, layer)[:, :-1]
+            h = layer_output(model, b, layer)[:, :-1]
             out.append(h[b["labels"][:, 1:] != -100].float())
     return torch.cat(out)
 

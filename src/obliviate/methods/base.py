@@ -175,6 +175,13 @@ def forward(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
                  **forward_kwargs(model, batch)).logits
 
 
+def layer_output(model, batch: dict[str, torch.Tensor], layer: int) -> torch.Tensor:
+    """Output of decoder layer `layer` [batch, seq, d] (RMU's and LUNAR's hidden states)."""
+    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                output_hidden_states=True)
+    return out.hidden_states[layer + 1]  # hidden_states[0] is the embedding output
+
+
 def batch_nll(model, batch: dict[str, torch.Tensor], world: int = 1) -> torch.Tensor:
     """Token-averaged NLL of a batch (scalar); `world` data-parallel shards share the count."""
     return mean_nll(forward(model, batch), batch["labels"], world)

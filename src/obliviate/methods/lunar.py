@@ -8,15 +8,8 @@ from typing import ClassVar
 import torch
 
 from ..errors import ObliviateError
-from .base import METHODS, Context, label_mask
+from .base import METHODS, Context, label_mask, layer_output
 from .objectives import lunar_redirect, rmu_retain
-
-
-def _hidden(model, batch, layer: int) -> torch.Tensor:
-    """Output of decoder layer `layer` [batch, seq, d]."""
-    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                output_hidden_states=True)
-    return out.hidden_states[layer + 1]
 
 
 @torch.no_grad()
@@ -27,7 +20,7 @@ def _mean_state(model, ctx: Context, name: str, layer: int) -> torch.Tensor:
     means = []
     for start in range(0, len(ctx.items[name]), 32):
         b = ctx.batch_of(name, list(range(start, min(start + 32, len(ctx.items[name])))), device)
-        h, m = _hidden(model, b, layer)[:, :-1].float(), label_mask(b).float()  # [b, seq, d], [b, seq]
+        h, m = layer_output(model, b, layer)[:, :-1].float(), label_mask(b).float()  # [b, seq, d], [b, seq]
         means.append((h * m[..., None]).sum(1) / m.sum(1, keepdim=True).clamp(min=1))
     return torch.cat(means).mean(0)
 
@@ -88,9 +81,9 @@ class LUNAR:
     def loss(self, model, batches, ctx: Context):
         st = ctx.state["lunar"]
         f, r = batches["forget"], batches["retain"]
-        h_f, h_r = _hidden(model, f, st["layer"]), _hidden(model, r, st["layer"])
+        h_f, h_r = layer_output(model, f, st["layer"]), layer_output(model, r, st["layer"])
         with ctx.reference_model(model) as ref:
-            ref_f, ref_r = _hidden(ref, f, st["layer"]), _hidden(ref, r, st["layer"])
+            ref_f, ref_r = layer_output(ref, f, st["layer"]), layer_output(ref, r, st["layer"])
         forget = lunar_redirect(h_f[:, :-1], ref_f[:, :-1], st["direction"].to(h_f.device),
                                 label_mask(f), ctx.world_size)
         retain = rmu_retain(h_r, ref_r, r["attention_mask"], ctx.world_size)

@@ -8,15 +8,8 @@ from typing import ClassVar
 import torch
 
 from ..errors import ObliviateError
-from .base import METHODS, Context, label_mask
+from .base import METHODS, Context, label_mask, layer_output
 from .objectives import rmu_forget, rmu_retain
-
-
-def _hidden(model, batch, layer: int) -> torch.Tensor:
-    """Output of decoder layer `layer` [batch, seq, d]."""
-    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                output_hidden_states=True)
-    return out.hidden_states[layer + 1]  # hidden_states[0] is the embedding output
 
 
 @METHODS.register("rmu")
@@ -66,18 +59,18 @@ class RMU:
             device = next(model.parameters()).device
             f = ctx.batch_of("forget", list(range(min(64, len(ctx.items["forget"])))), device)
             with torch.no_grad():
-                h = _hidden(model, f, layer)[:, :-1]
+                h = layer_output(model, f, layer)[:, :-1]
             coeff = 4.0 * float(h[label_mask(f)].norm(dim=-1).mean())
         ctx.state["rmu"] = {"layer": layer, "control": coeff * u, "coeff": coeff}
 
     def loss(self, model, batches, ctx: Context):
         st = ctx.state["rmu"]
         f, r = batches["forget"], batches["retain"]
-        h_f = _hidden(model, f, st["layer"])[:, :-1]
+        h_f = layer_output(model, f, st["layer"])[:, :-1]
         forget = rmu_forget(h_f, st["control"].to(h_f.device), label_mask(f), ctx.world_size)
-        h_r = _hidden(model, r, st["layer"])
+        h_r = layer_output(model, r, st["layer"])
         with ctx.reference_model(model) as ref:
-            h_ref = _hidden(ref, r, st["layer"])
+            h_ref = layer_output(ref, r, st["layer"])
         retain = rmu_retain(h_r, h_ref, r["attention_mask"], ctx.world_size)
         return forget + self.alpha * retain, {"rmu_forget": float(forget.detach()),
                                               "rmu_retain": float(retain.detach())}
