@@ -313,16 +313,18 @@ def test_uoe_unlearns_one_expert_and_its_router_only(memorised_moe, tmp_path):
 
 @pytest.mark.slow
 def test_uoe_anchor_keeps_the_forget_set_routed_to_its_expert(memorised_moe, tmp_path):
-    """Without the anchor (anchor=0) the router of the chosen layer is frozen and the expert's
-    share of the forget tokens is what unlearning leaves; with it the expert keeps a larger
-    share than without (the anchor trains the router towards it)."""
+    """The router learns from the anchor alone (the base loss reaches it detached), so the
+    chosen expert's share of the forget tokens does not fall below the target's. Without the
+    anchor (anchor=0) the router is frozen and the share is whatever unlearning leaves, lower
+    than with it."""
     held_run = _unlearn(memorised_moe, tmp_path / "a1", "uoe")
     log = ob.models.read_provenance(held_run)["last_log"]
     layer, expert = int(log["uoe_layer"]), int(log["uoe_expert"])
     free = _expert_probs(_unlearn(memorised_moe, tmp_path / "a0", "uoe", params={"anchor": 0.0}),
                          memorised_moe, "forget")[layer, expert]
     held = _expert_probs(held_run, memorised_moe, "forget")[layer, expert]
-    assert held > free
+    before = _expert_probs(memorised_moe / "target", memorised_moe, "forget")[layer, expert]
+    assert held >= before and held > free
 
 
 @pytest.mark.slow

@@ -39,6 +39,17 @@ def router_probs(model, ctx: Context, stream: str) -> torch.Tensor:
     return total / max(count, 1)
 
 
+def _detach_unless(state: dict):
+    """A forward hook for the router: its outputs carry no gradient except in the anchor's pass."""
+    def hook(module, args, output):
+        if state["anchor"] or not torch.is_grad_enabled():
+            return None
+        if isinstance(output, tuple):
+            return tuple(o.detach() if torch.is_tensor(o) else o for o in output)
+        return output.detach()
+    return hook
+
+
 @METHODS.register("uoe")
 @dataclass
 class UOE:
@@ -49,7 +60,11 @@ class UOE:
     router, trained by the anchor loss: -anchor * mean log p(expert | token) over the forget
     tokens, which keeps the forget set routed to the expert being unlearned (otherwise the
     router learns to send it elsewhere, to experts that still know it). Full weights only:
-    LoRA cannot adapt one slice of a fused expert tensor."""
+    LoRA cannot adapt one slice of a fused expert tensor.
+
+    The router learns from the anchor alone: during the base method's passes its outputs are
+    detached, since the base loss (NPO's, say) would otherwise teach it to route the forget set
+    away from the expert, which is the failure the anchor exists to prevent."""
 
     base: str = "npo"
     base_params: dict[str, Any] = field(default_factory=dict)
@@ -85,6 +100,9 @@ class UOE:
         name, block = layers[layer]
         ctx.state["uoe"] = {"layer": layer, "expert": expert, "module": name,
                             "forget_prob": float(forget[row, expert]), "score": float(score[row, expert])}
+        # kept on the instance, not in ctx.state: that is checkpointed, and a hook is not data
+        self._pass = {"anchor": False}
+        self._hook = block.gate.register_forward_hook(_detach_unless(self._pass)) if self.anchor > 0 else None
         for pname, p in block.experts.named_parameters():
             head = pname.split(".")[0]
             mask = torch.zeros_like(p)
@@ -103,13 +121,22 @@ class UOE:
         own = [n for n, _ in model.named_modules() if n.startswith(f"{name}.experts.{expert}.")]
         return [*(own or [f"{name}.experts"]), *([f"{name}.gate"] if self.anchor > 0 else [])]
 
+    def finish(self, model, ctx: Context) -> None:
+        if getattr(self, "_hook", None) is not None:
+            self._hook.remove()
+            self._hook = None
+
     def adjust_loss(self, loss, info: dict[str, float], model, batches, ctx: Context):
         st = ctx.state["uoe"]
         info = {**info, "uoe_layer": float(st["layer"]), "uoe_expert": float(st["expert"])}
         if self.anchor <= 0:
             return loss, info
         f = batches["forget"]
-        out = model(input_ids=f["input_ids"], attention_mask=f["attention_mask"], output_router_logits=True)
+        self._pass["anchor"] = True
+        try:
+            out = model(input_ids=f["input_ids"], attention_mask=f["attention_mask"], output_router_logits=True)
+        finally:
+            self._pass["anchor"] = False
         row = sorted(moe_layers(model)).index(st["layer"])
         real = f["attention_mask"].flatten().bool()
         logp = torch.log_softmax(out.router_logits[row].float(), -1)[real, st["expert"]]
