@@ -228,6 +228,8 @@ def test_evidence_report_is_self_contained_escaped_and_holds_no_forget_text(sequ
                     "Utility", "Earlier requests", "What the model now answers", "Configuration"):
         assert section in page
     assert page.count("<svg") >= 2  # ROC curves and the sustainability plot
+    # a whole-person request leaves none of the person's facts: not a fine-grained request
+    assert "The same entities' other facts" not in page
     with Ledger.open(sequence) as ledger:
         stop = ledger.version(1).summary["stop"]
     assert f"at step {stop['step']}: forget vs never-seen (holdout) items" in page
@@ -235,6 +237,38 @@ def test_evidence_report_is_self_contained_escaped_and_holds_no_forget_text(sequ
     assert not any(q in page for q in questions)
     manifest = json.loads((sequence / "versions" / "v0001" / "manifest.json").read_text())
     assert manifest["files"]["evidence.html"] == hashlib.sha256(page.encode()).hexdigest()
+
+
+@pytest.mark.slow
+def test_fine_grained_request_measures_the_same_entitys_other_facts(tmp_path, memorised, data):
+    """A request that forgets two facts of a person: the ledger measures the person's other
+    facts (the retain items about the same entity) before and after, as their own set, and the
+    evidence page shows them. Before, that set's probability is the parent's mean answer
+    probability of exactly those items, computed here independently."""
+    from obliviate.encoding import encode
+    from obliviate.methods.base import mean_answer_prob
+    from obliviate.models import load_model
+
+    bench = Benchmark.load(memorised / "bench")
+    person = "p010"
+    facts = [x for x in bench.qa if x.entity == person]
+    gone = [x for x in facts if x.relation in ("born_in", "award")]
+    others = [x for x in facts if x not in gone]
+    assert gone and others
+    proj = _project(tmp_path / "proj", memorised, data)
+    add_request(proj, "two facts of p010", str(_write(tmp_path / "fine.jsonl", gone)), overrides=FAST)
+    assert apply(proj, progress=False) == [1]
+    with Ledger.open(proj) as ledger:
+        rows = ledger.measurements()
+    before, after = rows[(0, 1)], rows[(1, 1)]
+    assert before["kept_items"] == after["kept_items"] == len(others)
+    model, tok = load_model(str(memorised / "target"))
+    expected = mean_answer_prob(model.eval(), [encode(tok, x, i) for i, x in enumerate(others)], tok.pad_token_id)
+    assert before["kept_prob"] == pytest.approx(expected, rel=1e-4)
+    assert after["forget_prob"] < 0.5 * before["forget_prob"]
+    assert 0 <= after["kept_prob"] <= 1 and after["kept_prob"] != before["kept_prob"]
+    page = (proj / "versions" / "v0001" / "evidence.html").read_text()
+    assert "The same entities' other facts" in page and f"({len(others)} retain items)" in page
 
 
 @pytest.mark.slow

@@ -149,6 +149,10 @@ def _verdict(before: dict[str, Any], after: dict[str, Any], mb: dict[str, Any],
     if isinstance(auc, float):
         parts.append(f"a membership attack now scores AUC {auc:.2f} (0.5 = indistinguishable "
                      "from unseen data)")
+    kb, ka = before.get("kept_prob"), after.get("kept_prob")
+    if isinstance(kb, float) and isinstance(ka, float):
+        parts.append(f"the same entities' other facts ({int(after.get('kept_items', 0))} retain "
+                     f"items) went from {fmt(kb)} to {fmt(ka)}")
     ub, ua = mb.get("model_utility"), ma.get("model_utility")
     if isinstance(ub, float) and isinstance(ua, float):
         parts.append(f"model utility went from {fmt(ub)} to {fmt(ua)}")
@@ -160,8 +164,10 @@ def _forget_and_utility(rows: Measurements, inputs: EvidenceInputs) -> dict[str,
     rid, pid, vid = inputs.request.id, inputs.parent.id, inputs.version_id
     before, after = rows.get((pid, rid), {}), rows.get((vid, rid), {})
     mb, ma = rows.get((pid, M.MODEL_LEVEL), {}), rows.get((vid, M.MODEL_LEVEL), {})
-    return {"forget_rows": forget_rows(after), "before": before, "after": after,
-            "oracle": inputs.measured["oracle_metrics"].get(str(rid), {}),
+    oracle = inputs.measured["oracle_metrics"].get(str(rid), {})
+    kept = [[key_title(k.removeprefix("kept_")), fmt(before.get(k)), fmt(after.get(k)), fmt(oracle.get(k))]
+            for k in (f"kept_{m}" for m in M.KEPT_METRICS) if k in after]
+    return {"forget_rows": forget_rows(after), "before": before, "after": after, "oracle": oracle, "kept": kept,
             "utility": [[key_title(k), fmt(mb.get(k)), fmt(ma.get(k))] for k in ma],
             "verdict": _verdict(before, after, mb, ma, pid, vid)}
 

@@ -27,6 +27,9 @@ class Sets:
 
     forget: dict[int, list[Example]]
     retain: list[Example]
+    # per request: the retain items about the entities its forget items name (a request that
+    # forgets some facts of a person must leave that person's other facts; see `kept_items`)
+    kept: dict[int, list[Example]] = field(default_factory=dict)
     holdout: list[Example] = field(default_factory=list)
     utility: dict[str, list[Example]] = field(default_factory=dict)
     template: str = DEFAULT_TEMPLATE
@@ -43,6 +46,23 @@ def mia_name(rid: int) -> str:
     return f"mia_r{rid}"
 
 
+def kept_name(rid: int) -> str:
+    return f"kept_r{rid}"
+
+
+KEPT_METRICS = ("prob", "rougeL_recall")  # the forget-role truth-ratio score would read inverted
+
+
+def kept_items(forget: list[Example], retain: list[Example], limit: int = 256) -> list[Example]:
+    """A fine-grained request's other side: the retain items about the entities the forget
+    items name, minus the forget items themselves (at most `limit`). Empty when the forget
+    items name no entity or the retain set holds nothing else about them: a whole-entity
+    request."""
+    entities = {x.entity for x in forget if x.entity}
+    gone = {(x.question, x.answer) for x in forget}
+    return [x for x in retain if x.entity in entities and (x.question, x.answer) not in gone][:limit]
+
+
 def evaluate_version(model_dir: str | Path, sets: Sets, name: str, model_level: bool = True,
                      trust_remote_code: bool = False) -> dict[str, Any]:
     """A Results dict: TOFU suite on every request's forget set (and, with `model_level`, the
@@ -51,6 +71,8 @@ def evaluate_version(model_dir: str | Path, sets: Sets, name: str, model_level: 
     model.eval()
     engine = Engine(model, tok, sets.template, batch_size=sets.batch_size)
     evals = [EvalSet(forget_name(r), "forget", exs) for r, exs in sorted(sets.forget.items())]
+    evals += [EvalSet(kept_name(r), "forget", exs) for r, exs in sorted(sets.kept.items())
+              if exs and r in sets.forget]
     if model_level:
         if sets.retain:
             evals.append(EvalSet("retain", "retain", sets.retain))
@@ -73,6 +95,10 @@ def request_metrics(res: dict[str, Any], rid: int,
     and forget quality against the oracle's (the KS test of the two truth-ratio samples)."""
     d = res["datasets"][forget_name(rid)]
     out: dict[str, float | str] = {f"forget_{k}": v for k, v in d["aggregate"].items()}
+    kept = res["datasets"].get(kept_name(rid))
+    if kept is not None:
+        out.update({f"kept_{k}": kept["aggregate"][k] for k in KEPT_METRICS if k in kept["aggregate"]})
+        out["kept_items"] = float(kept["n"])
     mia = res["datasets"].get(mia_name(rid))
     if mia is not None:
         out.update(mia["aggregate"])

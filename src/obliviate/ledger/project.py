@@ -196,6 +196,7 @@ def retain_items(ledger: Ledger, settings: ProjectSettings, req: Request | None,
 def measure_sets(settings: ProjectSettings, forget: dict[int, list[Example]],
           retain: list[Example]) -> M.Sets:
     return M.Sets(forget=forget, retain=retain[:settings.max_retain],
+                  kept={r: M.kept_items(exs, retain) for r, exs in forget.items()},
                   holdout=read_items(settings.holdout, "holdout") if settings.holdout else [],
                   utility={Path(u).stem: read_items(u, "utility") for u in settings.utility},
                   template=settings.template, max_new_tokens=settings.max_new_tokens)

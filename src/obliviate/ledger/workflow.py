@@ -289,7 +289,8 @@ def _measure_new(ledger: Ledger, settings: ProjectSettings, req: Request, parent
     parent_needs_model_level = (parent.id, M.MODEL_LEVEL) not in have
     after = M.evaluate_version(model_dir, sets, f"version {parent.id + 1}",
                                trust_remote_code=settings.trust_remote_code)
-    before_sets = M.Sets(**{**sets.__dict__, "forget": {req.id: forget}})
+    before_sets = M.Sets(**{**sets.__dict__, "forget": {req.id: forget},
+                            "kept": {req.id: sets.kept.get(req.id, [])}})
     before = M.evaluate_version(ledger.model_path(parent), before_sets, f"version {parent.id}",
                                 model_level=parent_needs_model_level,
                                 trust_remote_code=settings.trust_remote_code)

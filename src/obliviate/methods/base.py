@@ -187,6 +187,30 @@ def batch_nll(model, batch: dict[str, torch.Tensor], world: int = 1) -> torch.Te
     return mean_nll(forward(model, batch), batch["labels"], world)
 
 
+def nll_gradients(model, items: list[Encoded], pad_id: int, params: list[torch.Tensor],
+                  batch_size: int = 16) -> list[torch.Tensor]:
+    """d(mean answer NLL over `items`)/dp for each of `params` (each batch weighted by its
+    size), one backward per batch: the one-off gradients that SLUG, WAGLE and concept ablation
+    score weights by. The params take gradients for the duration whatever trains later, and
+    every .grad is cleared after."""
+    flags = [p.requires_grad for p in params]
+    device = params[0].device
+    model.zero_grad(set_to_none=True)
+    try:
+        for p in params:
+            p.requires_grad_(True)
+        with torch.enable_grad():
+            for start in range(0, len(items), batch_size):
+                chunk = items[start:start + batch_size]
+                batch = {k: v.to(device) for k, v in collate(chunk, pad_id).items()}
+                (batch_nll(model, batch) * len(chunk) / len(items)).backward()
+        return [p.grad.detach().clone() if p.grad is not None else torch.zeros_like(p) for p in params]
+    finally:
+        model.zero_grad(set_to_none=True)
+        for p, flag in zip(params, flags, strict=True):
+            p.requires_grad_(flag)
+
+
 def batch_seq_nll(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """Summed answer NLL per sequence [batch]."""
     return sequence_nll(forward(model, batch), batch["labels"])[0]

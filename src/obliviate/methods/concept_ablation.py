@@ -10,24 +10,10 @@ import torch
 from ..concepts import DOWN_PROJ, answer_token_ids, value_vectors
 from ..errors import ObliviateError
 from ..train import OptimConfig, make_loader, train
-from .base import METHODS, Context, batch_nll, eval_mode, mean_answer_prob
+from .base import METHODS, Context, batch_nll, eval_mode, mean_answer_prob, nll_gradients
 
 MODES = ("ablate", "noise")
 LOCATORS = ("attribution", "vocab")
-
-
-def _nll_gradients(model, ctx: Context, name: str, weights: list[torch.Tensor]) -> list[torch.Tensor]:
-    """d(mean answer NLL of stream `name`)/dW for each down-projection in `weights`."""
-    device = weights[0].device
-    items = ctx.items[name][:256]
-    grads = [torch.zeros_like(w, dtype=torch.float32) for w in weights]
-    with torch.enable_grad():
-        for start in range(0, len(items), 32):
-            batch = ctx.batch_of(name, list(range(start, min(start + 32, len(items)))), device)
-            loss = batch_nll(model, batch) * batch["input_ids"].shape[0] / len(items)
-            for g, d in zip(grads, torch.autograd.grad(loss, weights), strict=True):
-                g += d.float()
-    return grads
 
 
 def attributed_vectors(model, ctx: Context, top: int) -> list[tuple[float, str, int]]:
@@ -36,8 +22,8 @@ def attributed_vectors(model, ctx: Context, top: int) -> list[tuple[float, str, 
     -g[:, j] . W[:, j] (g its gradient), so the score is that change on forget minus on retain."""
     mods = [(n, m) for n, m in model.named_modules() if n.endswith(DOWN_PROJ) and hasattr(m, "weight")]
     weights = [m.weight for _, m in mods]
-    g_f = _nll_gradients(model, ctx, "forget", weights)
-    g_r = _nll_gradients(model, ctx, "retain", weights)
+    g_f, g_r = (nll_gradients(model, ctx.items[name][:256], ctx.pad_id, weights, 32)
+                for name in ("forget", "retain"))
     picked = []
     for (name, _), w, gf, gr in zip(mods, weights, g_f, g_r, strict=True):
         score = -((gf - gr) * w.detach().float()).sum(0)  # [intermediate]

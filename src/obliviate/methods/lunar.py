@@ -40,7 +40,10 @@ class LUNAR:
     (each item's positions averaged first)."""
 
     layer: int = -1  # -1: the middle of the stack, (layers - 1) // 2
-    coeff: float = 2.0  # the mean difference understates where single states must go
+    # the mean difference understates where single states must go: on the 4-layer built-in
+    # target, 60 steps at lr 1e-2 take the forget probability from 0.99 to 0.94 at 2, 0.43 at 5
+    # (retain 0.99 to 0.95), 0.06 at 10 (retain 0.71)
+    coeff: float = 5.0
     alpha: float = 5.0  # retain weight
     train: str = "mlp.down_proj"
 

@@ -8,9 +8,8 @@ from typing import ClassVar
 
 import torch
 
-from ..encoding import Encoded, collate
 from ..errors import ObliviateError
-from .base import METHODS, Context, batch_nll, eval_mode, mean_answer_prob
+from .base import METHODS, Context, eval_mode, mean_answer_prob, nll_gradients
 
 
 def pareto_front(forget: list[float], retain: list[float]) -> list[int]:
@@ -65,20 +64,6 @@ class SLUG:
                 raise ObliviateError(f"slug {key} out of range (got {getattr(self, key)}): forget_ratio "
                                      "in (0, 1), max_scale finite and positive, the counts 1 or more")
 
-    def _gradient(self, model, items: list[Encoded], pad_id: int,
-                  params: list[torch.nn.Parameter]) -> list[torch.Tensor]:
-        """d(mean answer NLL over `items`)/dW for each of `params`, one backward per batch."""
-        device = params[0].device
-        for p in params:
-            p.grad = None
-        for start in range(0, len(items), self.grad_batch):
-            chunk = items[start:start + self.grad_batch]
-            batch = {k: v.to(device) for k, v in collate(chunk, pad_id).items()}
-            (batch_nll(model, batch) * len(chunk) / len(items)).backward()
-        grads = [p.grad.detach().clone() if p.grad is not None else torch.zeros_like(p) for p in params]
-        model.zero_grad(set_to_none=True)
-        return grads
-
     def fit(self, model, ctx: Context) -> list[dict[str, float]]:
         named = [(n, p) for n, p in model.named_parameters() if p.dim() == 2 and ".layers." in n]
         if not named:
@@ -86,8 +71,8 @@ class SLUG:
         names, params = [n for n, _ in named], [p for _, p in named]
         forget, retain = ctx.items["forget"], ctx.items["retain"][:self.retain_items]
         with eval_mode(model):
-            g_f = self._gradient(model, forget, ctx.pad_id, params)
-            g_r = self._gradient(model, retain, ctx.pad_id, params)
+            g_f = nll_gradients(model, forget, ctx.pad_id, params, self.grad_batch)
+            g_r = nll_gradients(model, retain, ctx.pad_id, params, self.grad_batch)
         norms = [float(p.detach().float().norm()) or 1.0 for p in params]
         imp = [float(g.float().norm()) / n for g, n in zip(g_f, norms, strict=True)]
         align = [abs(float(torch.nn.functional.cosine_similarity(a.float().flatten(), b.float().flatten(), dim=0)))

@@ -8,7 +8,7 @@ from typing import Any, ClassVar
 import torch
 
 from ..errors import ObliviateError
-from .base import METHODS, Context, batch_nll
+from .base import METHODS, Context, nll_gradients
 from .sparse import prunable
 
 
@@ -38,31 +38,15 @@ class WAGLE:
             raise ObliviateError(f"ratio must be in (0, 1] (got {self.ratio})")
 
     def _gradients(self, model, ctx: Context, stream: str) -> dict[str, torch.Tensor]:
-        weights = prunable(model)
-        grads = {n: torch.zeros_like(p) for n, p in weights}
-        items = ctx.items[stream]
-        device = next(model.parameters()).device
-        size = max(1, -(-len(items) // self.batches))
-        for start in range(0, min(len(items), size * self.batches), size):
-            model.zero_grad(set_to_none=True)
-            batch = ctx.batch_of(stream, list(range(start, min(start + size, len(items)))), device)
-            batch_nll(model, batch).backward()
-            for n, p in weights:
-                if p.grad is not None:
-                    grads[n] += p.grad
-        model.zero_grad(set_to_none=True)
-        return grads
+        """The stream's mean NLL gradient for each prunable weight, in `batches` batches."""
+        weights, items = prunable(model), ctx.items[stream]
+        grads = nll_gradients(model, items, ctx.pad_id, [p for _, p in weights],
+                              max(1, -(-len(items) // self.batches)))
+        return {n: g for (n, _), g in zip(weights, grads, strict=True)}
 
     def setup(self, model, ctx: Context) -> None:
-        flags = {n: p.requires_grad for n, p in model.named_parameters()}
-        try:  # attribution needs gradients of every block weight, whatever trains later
-            for p in model.parameters():
-                p.requires_grad_(True)
-            g_f = self._gradients(model, ctx, "forget")
-            g_r = self._gradients(model, ctx, "retain") if "retain" in ctx.items else {}
-        finally:
-            for n, p in model.named_parameters():
-                p.requires_grad_(flags[n])
+        g_f = self._gradients(model, ctx, "forget")
+        g_r = self._gradients(model, ctx, "retain") if "retain" in ctx.items else {}
         scores = {}
         for n, p in prunable(model):
             s = (p.detach() * g_f[n]).abs()
