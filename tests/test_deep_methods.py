@@ -50,7 +50,8 @@ def test_pareto_front_by_hand():
     Highest forget first: a is kept; d has less forget than a and more retain (dominated);
     b and c each trade forget for lower retain, so they stay: front a, b, c."""
     assert pareto_front([3, 2, 1, 2.5], [2, 1, 0.5, 3]) == [0, 1, 2]
-    assert pareto_front([1, 1], [1, 1]) == [0]  # a tie dominates its twin
+    assert pareto_front([1, 1], [1, 1]) == [0, 1]  # twins do not dominate each other
+    assert pareto_front([1, 1, 0.5], [1, 1, 1]) == [0, 1]  # less forget at equal retain: dominated
 
 
 @pytest.mark.slow
@@ -92,12 +93,12 @@ def _answer_states(model, ctx, name, layer):
 @pytest.mark.slow
 def test_lunar_trains_one_projection_and_redirects_forget_activations(memorised, tmp_path):
     """Only layer 0's MLP output projection changes (the middle of 2 layers). At that layer the
-    forget answers' states move along the refusal direction r (the default target is the
+    forget answers' states move along the refusal direction r (with coeff 2 the target is the
     reference's state + 2r): their mean shift points along r and covers a good part of 2r
     (measured: cosine 0.999, 52%), while the retain answers' states move clearly less than the
     forget answers' (measured: half as far; one 128-neuron projection cannot separate them
     further on this subject)."""
-    out = _unlearn(memorised, tmp_path / "lunar", "lunar")
+    out = _unlearn(memorised, tmp_path / "lunar", "lunar", params={"coeff": 2.0})
     before, after = _weights(memorised / "target"), _weights(out)
     assert {k for k in before if not torch.equal(before[k], after[k])} == {"model.layers.0.mlp.down_proj.weight"}
     forget, retain = _sets(memorised)
@@ -337,6 +338,35 @@ def test_uoe_refuses_what_it_cannot_do(memorised, tmp_path):
         _unlearn(memorised, tmp_path / "lora", "uoe", steps=2, lora=True)
     with pytest.raises(ob.ObliviateError, match="cannot wrap 'rmu'"):
         _unlearn(memorised, tmp_path / "rmu", "uoe", steps=2, params={"base": "rmu"})
+    with pytest.raises(ob.ObliviateError, match="cannot wrap 'rmu'"):  # however deep it sits
+        _unlearn(memorised, tmp_path / "deep", "uoe", steps=2,
+                 params={"base": "sparse", "base_params": {"base": "rmu"}})
     with pytest.raises(ob.ObliviateError, match="wraps a training loop"):
         _unlearn(memorised, tmp_path / "slug", "sparse", steps=2, params={"base": "slug"})
-    assert not any((tmp_path / n).exists() for n in ("dense", "lora", "rmu", "slug"))
+    assert not any((tmp_path / n).exists() for n in ("dense", "lora", "rmu", "deep", "slug"))
+
+
+@pytest.mark.slow
+def test_masked_methods_refuse_weight_decay_and_ablation_keeps_its_adapters(memorised, memorised_moe, tmp_path):
+    """A gradient mask freezes part of a tensor, which weight decay would still move: UOE (one
+    expert's slice of fused tensors) and WAGLE refuse optim.weight_decay > 0. Concept ablation
+    chooses which modules get adapters and refuses the user's list; on a model without
+    `mlp.down_proj` modules (the tiny Mixtral's experts are fused tensors) it says so. Nothing
+    is written."""
+    def run(root, out, method, params=None, lora=None, decay=0.0):
+        cfg = ob.UnlearnConfig(model=str(root / "target"), method=method, params=params or {},
+                               benchmark=str(root / "bench"),
+                               optim=OptimConfig(lr=None, steps=2, batch_size=16, weight_decay=decay))
+        if lora is not None:
+            cfg.lora.enabled, cfg.lora.target_modules = True, lora
+        return ob.unlearn(cfg, tmp_path / out, progress=False)
+
+    with pytest.raises(ob.ObliviateError, match="optim.weight_decay=0"):
+        run(memorised_moe, "uoe", "uoe", decay=0.1)
+    with pytest.raises(ob.ObliviateError, match="optim.weight_decay=0"):
+        run(memorised, "wagle", "wagle", decay=0.1)
+    with pytest.raises(ob.ObliviateError, match="remove lora.target_modules"):
+        run(memorised, "ca-lora", "concept_ablation", lora=["down_proj"])
+    with pytest.raises(ob.ObliviateError, match="no '\\*mlp.down_proj' modules"):
+        run(memorised_moe, "ca-moe", "concept_ablation")
+    assert not any((tmp_path / n).exists() for n in ("uoe", "wagle", "ca-lora", "ca-moe"))

@@ -394,11 +394,30 @@ def _plan(cfg: UnlearnConfig, forget: list[Example], retain: list[Example], out:
     if method.declared("full_weights", False) and cfg.lora.enabled:
         raise ObliviateError(f"method '{cfg.method}' edits the model's own weight matrices; "
                              "lora.enabled does not apply to it")
+    _check_module_choice(cfg, method)
     if "retain" in method.needs() and not retain:
         raise ObliviateError(f"method '{cfg.method}' needs a retain set (retain=<file.jsonl>)")
     lr = cfg.optim.lr or default_lr(method.method, cfg.lora.enabled)
     optim = dataclasses.replace(cfg.optim, lr=lr, **method.declared("optimizer", {}))
     return _Run(cfg, method, optim)
+
+
+def _check_module_choice(cfg: UnlearnConfig, method: MethodStack) -> None:
+    """A wrapper that must choose what trains (UOE: one expert) cannot sit above a method that
+    names its own modules, at any depth (the innermost choice wins); a method that keeps
+    modules out of its adapters (concept ablation: the edited projections) cannot take the
+    user's list instead."""
+    for i, layer in enumerate(method.layers):
+        if not getattr(type(layer), "chooses_modules", False):
+            continue
+        for above, below in zip(method.layers[i:], method.layers[i + 1:], strict=False):
+            if hasattr(type(below), "target_modules"):
+                raise ObliviateError(f"{cfg.method} cannot wrap '{above.base}': it chooses its own "
+                                     "modules, so the part this method picks would not be the only one "
+                                     "that unlearns")
+    if cfg.lora.enabled and cfg.lora.target_modules and method.declared("fixed_lora_modules", False):
+        raise ObliviateError(f"method '{cfg.method}' chooses which modules get adapters (a merged "
+                             "adapter on an edited module would undo the edit); remove lora.target_modules")
 
 
 def _load(run: _Run, forget: list[Example], retain: list[Example]) -> None:
@@ -438,6 +457,10 @@ def _prepare_model(run: _Run) -> None:
         run.model = run.method.method.build_system(run.model, run.ctx)
         return
     run.method.setup(run.model, run.ctx)
+    if run.ctx.grad_masks and run.optim.weight_decay > 0:
+        raise ObliviateError(f"method '{run.cfg.method}' freezes part of a weight tensor by masking "
+                             "its gradient; weight decay would still move that part. Set "
+                             "optim.weight_decay=0")
     targets = run.method.target_modules(run.model, run.ctx)
     run.model = _select_trainable(run.model, run.cfg.lora, targets)
     if "reference_model" in run.method.needs():

@@ -176,7 +176,8 @@ def forward(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
 
 
 def layer_output(model, batch: dict[str, torch.Tensor], layer: int) -> torch.Tensor:
-    """Output of decoder layer `layer` [batch, seq, d] (RMU's and LUNAR's hidden states)."""
+    """Output of decoder layer `layer` [batch, seq, d] (RMU's and LUNAR's hidden states). For
+    the last layer transformers returns the state after the final norm."""
     out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                 output_hidden_states=True)
     return out.hidden_states[layer + 1]  # hidden_states[0] is the embedding output
@@ -193,6 +194,8 @@ def nll_gradients(model, items: list[Encoded], pad_id: int, params: list[torch.T
     size), one backward per batch: the one-off gradients that SLUG, WAGLE and concept ablation
     score weights by. The params take gradients for the duration whatever trains later, and
     every .grad is cleared after."""
+    if not params:
+        raise ObliviateError("no weights to take the gradient of")
     flags = [p.requires_grad for p in params]
     device = params[0].device
     model.zero_grad(set_to_none=True)

@@ -143,16 +143,15 @@ class CodeUnlearn:
         checks = {"k": self.k >= 1, "codes": self.codes == 0 or self.codes >= self.k,
                   "sae_steps": self.sae_steps >= 1, "sae_lr": 0 < self.sae_lr <= 100,
                   "forget_ratio": 0 < self.forget_ratio < 1, "max_remove": 0 < self.max_remove <= 1,
-                  "probe_items": self.probe_items >= 1}
+                  "probe_items": self.probe_items >= 1, "layer": self.layer >= -1}
         for key, ok in checks.items():
             if not ok:
-                raise ObliviateError(f"codeunlearn {key} out of range (got {getattr(self, key)})")
+                raise ObliviateError(f"codeunlearn {key} out of range (got {getattr(self, key)}); "
+                                     "layer: -1 (the middle) or a layer index")
 
     def build_system(self, model, ctx: Context) -> CodebookSystem:
         decoder_layers(model)  # a Llama-style stack, checked before any fitting
         n = model.config.num_hidden_layers
-        if self.layer < -1:
-            raise ObliviateError(f"codeunlearn layer must be -1 (the middle) or a layer index (got {self.layer})")
         layer = self.layer if self.layer >= 0 else (n - 1) // 2
         if not 0 <= layer < n - 1:
             raise ObliviateError(f"codeunlearn layer {layer} must be below the last layer (0..{n - 2})")

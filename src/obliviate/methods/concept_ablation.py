@@ -21,6 +21,8 @@ def attributed_vectors(model, ctx: Context, top: int) -> list[tuple[float, str, 
     retain NLL least, to first order: zeroing column j of W changes a loss by about
     -g[:, j] . W[:, j] (g its gradient), so the score is that change on forget minus on retain."""
     mods = [(n, m) for n, m in model.named_modules() if n.endswith(DOWN_PROJ) and hasattr(m, "weight")]
+    if not mods:
+        return []  # the caller says which modules it looked for
     weights = [m.weight for _, m in mods]
     g_f, g_r = (nll_gradients(model, ctx.items[name][:256], ctx.pad_id, weights, 32)
                 for name in ("forget", "retain"))
@@ -60,6 +62,7 @@ class ConceptAblation:
     needs: ClassVar[tuple[str, ...]] = ("forget", "retain")
     paper: ClassVar[str] = "Hong et al. 2024, Intrinsic Evaluation of Unlearning Using Parametric Knowledge Traces"
     default_lr: ClassVar[float] = 1.0  # unused: the edit has no optimiser; the repair has repair_lr
+    fixed_lora_modules: ClassVar[bool] = True  # the edited projections must get no adapter
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:

@@ -53,6 +53,8 @@ class LUNAR:
     default_lr: ClassVar[float] = 1e-2
 
     def __post_init__(self) -> None:
+        if self.layer < -1:
+            raise ObliviateError(f"lunar layer must be -1 (the middle) or a layer index (got {self.layer})")
         for key in ("coeff", "alpha"):
             value = getattr(self, key)
             if not (0 < value < float("inf")):
@@ -60,8 +62,6 @@ class LUNAR:
 
     def _layer(self, model) -> int:
         n = model.config.num_hidden_layers
-        if self.layer < -1:
-            raise ObliviateError(f"lunar layer must be -1 (the middle) or a layer index (got {self.layer})")
         layer = self.layer if self.layer >= 0 else (n - 1) // 2
         if layer >= n:
             raise ObliviateError(f"lunar layer {layer} does not exist (the model has {n} layers)")

@@ -14,11 +14,13 @@ from .base import METHODS, Context, eval_mode, mean_answer_prob, nll_gradients
 
 def pareto_front(forget: list[float], retain: list[float]) -> list[int]:
     """Indices not dominated when forget importance is maximised and the retain cost (gradient
-    alignment) minimised, ordered by forget importance (highest first)."""
+    alignment) minimised, ordered by forget importance (highest first). Identical points do not
+    dominate each other: twins are both kept."""
     order = sorted(range(len(forget)), key=lambda i: (-forget[i], retain[i]))
     front, best_retain = [], math.inf
     for i in order:
-        if retain[i] < best_retain:
+        twin = bool(front) and (forget[i], retain[i]) == (forget[front[-1]], retain[front[-1]])
+        if retain[i] < best_retain or twin:
             front.append(i)
             best_retain = retain[i]
     return front

@@ -77,16 +77,13 @@ class UOE:
     default_lr: ClassVar[float] = 1e-3
     full_weights: ClassVar[bool] = True
     architecture: ClassVar[str] = "moe"  # runs only on mixture-of-experts models
+    chooses_modules: ClassVar[bool] = True  # no method below it may name its own (checked by the run)
 
     def __post_init__(self) -> None:
         if not 0 <= self.anchor < float("inf"):
             raise ObliviateError(f"uoe anchor must be finite and 0 or more (got {self.anchor})")
 
     def setup(self, model, ctx: Context) -> None:
-        inner = getattr(self, "inner", None)
-        if inner is not None and hasattr(type(inner), "target_modules"):
-            raise ObliviateError(f"uoe cannot wrap '{self.base}': it chooses its own modules, so "
-                                 "the expert would not be the only part that unlearns")
         layers = moe_layers(model)
         if not layers:
             raise ObliviateError("uoe needs a mixture-of-experts model (layers with a router `gate` and "

@@ -86,11 +86,11 @@ class WHP:
         changed = sum(a != b for it, g in zip(forget, generic, strict=True)
                       for a, b in zip(it.labels, g.labels, strict=True))
         total = sum(t != IGNORE for it in forget for t in it.labels[1:])
-        # the labels are the run's state, saved with checkpoints: a resumed run trains on the
-        # labels it started with, not on a second reinforcement's
-        if "whp_labels" not in ctx.state:
-            ctx.state["whp_labels"] = [g.labels for g in generic]
-            ctx.state["whp_relabelled"] = changed / max(total, 1)
+        # the labels are the run's state, saved with checkpoints: setup runs before a resumed
+        # run's state is restored, so the reinforcement runs again, but the restored labels
+        # (the ones the run started with) replace these
+        ctx.state["whp_labels"] = [g.labels for g in generic]
+        ctx.state["whp_relabelled"] = changed / max(total, 1)
 
     def loss(self, model, batches, ctx: Context):
         f = batches["forget"]
