@@ -96,7 +96,7 @@ def _routing(path: Path, bench) -> dict[str, object]:
 def moe(work: Path, steps: int) -> list[dict]:
     import obliviate as ob
     from obliviate.data import Benchmark
-    from obliviate.models import TinyModelConfig
+    from obliviate.models import TinyModelConfig, read_provenance
 
     bench = Benchmark.load(work / "bench")
     target = work / "moe_target"
@@ -104,12 +104,13 @@ def moe(work: Path, steps: int) -> list[dict]:
         ob.finetune(ob.FinetuneConfig(benchmark=str(work / "bench"), tiny=TinyModelConfig(experts=4)),
                     target, progress=False)
     sets = {"forget": bench.forget_set("forget10"), "retain": bench.retain_set("forget10")[:64]}
+    runs = {m: _unlearn(work, target, m, steps, work / "runs" / f"moe-{m}") for m in ("npo", "uoe")}
+    # the expert UOE's own attribution chose (over the whole retain set), as its run logged it
+    log = read_provenance(runs["uoe"])["last_log"]
+    layer, expert = int(log["uoe_layer"]), int(log["uoe_expert"])
     before = _routing(target, bench)
-    score = before["forget"] - before["retain"]
-    layer, expert = divmod(int(score.argmax()), score.shape[1])
     rows = [{"method": "target", **_probs(target, sets), "expert_share": float(before["forget"][layer, expert])}]
-    for method in ("npo", "uoe"):
-        out = _unlearn(work, target, method, steps, work / "runs" / f"moe-{method}")
+    for method, out in runs.items():
         after = _routing(out, bench)
         moved = {f"routing_tv_{s}": float(0.5 * (after[s] - before[s]).abs().sum(-1).max()) for s in after}
         rows.append({"method": method, **_probs(out, sets), "expert_share": float(after["forget"][layer, expert]),
@@ -133,7 +134,8 @@ def render(fine: list[dict], experts: list[dict], prov: dict) -> str:
         else:
             out.append(f"| {r['method']} | {r['forgotten']:.3f} | {r['same_people']:.3f} | {r['other_people']:.3f} |")
     out += ["", "## Mixture of experts: NPO on every weight against UOE (NPO on one expert)", "",
-            f"Expert chosen by UOE's attribution: {experts[0]['expert']}. *expert share*: its mean "
+            f"Expert chosen by UOE's attribution (as its run logged it): {experts[0]['expert']}. "
+            "*expert share*: its mean "
             "routing probability on the forget tokens; *routing moved*: the largest total-variation "
             "distance, over layers, between a layer's mean routing distribution and the target's.", "",
             "| model | forget prob | retain prob | expert share | routing moved (forget) | routing moved (retain) |",
