@@ -10,8 +10,8 @@ import torch
 
 from ..data.examples import Example
 from ..errors import ObliviateError
-from .base import METHODS, Context, batch_seq_nll, cache_seq_nll, check_retain_kind, retain_term
-from .objectives import dpo
+from .base import METHODS, Context, cache_seq_nll, check_retain_kind
+from .idkpo import preferred_over_forget
 
 
 def alternate_answers(forget: list[Example], retain: list[Example], seed: int,
@@ -68,13 +68,4 @@ class AltPO:
         ctx.cache["seq_nll:alt"] = cache_seq_nll(model, ctx.items["alt"], ctx.pad_id)
 
     def loss(self, model, batches, ctx: Context):
-        f = batches["forget"]
-        idx = f["index"]
-        lose = batch_seq_nll(model, f)
-        win = batch_seq_nll(model, ctx.pair("alt", f))
-        ref_win = ctx.cached("seq_nll:alt").to(idx.device)[idx]
-        ref_lose = ctx.cached("seq_nll:forget").to(idx.device)[idx]
-        forget_loss = ctx.backward_now(dpo(win, lose, ref_win, ref_lose, self.beta, ctx.world_size))
-        retain = retain_term(model, batches["retain"], self.retain_loss, ctx)
-        return forget_loss + self.alpha * retain, {"dpo": float(forget_loss.detach()),
-                                                   "retain": float(retain.detach())}
+        return preferred_over_forget(self, model, batches, ctx, "alt")

@@ -29,13 +29,20 @@ class IdkPO:
         check_retain_kind(self.retain_loss)
 
     def loss(self, model, batches, ctx: Context):
-        f = batches["forget"]
-        idx = f["index"]
-        lose = batch_seq_nll(model, f)
-        win = batch_seq_nll(model, ctx.pair("idk", f))
-        ref_win = ctx.cached("seq_nll:idk").to(idx.device)[idx]
-        ref_lose = ctx.cached("seq_nll:forget").to(idx.device)[idx]
-        forget_loss = ctx.backward_now(dpo(win, lose, ref_win, ref_lose, self.beta, ctx.world_size))
-        retain = retain_term(model, batches["retain"], self.retain_loss, ctx)
-        return forget_loss + self.alpha * retain, {"dpo": float(forget_loss.detach()),
-                                                   "retain": float(retain.detach())}
+        return preferred_over_forget(self, model, batches, ctx, "idk")
+
+
+def preferred_over_forget(method, model, batches, ctx: Context, stream: str):
+    """DPO preferring stream `stream`'s answer (paired item by item with the forget batch; its
+    reference NLLs cached as seq_nll:<stream>) over the forget answer, + alpha * retain term,
+    with `method`'s beta, alpha and retain_loss: IdkPO's refusals, AltPO's alternate answers."""
+    f = batches["forget"]
+    idx = f["index"]
+    lose = batch_seq_nll(model, f)
+    win = batch_seq_nll(model, ctx.pair(stream, f))
+    ref_win = ctx.cached(f"seq_nll:{stream}").to(idx.device)[idx]
+    ref_lose = ctx.cached("seq_nll:forget").to(idx.device)[idx]
+    forget_loss = ctx.backward_now(dpo(win, lose, ref_win, ref_lose, method.beta, ctx.world_size))
+    retain = retain_term(model, batches["retain"], method.retain_loss, ctx)
+    return forget_loss + method.alpha * retain, {"dpo": float(forget_loss.detach()),
+                                                 "retain": float(retain.detach())}
