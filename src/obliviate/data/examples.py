@@ -22,6 +22,9 @@ class Example:
     id: str = ""
     entity: str | None = None
     relation: str | None = None
+    # a probe (real-world knowledge): the answers that count as knowing it, and its kind
+    accepted: tuple[str, ...] = ()
+    kind: str | None = None
 
     @property
     def is_text(self) -> bool:
@@ -45,4 +48,8 @@ class Example:
             out["entity"] = self.entity
         if self.relation is not None:
             out["relation"] = self.relation
+        if self.accepted:
+            out["accepted_answers"] = list(self.accepted)
+        if self.kind is not None:
+            out["probe_kind"] = self.kind
         return out

@@ -71,6 +71,9 @@ def example_from_row(row: Any, where: str) -> Example:
         perturbed = [perturbed]
     if not isinstance(perturbed, list) or not all(isinstance(p, str) for p in perturbed):
         raise ObliviateError(f"{where}: field 'perturbed_answer' must be a list of strings")
+    accepted = row.get("accepted_answers", [])
+    if not isinstance(accepted, list) or not all(isinstance(a, str) and a.strip() for a in accepted):
+        raise ObliviateError(f"{where}: field 'accepted_answers' must be a list of non-empty strings")
     return Example(
         question=_str_field(row, "question", where),
         answer=_str_field(row, "answer", where),
@@ -80,6 +83,8 @@ def example_from_row(row: Any, where: str) -> Example:
         id=_label(row, "id", where) or "",
         entity=_label(row, "entity", where),
         relation=_label(row, "relation", where),
+        accepted=tuple(accepted),
+        kind=_label(row, "probe_kind", where),
     )
 
 
