@@ -34,6 +34,8 @@ from .data.userbench import example_texts
 from .encoding import DEFAULT_TEMPLATE, encode
 from .errors import ObliviateError
 from .evaluation import Engine, EvalSet, derive, evaluate_tofu, load_results, make_results
+from .evaluation.rwku import evaluate_rwku
+from .evaluation.rwku import plan as rwku_plan
 from .evaluation.suite import evaluate_memorization, evaluate_mia, evaluate_muse
 from .methods.base import batch_nll
 from .models import (
@@ -58,7 +60,7 @@ from .train import (
 )
 from .unlearning import GuardConfig, LoraSettings, UnlearnConfig, resolve_data, unlearn
 
-SUITES = ("tofu", "mia", "memorization", "muse")
+SUITES = ("tofu", "mia", "memorization", "muse", "rwku")
 __all__ = ["EvalConfig", "FinetuneConfig", "FinetuneOptim", "GuardConfig", "LoraSettings", "UnlearnConfig",
            "evaluate", "finetune", "generate", "load_benchmark", "tofu_sets", "unlearn"]
 
@@ -137,7 +139,12 @@ class EvalConfig:
     forget: str = ""
     retain: str = ""
     utility: list[str] = field(default_factory=list)  # extra utility files; real_world: shipped set
-    suites: list[str] = field(default_factory=lambda: ["tofu"])  # tofu, mia, memorization, muse
+    suites: list[str] = field(default_factory=lambda: ["tofu"])  # tofu, mia, memorization, muse, rwku
+    # rwku: the target whose probes to ask (default: a target run's), the entity records
+    # (default: shipped) and a target run whose synthesised corpus the MIAs read
+    target: str = ""
+    probes: str = ""
+    target_run: str = ""
     holdout: str = ""  # non-members for the mia suite (a benchmark's holdout split by default)
     mia_k: float = 0.4  # Min-K% / Min-K%++ fraction
     mia_reference: str = ""  # a reference model (e.g. the base before fine-tuning): Reference attack
@@ -289,7 +296,8 @@ def _holdout(cfg: EvalConfig) -> EvalSet:
 def evaluate(cfg: EvalConfig, name: str | None = None, reference: dict[str, Any] | None = None,
              progress: bool = True) -> dict[str, Any]:
     """TOFU-suite Results for one model (per-item values, aggregates, derived metrics)."""
-    sets = _eval_sets(cfg)
+    sets = _eval_sets(cfg) if set(cfg.suites) - {"rwku"} else []
+    rwku = rwku_plan(cfg.target, cfg.probes, cfg.model, cfg.target_run) if "rwku" in cfg.suites else None
     set_seed(cfg.seed)
     model, tok = load_any(cfg.model, trust_remote_code=cfg.trust_remote_code)
     model.eval()
@@ -301,6 +309,8 @@ def evaluate(cfg: EvalConfig, name: str | None = None, reference: dict[str, Any]
         datasets.update(evaluate_memorization(engine, sets))
     if "muse" in cfg.suites:
         datasets["muse"] = evaluate_muse(engine, _passages(cfg, sets), *_forget_retain(sets))
+    if rwku is not None:
+        datasets.update(evaluate_rwku(engine, rwku, cfg.mia_k))
     if "mia" in cfg.suites or "muse" in cfg.suites:  # MUSE's PrivLeak reads the MIA AUCs
         forget = next(s for s in sets if s.role == "forget")
         ref_engine = None

@@ -59,7 +59,7 @@ def _cmd_unlearn(args) -> None:
     cfg = load_config(UnlearnConfig, args.config, args.overrides)
     check_output(args.out, {"model": cfg.model, "benchmark": cfg.benchmark, "forget data": cfg.forget,
                             "retain data": cfg.retain, "holdout data": cfg.holdout,
-                            "config": args.config}, kind="dir")
+                            "probe records": cfg.probes, "config": args.config}, kind="dir")
     out = unlearn(cfg, args.out)
     if _is_main_process():
         print(f"unlearned model written to {out}")
@@ -162,6 +162,7 @@ def _cmd_eval(args) -> None:
                             "forget data": cfg.forget, "retain data": cfg.retain,
                             "holdout data": cfg.holdout, "utility data": cfg.utility,
                             "benchmark": cfg.benchmark, "reference results": cfg.reference,
+                            "probe records": cfg.probes, "target run": cfg.target_run,
                             "config": args.config})
     res = evaluate(cfg, name=args.label)
     if not _is_main_process():

@@ -148,17 +148,26 @@ _SENTENCE_END = re.compile(r"(\w*)([.!?])[\"')\]]?(?=\s)|\n\s*\n")
 _ABBREVIATIONS = frozenset("dr mr mrs ms prof st jr sr vs etc eg ie no mt ft approx".split())
 
 
-def first_sentence(text: str) -> str:
-    """The answer's first sentence (or paragraph). Chat models go on for the whole token budget
-    after the fact asked for; a cut-off answer ends where the model would not stop, and scores
-    as unlikely for that alone, so answers are compared sentence to sentence."""
-    text = text.strip()
+def sentences(text: str) -> list[str]:
+    """The text's sentences (or paragraphs), cut as `first_sentence` cuts; the last piece is
+    whatever follows the last end (an answer cut off by the token budget ends unfinished)."""
+    text, out, start = text.strip(), [], 0
     for m in _SENTENCE_END.finditer(text):
         word = (m.group(1) or "").lower()
         if m.group(2) == "." and (word in _ABBREVIATIONS or (len(word) == 1 and word.isalpha())):
             continue
-        return text[:m.end()].strip()
-    return text
+        out.append(text[start:m.end()].strip())
+        start = m.end()
+    out.append(text[start:].strip())
+    return [s for s in out if s]
+
+
+def first_sentence(text: str) -> str:
+    """The answer's first sentence (or paragraph). Chat models go on for the whole token budget
+    after the fact asked for; a cut-off answer ends where the model would not stop, and scores
+    as unlikely for that alone, so answers are compared sentence to sentence."""
+    parts = sentences(text)
+    return parts[0] if parts else ""
 
 
 def _answers(engine: Engine, name: str, questions: list[str]) -> list[str]:
@@ -189,18 +198,26 @@ def build_data(engine: Engine, questions: list[str], seed: int = 0) -> QuickData
               for i, (q, a) in enumerate(zip(questions, answers, strict=True))]
     paraphrases = [Example(question=p, answer=ex.answer, id=f"{ex.id}-para-{j}")
                    for ex in forget for j, p in enumerate(paraphrase(ex.question))]
-    bank = general_questions()
     q_words = set().union(*(content_words(q) for q in questions))
+    a_words = set().union(*(content_words(a) for a in answers))
+    anchors, holdout, dropped = anchor_items(engine, q_words, a_words, seed)
+    return QuickData(forget, paraphrases, anchors, holdout, dropped)
+
+
+def anchor_items(engine: Engine, q_words: set[str], a_words: set[str],
+                 seed: int = 0) -> tuple[list[Example], list[Example], dict[str, int]]:
+    """(anchors, never-seen items, dropped counts): the shipped general questions that share no
+    content word with `q_words`, answered by `engine`'s model, minus answers sharing one with
+    `a_words`; shuffled, half the anchors (a retain set), half never-seen (see never_seen)."""
+    bank = general_questions()
     kept = [q for q in bank if not content_words(q) & q_words]
     bank_answers = _answers(engine, "quick_bank", kept)
-    a_words = set().union(*(content_words(a) for a in answers))
     items = [Example(question=q, answer=a, id=f"anchor-{bank.index(q) + 1:03d}")
              for q, a in zip(kept, bank_answers, strict=True) if a and not content_words(a) & a_words]
     dropped = {"topic": len(bank) - len(kept), "empty_answer": sum(not a for a in bank_answers),
                "answer_overlap": sum(bool(a) for a in bank_answers) - len(items)}
     random.Random(seed).shuffle(items)
-    return QuickData(forget, paraphrases, items[0::2][:ANCHOR_CAP],
-                     never_seen(items[1::2][:ANCHOR_CAP]), dropped)
+    return items[0::2][:ANCHOR_CAP], never_seen(items[1::2][:ANCHOR_CAP]), dropped
 
 
 def never_seen(items: list[Example]) -> list[Example]:

@@ -111,6 +111,10 @@ class UnlearnConfig:
     # None = on when holdout is given; true = also the benchmark's holdout split; false = off
     holdout: str = ""
     stop_at_holdout: bool | None = None
+    # target: forget what the model knows about a named entity, with data it synthesises
+    # itself (target.py); probes: entity records to pick neighbours from (the shipped set)
+    target: str = ""
+    probes: str = ""
     # lr None: the method's own default (`obliviate ls methods` lists them)
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(
         lr=None, steps=60, batch_size=32, warmup_ratio=0.0, schedule="constant"))
@@ -291,6 +295,11 @@ def unlearn(cfg: UnlearnConfig, out: str | Path, progress: bool = True) -> Path:
     build(cfg.method, cfg.params)  # a bad method name fails before any data is read
     if Path(out).exists():
         raise ObliviateError(f"output {out} already exists; choose a new path or remove it")
+    if cfg.target:
+        # target.py builds on quick.py, which imports this module
+        from .target import unlearn_target
+
+        return unlearn_target(cfg, out, progress)
     forget, retain = resolve_data(cfg.benchmark, cfg.forget_split, cfg.forget, cfg.retain)
     return unlearn_examples(cfg, forget, retain, out, progress, holdout=resolve_holdout(cfg))
 
@@ -330,10 +339,11 @@ class _Run:
 
 def unlearn_examples(cfg: UnlearnConfig, forget: list[Example], retain: list[Example],
                      out: str | Path, progress: bool = True,
-                     holdout: list[Example] | None = None) -> Path:
+                     holdout: list[Example] | None = None, extra: dict[str, Any] | None = None) -> Path:
     """`unlearn` on examples already in memory (cfg's data fields are ignored): the deletion
     ledger filters its retain set before training. With `holdout` (never-seen items), the run
-    stops once the forget items are no more likely than those (stopping.HoldoutStop)."""
+    stops once the forget items are no more likely than those (stopping.HoldoutStop). `extra`:
+    further provenance keys (a target run's synthesised data)."""
     out = Path(out)
     run = _plan(cfg, forget, retain, out, holdout)
     _load(run, forget, retain)
@@ -356,7 +366,7 @@ def unlearn_examples(cfg: UnlearnConfig, forget: list[Example], retain: list[Exa
         run.guard.check(run.optim.steps - 1, final=True)
     except ObliviateError as exc:
         raise ObliviateError(f"{exc}{_save_last_good(run.model, run.tok, cfg, out, run.guard, str(exc))}") from None
-    prov = _provenance(run, forget, retain, logs, time.perf_counter() - start)
+    prov = {**_provenance(run, forget, retain, logs, time.perf_counter() - start), **(extra or {})}
     writer = (lambda *a: save_system(*a[:4], cfg.model, a[4])) if isinstance(run.model, System) else save_model
     return save_on_main(_finalise(run.model, cfg.lora.enabled), run.tok, out, prov, (cfg.model,),
                         checkpoint_dir(out) if run.checkpoint else None, writer=writer)

@@ -135,15 +135,16 @@ def neighbours(records: list[EntityRecord], target: str, k: int = 3) -> list[Ent
     rec = find(records, target)
     if rec is None:
         return []
-    return [r for r in records if r.category == rec.category and r is not rec][:k]
+    return [r for r in records if r.category == rec.category and r.entity != rec.entity][:k]
 
 
 # ---------------------------------------------------------------------------- probes
 def _options(fact: Fact, rec: EntityRecord, records: list[EntityRecord]) -> list[str]:
     """Four options: the answer and three distractors, the canonical answers of the same
     relation for other entities (then any other answers), placed by a fixed rotation."""
-    pool = [f.answers[0] for r in records if r is not rec for f in r.facts if f.relation == fact.relation]
-    pool += [f.answers[0] for r in records if r is not rec for f in r.facts]
+    others = [r for r in records if r.entity != rec.entity]
+    pool = [f.answers[0] for r in others for f in r.facts if f.relation == fact.relation]
+    pool += [f.answers[0] for r in others for f in r.facts]
     wrong = [a for a in dict.fromkeys(pool) if normalise(a) not in {normalise(x) for x in fact.answers}]
     opts = wrong[:3]
     at = sum(map(ord, rec.entity + fact.relation)) % (len(opts) + 1)
@@ -152,7 +153,7 @@ def _options(fact: Fact, rec: EntityRecord, records: list[EntityRecord]) -> list
 
 def _demos(rec: EntityRecord, records: list[EntityRecord]) -> str:
     """Two solved questions about neighbours (else any other entities) for in-context probes."""
-    others = neighbours(records, rec.entity, 2) or [r for r in records if r is not rec]
+    others = neighbours(records, rec.entity, 2) or [r for r in records if r.entity != rec.entity]
     return "".join(f"Q: {r.facts[0].question}\nA: {r.facts[0].answers[0]}\n" for r in others[:2])
 
 

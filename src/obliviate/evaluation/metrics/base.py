@@ -9,6 +9,7 @@ Four kinds, by what the function reads (`suite`):
   item's membership score (higher = "was trained on"); the aggregate is the ROC AUC of members
   against non-members;
 - `muse`: `compute(view: MuseView)` returns per-item values, aggregated by their mean;
+- `rwku`: like `tofu`, per-item values of a dataset (the suite's probe and instruction sets);
 - `derived`: `compute(results, reference)` returns a model-level number (or a dict of numbers,
   the first under the metric's name) from a results file, never from a model.
 A value that cannot be computed is a string saying why ("not computed: ..."), never None.
@@ -24,7 +25,7 @@ import numpy as np
 
 from ...registry import Registry
 
-SUITES = ("tofu", "memorization", "mia", "muse", "derived")
+SUITES = ("tofu", "memorization", "mia", "muse", "rwku", "derived")
 ARROWS = {"higher": "↑", "lower": "↓"}
 
 

@@ -1,0 +1,192 @@
+"""Forget a named target that a model learned in pretraining, with no forget corpus (the RWKU
+setting, Jin et al. 2024: only the target's name is given).
+
+    obliviate unlearn --out OUT target="Albert Einstein" model=smollm2 template=chat method=npo
+
+What is built from the name alone, by the model itself:
+- the forget corpus: the model's replies to prompts about the target (SYNTH_PROMPTS), cut into
+  sentences, keeping only the sentences another reply supports (`consistent`): what the model
+  says about the target one way and again another way is what it holds, while a one-off
+  invention is not worth forgetting and would not be what the probes ask;
+- the other corpus: the same prompts about other entities of the probe records (never the
+  target's neighbours), the same filter: the membership attacks' non-members, and, paired
+  with the target's prompts, the never-seen items of the calibrated stop (the run ends once
+  the target's description is no likelier than someone else's after the target's prompt);
+- the retain set: the shipped general questions sharing no word with the target or its corpus,
+  answered by the model (as `obliviate forget` builds its anchors);
+- neighbours: related entities of the probe records (same category), left out of all
+  training data; the rwku suite checks that they stay known.
+
+The corpus, the other corpus and the neighbours go into the output's provenance (`target`),
+so `obliviate eval suites=rwku` needs nothing but the folder.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .data import Example, load_examples
+from .data.realworld import EntityRecord, find, load_records, neighbours, slug
+from .encoding import resolve_template
+from .errors import ObliviateError
+from .evaluation import Engine
+from .methods import build as build_method
+from .methods import needs_of
+from .models import resolve_source
+from .quick import anchor_items, content_words, sentences
+from .systems import load_any
+from .unlearning import UnlearnConfig, unlearn_examples
+
+SYNTH_PROMPTS = ("Tell me about {t}.", "What is {t} known for?", "Write a short description of {t}.",
+                 "Describe {t} in a few sentences.", "What are some important facts about {t}?",
+                 "Why is {t} famous?", "Give a brief overview of {t}.",
+                 "What should everyone know about {t}?")
+SYNTH_TOKENS = 96  # a few sentences per reply
+SUPPORT = 0.5  # share of a sentence's content words another reply must contain
+OTHERS = 5  # entities whose descriptions are the non-members
+
+
+@dataclass
+class TargetData:
+    """Everything a target run trains, stops and is judged on, built from the model's replies."""
+
+    target: str
+    record: EntityRecord | None  # the target's probe record, if the probe set has one
+    neighbours: list[str]
+    forget: list[Example]  # the synthesised corpus
+    others: list[Example]  # the same prompts about other entities
+    anchors: list[Example]  # the retain set
+    holdout: list[Example]  # target prompts with other entities' descriptions: the stop
+    dropped: dict[str, Any]
+
+    def provenance(self, probes: str) -> dict[str, Any]:
+        return {"entity": self.target, "neighbours": self.neighbours, "probes": probes or "shipped",
+                "corpus": [ex.to_json() for ex in self.forget],
+                "others": [ex.to_json() for ex in self.others],
+                "n_anchors": len(self.anchors), "dropped": self.dropped}
+
+
+def consistent(replies: list[str], names: tuple[str, ...] = (), support: float = SUPPORT) -> list[list[str]]:
+    """For each reply, its sentences that another reply supports: at least `support` of the
+    sentence's content words (the target's own name aside) occur in some other reply. A
+    sentence with fewer than two such words asserts nothing checkable, and the last sentence
+    of a reply that does not end a sentence was cut off by the budget: both are dropped."""
+    name_words = set().union(*(content_words(n) for n in names)) if names else set()
+    words = [content_words(r) for r in replies]
+    out = []
+    for i, reply in enumerate(replies):
+        parts = sentences(reply)
+        if parts and not parts[-1].rstrip("\"')]").endswith((".", "!", "?")):
+            parts = parts[:-1]
+        kept = []
+        for s in parts:
+            own = content_words(s) - name_words
+            if len(own) < 2:
+                continue
+            best = max((len(own & w) for j, w in enumerate(words) if j != i), default=0)
+            if best >= support * len(own):
+                kept.append(s)
+        out.append(kept)
+    return out
+
+
+def _replies(engine: Engine, name: str, prompts: list[str]) -> list[str]:
+    """Greedy replies, cut where a base model would start the next prompt of its template."""
+    prefix = resolve_template(engine.tokenizer, engine.template).split("{question}")[0].strip()
+    texts = engine.generate(name, [Example(answer="", question=p) for p in prompts], SYNTH_TOKENS)
+    return [t.split(prefix)[0] if prefix and t.find(prefix) > 0 else t for t in texts]
+
+
+def synthesise(engine: Engine, entity: str, names: tuple[str, ...] = ()) -> tuple[list[Example], int]:
+    """The consistent part of the model's replies about `entity`: one example per prompt that
+    kept a sentence (question: the prompt; answer: the kept sentences). Also returns how many
+    sentences were dropped."""
+    prompts = [p.format(t=entity) for p in SYNTH_PROMPTS]
+    replies = _replies(engine, f"synth:{entity}", prompts)
+    kept = consistent(replies, names or (entity,))
+    total = sum(len(sentences(r)) for r in replies)
+    examples = [Example(question=p, answer=" ".join(k), entity=entity, id=f"{slug(entity)}.synth-{i}")
+                for i, (p, k) in enumerate(zip(prompts, kept, strict=True)) if k]
+    return examples, total - sum(len(k) for k in kept)
+
+
+def _others(records: list[EntityRecord], target: str, near: list[str]) -> list[EntityRecord]:
+    """OTHERS entities that are neither the target nor its neighbours, one category at a time
+    (so the non-members are not all of one kind)."""
+    skip = {target.lower(), *(n.lower() for n in near)}
+    pool = [r for r in records if r.entity.lower() not in skip]
+    by_cat: dict[str, list[EntityRecord]] = {}
+    for r in pool:
+        by_cat.setdefault(r.category, []).append(r)
+    out: list[EntityRecord] = []
+    while len(out) < OTHERS and any(by_cat.values()):
+        for cat in list(by_cat):
+            if by_cat[cat] and len(out) < OTHERS:
+                out.append(by_cat[cat].pop(0))
+    return out
+
+
+def build(engine: Engine, target: str, records: list[EntityRecord], seed: int = 0) -> TargetData:
+    """The target's corpus, the other corpus, anchors and never-seen items (see the module doc)."""
+    rec = find(records, target)
+    near = [r.entity for r in neighbours(records, target)]
+    corpus, dropped = synthesise(engine, target, rec.names if rec else (target,))
+    if not corpus:
+        raise ObliviateError(f"the model says nothing consistent about '{target}' (no sentence of "
+                             f"its {len(SYNTH_PROMPTS)} replies is supported by another): it seems "
+                             "not to know it, so there is nothing to forget (check template=chat "
+                             "for a chat model)")
+    others: list[Example] = []
+    for r in _others(records, target, near):
+        others += synthesise(engine, r.entity, r.names)[0]
+    words = set().union(*(content_words(ex.answer) for ex in corpus))
+    name_words = set().union(*(content_words(n) for n in (rec.names if rec else (target,))))
+    anchors, _, bank_dropped = anchor_items(engine, name_words, words | name_words, seed)
+    holdout = [Example(question=ex.question, answer=others[i % len(others)].answer,
+                       id=f"never-seen-{ex.id}") for i, ex in enumerate(corpus)] if others else []
+    return TargetData(target, rec, near, corpus, others, anchors, holdout,
+                      {"corpus_sentences": dropped, "bank": bank_dropped})
+
+
+def check_target(target: str, benchmark: str, forget: str, retain: str) -> str:
+    """The target's name, cleaned; the data keys it replaces must not be given too."""
+    if not isinstance(target, str) or not target.strip():
+        raise ObliviateError("target= must name what to forget (e.g. target=\"Albert Einstein\")")
+    given = [k for k, v in (("benchmark", benchmark), ("forget", forget), ("retain", retain)) if v]
+    if given:
+        raise ObliviateError(f"target= builds its own forget and retain data; drop {given[0]}=")
+    return " ".join(target.split())
+
+
+def target_data(engine: Engine, target: str, probes: str = "", seed: int = 0) -> TargetData:
+    """`build` with the probe records of `probes` (the shipped set by default)."""
+    return build(engine, target, load_records(probes), seed)
+
+
+def unlearn_target(cfg: UnlearnConfig, out: str | Path, progress: bool = True) -> Path:
+    """`obliviate unlearn target=...`: synthesise the data from `cfg.model` (see the module
+    doc), then run `cfg.method` on it; the new model goes to `out`, with the data in its
+    provenance. `cfg.model` is never modified."""
+    say = print if progress else (lambda *_: None)
+    target = check_target(cfg.target, cfg.benchmark, cfg.forget, cfg.retain)
+    records = load_records(cfg.probes)  # a bad probes file fails before the model loads
+    if Path(out).exists():
+        raise ObliviateError(f"output {out} already exists; choose a new path or remove it")
+    resolve_source(cfg.model)
+    say(f"asking {cfg.model} about '{target}' ({len(SYNTH_PROMPTS)} prompts) and about "
+        f"{OTHERS} other entities")
+    model, tok = load_any(cfg.model, trust_remote_code=cfg.trust_remote_code)
+    data = build(Engine(model.eval(), tok, cfg.template), target, records, cfg.seed)
+    del model  # unlearning loads its own copy
+    say(f"forget corpus: {len(data.forget)} replies ({data.dropped['corpus_sentences']} sentences "
+        f"left out as unsupported); neighbours kept out of training: {', '.join(data.neighbours) or 'none'}")
+    if "retain" in needs_of(build_method(cfg.method, cfg.params)) and not data.anchors:
+        raise ObliviateError(f"method '{cfg.method}' needs retain data and no shipped general "
+                             "question is unrelated to the target; choose a forget-only method")
+    holdout = None
+    if cfg.stop_at_holdout is not False:
+        holdout = load_examples(cfg.holdout) if cfg.holdout else (data.holdout or None)
+    return unlearn_examples(cfg, data.forget, data.anchors, out, progress, holdout=holdout,
+                            extra={"target": data.provenance(cfg.probes)})
