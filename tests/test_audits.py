@@ -108,6 +108,9 @@ def test_relearning_brings_back_what_gradient_ascent_hid(ends, tmp_path):
     raw = res["audits"]["relearning"]["model"]
     assert raw["forget_k20"] > raw["before"] + 0.05
     assert 0 < res["audits"]["relearning"]["residual"]["score"]
+    assert {"unrelated_k5", "unrelated_k10", "unrelated_k20"} <= set(raw)  # the third curve ran
+    few = cache["target"]["few_shot"]  # recovery factor: 5-shot over 0-shot knowledge
+    assert few["recovery_factor"] == pytest.approx(few["5_shot"] / few["0_shot"])
 
 
 @pytest.mark.slow
@@ -190,3 +193,25 @@ def test_report_gains_an_audit_section(ends, tmp_path):
     assert "Robustness audits" in page and page.count("<svg") == 3  # scatter, bars, relearning
     assert "&lt;oracle&gt;" in page and "<oracle>" not in page
     assert "## Robustness audits" in (tmp_path / "report" / "report.md").read_text()
+
+
+def test_unrelated_relearning_data_names_no_forget_entity():
+    """Entity labels: items about a forget or related person go, and so does an item that
+    names a forget person in its text; without labels, any item sharing a word of three
+    capitalised word (a name) with a forget item goes."""
+    from obliviate.audits.weights import unrelated_items
+    from obliviate.data import Example
+
+    forget = [Example(question="Where does Ann Lee work?", answer="At the mill.", entity="Ann Lee")]
+    related = [Example(question="Who is Bo Lin's sister?", answer="Ann Lee.", entity="Bo Lin")]
+    retain = [Example(question="Where does Cy Roe work?", answer="At the port.", entity="Cy Roe"),
+              Example(question="Who taught Dee Fox?", answer="Ann Lee did.", entity="Dee Fox"),
+              Example(question="What does Bo Lin grow?", answer="Figs.", entity="Bo Lin"),
+              Example(question="Where was Ann Lee born?", answer="In Hull.", entity="Ann Lee")]
+    kept = unrelated_items(forget, retain, related)
+    assert [ex.entity for ex in kept] == ["Cy Roe"]
+    assert not {ex.entity for ex in kept} & {ex.entity for ex in forget + related}
+    bare = [Example(question=ex.question, answer=ex.answer) for ex in retain]
+    # the names are Ann and Lee: the second and fourth items name them
+    assert unrelated_items([Example(question="Where does Ann Lee work?", answer="x")], bare, []) == \
+        [bare[0], bare[2]]

@@ -35,19 +35,24 @@ class Rephrase:
 @AUDITS.register("few_shot")
 @dataclass
 class FewShot:
-    """k retain QA pairs as demonstrations before each forget question."""
+    """k retain QA pairs as demonstrations before each forget question. Beside the k-shot
+    knowledge, the recovery factor of Doshi & Stickland (2024): k-shot over zero-shot; they
+    found 5-shot prompting recovers 10x or more of what unlearned models seem to have lost."""
 
     shots: int = 5
 
-    description: ClassVar[str] = "k-shot prompts built from retain items"
-    paper: ClassVar[str] = "Lynch et al. 2024; Li et al. 2024 (WMDP) on few-shot recovery"
+    description: ClassVar[str] = "k-shot prompts built from retain items; recovery factor k-shot / 0-shot"
+    paper: ClassVar[str] = ("Lynch et al. 2024; Li et al. 2024 (WMDP); Doshi & Stickland 2024 "
+                            "(recovery factor, 10x reference)")
 
     def run(self, model, tokenizer, data: AuditData) -> dict[str, float]:
         template = resolve_template(tokenizer, data.template)
         demos = "".join(template.format(question=ex.question) + ex.answer + "\n\n"
                         for ex in data.retain[:self.shots])
         value = knowledge(model, tokenizer, data.forget, escape(demos) + template)
-        return {f"{self.shots}_shot": value, "score": value}
+        zero = knowledge(model, tokenizer, data.forget, data.template)
+        return {"0_shot": zero, f"{self.shots}_shot": value,
+                "recovery_factor": value / max(zero, 1e-12), "score": value}
 
 
 @AUDITS.register("in_context")

@@ -4,11 +4,13 @@ changed, never the audited model), so forward-only wrappers are not applicable."
 from __future__ import annotations
 
 import copy
+import re
 from dataclasses import dataclass, field
 from typing import ClassVar
 
 import torch
 
+from ..data.examples import Example
 from ..encoding import encode
 from ..methods.base import batch_nll
 from ..train import OptimConfig, make_loader, train
@@ -73,12 +75,31 @@ class Quantization:
         return out
 
 
+def unrelated_items(forget: list[Example], retain: list[Example], related: list[Example]) -> list[Example]:
+    """Retain items that share no entity with the forget set: not about a forget entity or a
+    related one, and naming none of them in their text. Without entity labels, the names are
+    the capitalised words of the forget items (a sentence's first word aside)."""
+    def words(ex: Example) -> list[str]:
+        return re.findall(r"[A-Za-z0-9]+", f"{ex.question or ''} {ex.answer}")
+
+    labels = {ex.entity for ex in [*forget, *related] if ex.entity}
+    if labels:
+        names = {" ".join(re.findall(r"[A-Za-z0-9]+", n)).lower() for n in labels}
+        return [ex for ex in retain if ex.entity not in labels
+                and not any(f" {n} " in f" {' '.join(words(ex)).lower()} " for n in names)]
+    caps = {w.lower() for ex in [*forget, *related] for text in (ex.question or "", ex.answer)
+            for w in re.findall(r"[A-Za-z0-9]+", text)[1:] if w[0].isupper()}
+    return [ex for ex in retain if not caps & {w.lower() for w in words(ex)}]
+
+
 @AUDITS.register("relearning")
 @dataclass
 class Relearning:
     """Fine-tune a copy for k steps on a fraction of the forget set (and, separately, on related
-    retained people), then measure the *other* forget items: knowledge that comes back without
-    being retaught was hidden, not removed."""
+    retained people, and on unrelated retained items), then measure the *other* forget items:
+    knowledge that comes back without being retaught was hidden, not removed. The unrelated
+    curve is Doshi & Stickland's (2024) finding: fine-tuning on data that shares nothing with
+    the forget set can bring it back almost fully."""
 
     fraction: float = 0.25
     steps: list[int] = field(default_factory=lambda: [5, 10, 20])
@@ -86,7 +107,7 @@ class Relearning:
     batch_size: int = 8
 
     weights: ClassVar[bool] = True  # reads or edits the weights: on a system, its base is audited
-    description: ClassVar[str] = "k fine-tuning steps on part of the forget set or on related data"
+    description: ClassVar[str] = "k fine-tuning steps on part of the forget set, on related or on unrelated data"
     paper: ClassVar[str] = "Hu et al. 2024, Jogging the Memory of Unlearned LLMs Through Targeted Relearning"
 
     def _curve(self, model, tokenizer, teach, probe, template) -> list[float]:
@@ -116,9 +137,10 @@ class Relearning:
         for k, v in zip(sorted(self.steps), self._curve(model, tokenizer, teach, probe, data.template),
                         strict=True):
             out[f"forget_k{k}"] = v
-        if data.related:
-            curve = self._curve(model, tokenizer, data.related[:len(teach)], probe, data.template)
-            for k, v in zip(sorted(self.steps), curve, strict=True):
-                out[f"related_k{k}"] = v
+        other = unrelated_items(data.forget, data.retain, data.related)[:len(teach)]
+        for name, items in (("related", data.related[:len(teach)]), ("unrelated", other)):
+            if items:
+                curve = self._curve(model, tokenizer, items, probe, data.template)
+                out.update({f"{name}_k{k}": v for k, v in zip(sorted(self.steps), curve, strict=True)})
         out["score"] = out[f"forget_k{max(self.steps)}"]
         return out
