@@ -169,19 +169,29 @@ def unlearn_target(cfg: UnlearnConfig, out: str | Path, progress: bool = True) -
     """`obliviate unlearn target=...`: synthesise the data from `cfg.model` (see the module
     doc), then run `cfg.method` on it; the new model goes to `out`, with the data in its
     provenance. `cfg.model` is never modified."""
+    if Path(out).exists():
+        raise ObliviateError(f"output {out} already exists; choose a new path or remove it")
+    return run_target(cfg, synthesise_for(cfg, progress), out, progress)
+
+
+def synthesise_for(cfg: UnlearnConfig, progress: bool = True) -> TargetData:
+    """The target run's data, built from `cfg.model`'s replies (checks first, then one load)."""
     say = print if progress else (lambda *_: None)
     target = check_target(cfg.target, cfg.benchmark, cfg.forget, cfg.retain)
     records = load_records(cfg.probes)  # a bad probes file fails before the model loads
-    if Path(out).exists():
-        raise ObliviateError(f"output {out} already exists; choose a new path or remove it")
     resolve_source(cfg.model)
     say(f"asking {cfg.model} about '{target}' ({len(SYNTH_PROMPTS)} prompts) and about "
         f"{OTHERS} other entities")
     model, tok = load_any(cfg.model, trust_remote_code=cfg.trust_remote_code)
     data = build(Engine(model.eval(), tok, cfg.template), target, records, cfg.seed)
-    del model  # unlearning loads its own copy
     say(f"forget corpus: {len(data.forget)} replies ({data.dropped['corpus_sentences']} sentences "
         f"left out as unsupported); neighbours kept out of training: {', '.join(data.neighbours) or 'none'}")
+    return data
+
+
+def run_target(cfg: UnlearnConfig, data: TargetData, out: str | Path, progress: bool = True) -> Path:
+    """Unlearn `data` (from `synthesise_for`) with `cfg`'s method: a benchmark comparing
+    methods on one target synthesises once."""
     if "retain" in needs_of(build_method(cfg.method, cfg.params)) and not data.anchors:
         raise ObliviateError(f"method '{cfg.method}' needs retain data and no shipped general "
                              "question is unrelated to the target; choose a forget-only method")
