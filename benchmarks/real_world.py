@@ -28,12 +28,15 @@ from pathlib import Path
 from provenance import line, provenance
 
 from obliviate.api import EvalConfig, evaluate
+from obliviate.config import from_dict, merge
 from obliviate.data import Example
 from obliviate.data.realworld import find, knows, load_records, neighbours, probes, slug
 from obliviate.encoding import encode
 from obliviate.evaluation import Engine
 from obliviate.methods.base import batch_nll
+from obliviate.models import read_provenance
 from obliviate.systems import load_any
+from obliviate.target import DEFAULTS as TARGET_DEFAULTS
 from obliviate.target import run_target, synthesise_for
 from obliviate.train import OptimConfig, make_loader, train
 from obliviate.unlearning import UnlearnConfig
@@ -53,12 +56,12 @@ def unlearn_all(target: str, methods: list[str], steps: int) -> dict[str, Path]:
     todo = [m for m in methods if not outs[m].exists()]
     if not todo:
         return outs
-    base = UnlearnConfig(model="smollm2", target=target, template="chat", stop_at_holdout=False)
-    data = synthesise_for(base)
+    data = synthesise_for(UnlearnConfig(model="smollm2", target=target, template="chat"))
     for m in todo:
-        cfg = UnlearnConfig(model="smollm2", target=target, template="chat", method=m,
-                            stop_at_holdout=False, optim=OptimConfig(
-                                lr=None, steps=steps, batch_size=8, warmup_ratio=0.0, schedule="constant"))
+        # the command's own settings for target runs: the calibrated stop, checked every step
+        cfg = from_dict(UnlearnConfig, merge(TARGET_DEFAULTS, {
+            "model": "smollm2", "target": target, "template": "chat", "method": m,
+            "optim": {"steps": steps, "batch_size": 8}}))
         start = time.perf_counter()
         run_target(cfg, data, outs[m], progress=False)
         (outs[m] / "bench_seconds.json").write_text(json.dumps({"seconds": time.perf_counter() - start}))
@@ -137,9 +140,12 @@ def main() -> None:
         for name, model in [("base", "smollm2"), *((m, str(outs[m])) for m in methods)]:
             res = rwku(model, target, first, name)
             rec = recovery(model, target, name)
-            secs = (json.loads((outs[name] / "bench_seconds.json").read_text())["seconds"]
-                    if name in outs else None)
-            rows.append({"target": target, "model": name, "rwku": res, "recovery": rec, "seconds": secs})
+            secs, steps = None, None
+            if name in outs:
+                secs = json.loads((outs[name] / "bench_seconds.json").read_text())["seconds"]
+                steps = read_provenance(outs[name])["steps_run"]
+            rows.append({"target": target, "model": name, "rwku": res, "recovery": rec,
+                         "seconds": secs, "steps": steps})
             print(f"{target} / {name}: done ({time.perf_counter() - start:.0f} s so far)", flush=True)
     write(rows, args, time.perf_counter() - start)
 
@@ -162,8 +168,10 @@ def write(rows: list[dict], args, seconds: float) -> None:
     md = ["# Real-world target unlearning on SmolLM2-135M-Instruct (RWKU setting)", "",
           f"No forget corpus: for each target the model wrote its own (8 prompts, sentences kept "
           f"only where another reply supports them), and each method unlearned it with full "
-          f"weights, the chat template, its default learning rate and {args.steps} steps of "
-          "batch 8. Probe accuracy: the share of probes whose greedy reply holds an accepted "
+          f"weights, the chat template and `obliviate unlearn target=`'s own settings: its default "
+          f"learning rate reached by a warm-up over the run, at most {args.steps} steps of batch "
+          "8, and the calibrated stop (checked every step: the target's replies no likelier than "
+          "other entities' replies after the target's prompts). Probe accuracy: the share of probes whose greedy reply holds an accepted "
           "answer. Forget: the target's fill-in-the-blank and question probes (adversarial: the "
           "mean over the adversarial kinds); neighbours: related entities of the same category; "
           "others: every other entity's questions; fluency: n-gram entropy of replies to 12 open "
@@ -173,12 +181,12 @@ def write(rows: list[dict], args, seconds: float) -> None:
           f"{RELEARN['steps']} fine-tuning steps (lr {RELEARN['lr']:g}, batch {RELEARN['batch']}) "
           "on facts about other entities only (no target, no neighbour).", ""]
     head = ("| target | model | forget FB+QA | forget adversarial | neighbours | others QA | fluency "
-            "| MIA AUC | QA 0-shot | QA 5-shot | recovery factor | QA after unrelated relearning | unlearn s |")
+            "| MIA AUC | QA 0-shot | QA 5-shot | recovery factor | QA after unrelated relearning | unlearn s (steps) |")
     md += [head, "|" + "---|" * 13]
     for r in rows:
         m, d, rec = r["rwku"]["metrics"], r["rwku"]["datasets"], r["recovery"]
         mia = d.get("rwku_mia", {}).get("aggregate", {}).get("auc_loss")
-        secs = "" if r["seconds"] is None else f"{r['seconds']:.0f}"
+        secs = "" if r["seconds"] is None else f"{r['seconds']:.0f} ({r['steps']} steps)"
         md.append(f"| {r['target']} | {r['model']} | {_f(m.get('rwku_forget'))} | "
                   f"{_f(m.get('rwku_forget_adversarial'))} | {_f(m.get('rwku_neighbour'))} | "
                   f"{_f(d['rwku_utility_qa']['aggregate']['probe_accuracy'])} | "

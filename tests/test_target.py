@@ -139,3 +139,20 @@ def test_cli_target_errors_are_one_line(world, tmp_path, capsys):
     rc = main(["eval", "--out", str(tmp_path / "r.json"), f"model={world / 'model'}", "suites=[rwku]"])
     err = capsys.readouterr().err.strip()
     assert rc != 0 and "needs the target" in err and len(err.splitlines()) == 1
+
+
+def test_generating_sets_together_gives_each_set_its_own_generations(world):
+    """Batched with other sets (other padding), each set's greedy replies are the same as when
+    it is generated alone, and each is cached under its own name."""
+    from obliviate.evaluation import Engine
+    from obliviate.models import load_model
+
+    model, tok = load_model(world / "model")
+    recs = load_records(world / "people.jsonl")
+    sets = {r.entity: probes(r, recs, ("qa", "in_context")) for r in recs[:4]}
+    together = Engine(model.eval(), tok, batch_size=5)
+    together.generate_together(sets, 12)
+    alone = Engine(model, tok, batch_size=5)
+    for name, items in sets.items():
+        assert (name, 12) in together._gens
+        assert together.generate(name, items, 12) == alone.generate(name, items, 12)

@@ -55,8 +55,11 @@ def _cmd_finetune(args) -> None:
 
 def _cmd_unlearn(args) -> None:
     from .api import UnlearnConfig, unlearn
+    from .target import DEFAULTS as TARGET_DEFAULTS
 
     cfg = load_config(UnlearnConfig, args.config, args.overrides)
+    if cfg.target:  # a pretrained model and no oracle: the calibrated stop, checked every step
+        cfg = load_config(UnlearnConfig, args.config, args.overrides, defaults=TARGET_DEFAULTS)
     check_output(args.out, {"model": cfg.model, "benchmark": cfg.benchmark, "forget data": cfg.forget,
                             "retain data": cfg.retain, "holdout data": cfg.holdout,
                             "probe records": cfg.probes, "config": args.config}, kind="dir")

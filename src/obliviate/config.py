@@ -195,8 +195,10 @@ def merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def load_config(cls: type[C], path: str | Path | None = None, overrides: list[str] = ()) -> C:
-    """Defaults <- YAML file <- dotted overrides, validated into dataclass `cls`."""
+def load_config(cls: type[C], path: str | Path | None = None, overrides: list[str] = (),
+                defaults: dict[str, Any] | None = None) -> C:
+    """Defaults (the class's, then `defaults`) <- YAML file <- dotted overrides, validated into
+    dataclass `cls`."""
     data: dict[str, Any] = {}
     if path is not None:
         path = Path(path)
@@ -215,7 +217,7 @@ def load_config(cls: type[C], path: str | Path | None = None, overrides: list[st
         if not isinstance(loaded, dict):
             raise ObliviateError(f"config file {path} must hold a mapping at the top level")
         data = loaded
-    data = merge(data, parse_overrides(list(overrides)))
+    data = merge(merge(defaults or {}, data), parse_overrides(list(overrides)))
     return from_dict(cls, data)
 
 

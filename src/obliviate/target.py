@@ -35,6 +35,7 @@ from .evaluation import Engine
 from .methods import build as build_method
 from .methods import needs_of
 from .models import resolve_source
+from .quick import DEFAULTS as QUICK_DEFAULTS
 from .quick import anchor_items, content_words, sentences
 from .systems import load_any
 from .unlearning import UnlearnConfig, unlearn_examples
@@ -46,6 +47,13 @@ SYNTH_PROMPTS = ("Tell me about {t}.", "What is {t} known for?", "Write a short 
 SYNTH_TOKENS = 96  # a few sentences per reply
 SUPPORT = 0.5  # share of a sentence's content words another reply must contain
 OTHERS = 5  # entities whose descriptions are the non-members
+# `obliviate unlearn target=...` starts from `obliviate forget`'s run settings: the calibrated
+# stop (on by default here: the never-seen items are built) checked every step, and the
+# learning rate rising over the run, so a pretrained model gets about the smallest update that
+# forgets instead of a fixed budget tuned on tiny models (SmolLM2-135M-Instruct, NPO at its
+# default lr for a fixed 20 steps: the target's probes 1.00 -> 0.00, but its neighbours'
+# 0.86 -> 0.29 and other entities' 0.85 -> 0.51)
+DEFAULTS = {**QUICK_DEFAULTS, "optim": {**QUICK_DEFAULTS["optim"], "steps": 30}}
 
 
 @dataclass

@@ -190,6 +190,21 @@ class Engine:
                    for ex in examples]
         return self.complete(name, prompts, max_new_tokens)
 
+    def generate_together(self, named: dict[str, list[Example]], max_new_tokens: int = 48) -> None:
+        """Generate for several datasets in shared batches, each cached under its own name: many
+        small sets (a probe set per kind) then cost one decoding loop per full batch instead of
+        one per set."""
+        todo = {n: exs for n, exs in named.items() if (n, max_new_tokens) not in self._gens and exs}
+        if len(todo) < 2:
+            return
+        prompts = [prompt_text(ex.question, self.template, self.tokenizer) if not ex.is_text else ""
+                   for exs in todo.values() for ex in exs]
+        texts = self.complete("\x00together:" + "\x00".join(todo), prompts, max_new_tokens)
+        start = 0
+        for n, exs in todo.items():
+            self._gens[(n, max_new_tokens)] = texts[start:start + len(exs)]
+            start += len(exs)
+
     @torch.no_grad()
     def complete(self, name: str, prompts: list[str], max_new_tokens: int = 48) -> list[str]:
         """Greedy continuations of raw prompts, batched and left-padded, cached under `name`."""

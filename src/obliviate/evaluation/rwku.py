@@ -98,6 +98,8 @@ def plan(target: str, probes_file: str, model: str, run: str = "") -> RwkuPlan:
 
 def evaluate_rwku(engine: Engine, p: RwkuPlan, k: float = 0.4) -> dict[str, dict[str, Any]]:
     """Every rwku dataset's results (see the module doc)."""
+    engine.generate_together({es.name: es.examples for es in p.sets if es.name != "rwku_fluency"},
+                             PROBE_TOKENS)
     out = {es.name: evaluate_set(engine, es, FLUENCY_TOKENS if es.name == "rwku_fluency"
                                  else PROBE_TOKENS, suite="rwku") for es in p.sets}
     if p.corpus and p.others:
