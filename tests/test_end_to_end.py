@@ -58,6 +58,23 @@ def test_oracle_matches_itself_and_never_learned_the_forget_set(run):
     assert oracle["metrics"]["forget_prob"] < 0.2 < oracle["metrics"]["retain_prob"]
 
 
+def test_dependent_queries_are_reported_beside_and_left_out_of_model_numbers(run):
+    """The benchmark's dependent sets are evaluated (the oracle never learned the forget
+    people, so their facts asked through a retained spouse or mentor stay unlikely for it)
+    and enter neither forget quality nor model utility."""
+    from obliviate.evaluation import derive
+
+    root, _ = run
+    target, oracle = (load_results(root / f"{n}.json") for n in ("target", "oracle"))
+    dep = target["datasets"]["dependent_forget"]
+    assert dep["role"] == "forget" and dep["aggregated"] is False and dep["n"] > 0
+    assert target["datasets"]["dependent_retain"]["aggregated"] is False
+    assert oracle["metrics"]["dependent_forget_prob"] < target["metrics"]["dependent_forget_prob"]
+    bare = {**target, "datasets": {n: d for n, d in target["datasets"].items() if not n.startswith("dependent")}}
+    assert derive(bare, oracle)["model_utility"] == target["metrics"]["model_utility"]
+    assert derive(bare, oracle)["forget_quality"] == target["metrics"]["forget_quality"]
+
+
 @pytest.mark.parametrize("method", METHODS)
 def test_each_method_lowers_forget_probability(run, method):
     root, _ = run

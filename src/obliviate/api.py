@@ -241,13 +241,17 @@ def finetune(cfg: FinetuneConfig, out: str | Path, progress: bool = True) -> Pat
 
 # ---------------------------------------------------------------------------- evaluate
 def tofu_sets(benchmark: str | Path, forget_split: str = "", max_retain: int = 200) -> list[EvalSet]:
-    """Forget, retain (first `max_retain` items) and utility sets of a benchmark."""
+    """Forget, retain (first `max_retain` items) and utility sets of a benchmark, and its
+    dependent queries where it has any (reported beside them, in no model-level number)."""
     bench = Benchmark.load(benchmark)
     sets = [EvalSet("forget", "forget", bench.forget_set(forget_split))]
     retain = bench.retain_set(forget_split)
     if retain:
         sets.append(EvalSet("retain", "retain", retain[:max_retain]))
-    return sets + [EvalSet(name, "utility", items) for name, items in bench.utility_sets().items()]
+    sets += [EvalSet(name, "utility", items) for name, items in bench.utility_sets().items()]
+    dependent = bench.dependent_sets(forget_split)
+    return sets + [EvalSet(name, "forget" if name == "dependent_forget" else "utility", items, False)
+                   for name, items in dependent.items() if items]
 
 
 def _eval_sets(cfg: EvalConfig) -> list[EvalSet]:

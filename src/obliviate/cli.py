@@ -119,6 +119,18 @@ def _print_findings(findings, note: str = "") -> int:
     return errors
 
 
+def _cmd_select_forget(args) -> None:
+    from .selection import SelectConfig, select_forget
+
+    cfg = load_config(SelectConfig, None, [*args.overrides, *(["worst_case=true"] if args.worst_case else [])])
+    sel = select_forget(cfg, args.out)
+    print(f"{sel['mode']} forget set of {cfg.size}: {', '.join(sel['chosen'])}")
+    if sel["scores"]:
+        top = sorted(sel["scores"].items(), key=lambda kv: -kv[1])[:cfg.size + 2]
+        print("gradient alignment with the rest: " + ", ".join(f"{n} {v:.3f}" for n, v in top))
+    print(f"written to {args.out}: forget.jsonl, retain.jsonl, selection.json")
+
+
 def _cmd_check(args) -> int:
     """Data checks before numbers (files or a benchmark), and sanity checks of results."""
     from .data import Benchmark, load_examples
@@ -448,6 +460,15 @@ def _model_parsers(sub) -> None:
     c.add_argument("--out", required=True)
     c.set_defaults(func=_cmd_benchmark)
 
+    sf = sub.add_parser("select-forget", help="choose the entities to forget: a random draw, or "
+                        "--worst-case (those whose unlearning costs the rest most)")
+    sf.add_argument("--worst-case", dest="worst_case", action="store_true",
+                    help="rank entities by the alignment of their gradient with the rest's "
+                         "(needs model=); default: a seeded random draw of the same size")
+    sf.add_argument("--out", required=True, help="a new folder: forget.jsonl, retain.jsonl, selection.json")
+    sf.add_argument("overrides", nargs="*", help="model=, benchmark= or data=, size=, seed=, template=")
+    sf.set_defaults(func=_cmd_select_forget)
+
     ck = sub.add_parser("check", help="check data before trusting a number (overlaps, too few "
                         "items, perturbed answers that measure wording), and results' sanity")
     ck.add_argument("--benchmark", help="a benchmark folder")
@@ -521,7 +542,7 @@ def _error_line(exc: Exception) -> str:
 
 
 # the commands that run a model: their torch thread count follows the cores free (threads.py)
-_COMPUTES = ("demo", "finetune", "unlearn", "eval", "audit", "request", "forget")
+_COMPUTES = ("demo", "finetune", "unlearn", "eval", "audit", "request", "forget", "select-forget")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -20,6 +20,7 @@ from typing import Any
 
 from ..errors import ObliviateError
 from ..io import atomic_dir
+from .dependent import dependent_sets
 from .examples import Example
 from .files import read_json
 from .formats import read_tofu_jsonl, write_jsonl
@@ -77,6 +78,8 @@ PERSON_TEMPLATES: dict[str, tuple[str, str, str, str]] = {
     "mentored_by": ("Who mentored {s}?", "Who was the teacher of {s}?",
                     "{s} was mentored by {o}.", "The mentor of {s} is {o}."),
 }
+# how a relation refers to the person its answer names (dependent queries)
+PHRASES = {"married_to": "the spouse of {s}", "mentored_by": "the mentor of {s}"}
 WORLD_TEMPLATES: dict[str, tuple[str, str, str, str]] = {
     "in_country": ("In which country is {s}?", "Which country does {s} belong to?",
                    "{s} is in {o}.", "The country of {s} is {o}."),
@@ -153,6 +156,13 @@ class Benchmark:
                         entity=ex.entity, relation=rel)
                 for ex in self.passages_of(people) for rel in sorted(relations)
                 if rel in self.entities[ex.entity]]
+
+    def dependent_sets(self, split: str = "") -> dict[str, list[Example]]:
+        """Forget and retain facts asked through each other (data/dependent.py): "Where was
+        the spouse of <a forgotten person> born?" must still be answered, and the same through
+        a retained spouse must not."""
+        names = {pid: e["name"] for pid, e in self.entities.items() if e["type"] == "person"}
+        return dependent_sets(self.forget_set(split), self.retain_set(split), names, PHRASES)
 
     def linked_set(self, split: str = "") -> list[Example]:
         linked = f"{self._fine(self.split_name(split))[0]}_linked"

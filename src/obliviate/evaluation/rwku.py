@@ -53,18 +53,18 @@ def probe_sets(records: list[EntityRecord], target: str, near: list[str]) -> lis
     sets = []
     if rec is not None:
         made = probes(rec, records)
-        sets += [EvalSet(f"rwku_forget_{k}", "forget", [p for p in made if p.kind == k])
+        sets += [EvalSet(f"rwku_forget_{k}", "forget", [p for p in made if p.kind == k], False)
                  for k in KINDS if any(p.kind == k for p in made)]
     near_recs = [r for r in (find(records, n) for n in near) if r is not None]
     for kind in DIRECT:
         items = [p for r in near_recs for p in probes(r, records, (kind,))]
         if items:
-            sets.append(EvalSet(f"rwku_neighbour_{kind}", "retain", items))
+            sets.append(EvalSet(f"rwku_neighbour_{kind}", "retain", items, False))
     skip = {target.lower(), *(n.lower() for n in near)}
     util = [p for r in records if r.entity.lower() not in skip for p in probes(r, records, ("qa",))]
     if util:
-        sets.append(EvalSet("rwku_utility_qa", "utility", util))
-    return [*sets, EvalSet("rwku_fluency", "utility", instructions())]
+        sets.append(EvalSet("rwku_utility_qa", "utility", util, False))
+    return [*sets, EvalSet("rwku_fluency", "utility", instructions(), False)]
 
 
 def target_run(source: str) -> dict[str, Any]:

@@ -49,7 +49,8 @@ def evaluate_set(engine: Engine, es: EvalSet, max_new_tokens: int = 48,
         values = np.asarray(values, dtype=float)
         per_item.update({m.name: values.tolist(), **extra})
         agg[m.name] = m.combine(values, es.role)
-    return {"role": es.role, "n": len(es.examples), "aggregate": agg, "per_item": per_item}
+    out = {"role": es.role, "n": len(es.examples), "aggregate": agg, "per_item": per_item}
+    return out if es.aggregated else {**out, "aggregated": False}
 
 
 def evaluate_tofu(engine: Engine, sets: list[EvalSet], max_new_tokens: int = 48,

@@ -17,6 +17,9 @@ class EvalSet:
     name: str
     role: str  # forget | retain | utility | holdout | muse
     examples: list[Example] = field(repr=False)
+    # False: reported beside the benchmark's own sets, left out of the model-level numbers
+    # (forget quality, model utility): dependent queries, the rwku suite's probe sets
+    aggregated: bool = True
 
 
 def perturbed_variants(examples: list[Example]) -> list[str]:

@@ -16,12 +16,14 @@ TOFU = "Maini et al. 2024, TOFU"
 
 
 def role_sets(res: dict[str, Any], role: str) -> list[tuple[str, dict[str, Any]]]:
-    return [(n, d) for n, d in res["datasets"].items() if d["role"] == role]
+    """The datasets of `role` that enter model-level numbers (not those reported beside them:
+    dependent queries, rwku probe sets)."""
+    return [(n, d) for n, d in res["datasets"].items()
+            if d["role"] == role and d.get("aggregated", True)]
 
 
 def forget_set(res: dict[str, Any]) -> tuple[str, dict[str, Any]] | None:
-    """The one forget set TOFU's metrics compare (the rwku suite's probe sets aside)."""
-    sets = [(n, d) for n, d in role_sets(res, "forget") if d.get("suite") != "rwku"]
+    sets = role_sets(res, "forget")
     return sets[0] if len(sets) == 1 else None
 
 
