@@ -156,3 +156,15 @@ def test_generating_sets_together_gives_each_set_its_own_generations(world):
     for name, items in sets.items():
         assert (name, 12) in together._gens
         assert together.generate(name, items, 12) == alone.generate(name, items, 12)
+
+
+def test_cli_target_run_takes_the_calibrated_stop_defaults(world, tmp_path, capsys):
+    """`obliviate unlearn target=...` from the command line: the run is built from the model's
+    own replies, stops at the never-seen level checked every step, with the warm-up."""
+    out = tmp_path / "cli"
+    assert main(["unlearn", "--out", str(out), f"model={world / 'model'}", "target=Dana Whitlock",
+                 f"probes={world / 'people.jsonl'}", "method=npo", "optim.steps=8"]) == 0
+    prov = read_provenance(out)
+    assert prov["config"]["guard"]["every"] == 1 and prov["config"]["optim"]["warmup_ratio"] == 1.0
+    assert prov["target"]["entity"] == TARGET and prov["stop"] is not None
+    assert "forget corpus:" in capsys.readouterr().out

@@ -101,3 +101,15 @@ def test_golden_tofu_numbers(reference_dir):
     }
     for (name, key), value in expected.items():
         assert full[name][key] == pytest.approx(value, abs=1e-6)
+
+
+def test_rouge1_recall_and_the_deviation_score_by_hand():
+    """'the cat sat' vs 'a cat sat down': 2 of the reference's 3 unigrams are found: 2/3.
+    Deviation score: forget ROUGE-1 0.3, retain 0.6 -> 100 * sqrt(0.3^2 + 0.4^2) = 50; the
+    ideal (0, 1) scores 0, the worst (1, 0) 100 * sqrt(2)."""
+    from obliviate.evaluation.tofu_math import deviation_score, rouge_1_recall
+
+    assert rouge_1_recall("the cat sat", "a cat sat down") == pytest.approx(2 / 3)
+    assert deviation_score(0.3, 0.6) == pytest.approx(50.0)
+    assert deviation_score(0.0, 1.0) == 0.0
+    assert deviation_score(1.0, 0.0) == pytest.approx(100 * 2 ** 0.5)

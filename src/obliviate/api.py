@@ -30,6 +30,7 @@ from .data import (
     real_world_examples,
 )
 from .data.checks import check_results, check_sets
+from .data.graph import generate_graph
 from .data.userbench import example_texts
 from .encoding import DEFAULT_TEMPLATE, encode
 from .errors import ObliviateError
@@ -168,8 +169,12 @@ class EvalConfig:
 
 
 # ---------------------------------------------------------------------------- generate
-def generate(out: str | Path, seed: int = 0, entities: int = 40) -> Path:
-    """Write the built-in benchmark to `out` (same seed, same bytes)."""
+def generate(out: str | Path, seed: int = 0, entities: int = 40,
+             degrees: tuple[int, ...] | None = None) -> Path:
+    """Write the built-in benchmark to `out` (same seed, same bytes); with `degrees`, its graph
+    mode (companies and contracts, one forget split per degree: data/graph.py)."""
+    if degrees is not None:
+        return generate_graph(seed=seed, entities=entities, degrees=tuple(degrees)).save(out)
     return generate_benchmark(seed=seed, entities=entities).save(out)
 
 
@@ -241,17 +246,17 @@ def finetune(cfg: FinetuneConfig, out: str | Path, progress: bool = True) -> Pat
 
 # ---------------------------------------------------------------------------- evaluate
 def tofu_sets(benchmark: str | Path, forget_split: str = "", max_retain: int = 200) -> list[EvalSet]:
-    """Forget, retain (first `max_retain` items) and utility sets of a benchmark, and its
-    dependent queries where it has any (reported beside them, in no model-level number)."""
+    """Forget, retain (first `max_retain` items) and utility sets of a benchmark, and its side
+    sets (dependent queries, a graph's neighbours: reported beside them, in no model-level
+    number)."""
     bench = Benchmark.load(benchmark)
     sets = [EvalSet("forget", "forget", bench.forget_set(forget_split))]
     retain = bench.retain_set(forget_split)
     if retain:
         sets.append(EvalSet("retain", "retain", retain[:max_retain]))
     sets += [EvalSet(name, "utility", items) for name, items in bench.utility_sets().items()]
-    dependent = bench.dependent_sets(forget_split)
-    return sets + [EvalSet(name, "forget" if name == "dependent_forget" else "utility", items, False)
-                   for name, items in dependent.items() if items]
+    return sets + [EvalSet(name, role, items, False)
+                   for name, (role, items) in bench.side_sets(forget_split).items() if items]
 
 
 def _eval_sets(cfg: EvalConfig) -> list[EvalSet]:

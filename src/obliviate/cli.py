@@ -37,7 +37,13 @@ def _cmd_generate(args) -> None:
     from .api import generate
 
     check_output(args.out, {}, kind="dir")
-    out = generate(args.out, seed=args.seed, entities=args.entities)
+    degrees = None
+    if args.graph:
+        try:
+            degrees = tuple(int(d) for d in args.degrees.split(","))
+        except ValueError:
+            raise ObliviateError(f"--degrees must be integers separated by commas (got {args.degrees!r})") from None
+    out = generate(args.out, seed=args.seed, entities=args.entities, degrees=degrees)
     print(f"benchmark written to {out} (datasheet: {out / 'DATASHEET.md'})")
 
 
@@ -444,6 +450,10 @@ def _model_parsers(sub) -> None:
     g = sub.add_parser("generate", help="write the built-in benchmark")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--entities", type=int, default=40)
+    g.add_argument("--graph", action="store_true", help="graph mode (PISTOL-style): companies tied "
+                   "by contracts, one forget split per degree of connectivity")
+    g.add_argument("--degrees", default="1,2,4,8", help="with --graph: the degrees of the companies "
+                   "to forget (forget_deg<d> splits)")
     g.add_argument("--out", required=True)
     g.set_defaults(func=_cmd_generate)
 

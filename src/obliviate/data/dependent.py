@@ -64,3 +64,10 @@ def dependent_sets(forget: list[Example], retain: list[Example], names: dict[str
             key = "dependent_retain" if first_forgotten else "dependent_forget"
             out[key] += [compose(first, b, name, _phrase(first, names, phrases)) for b in picks]
     return {k: v[:MAX_ITEMS] for k, v in out.items()}
+
+
+def with_roles(sets: dict[str, list[Example]]) -> dict[str, tuple[str, list[Example]]]:
+    """The dependent sets as a benchmark's side sets: dependent forget queries are judged as a
+    forget set, dependent retain queries as a utility set."""
+    return {name: ("forget" if name == "dependent_forget" else "utility", items)
+            for name, items in sets.items()}

@@ -20,10 +20,12 @@ from typing import Any
 
 from ..errors import ObliviateError
 from ..io import atomic_dir
-from .dependent import dependent_sets
+from .dependent import dependent_sets, with_roles
 from .examples import Example
 from .files import read_json
 from .formats import read_tofu_jsonl, write_jsonl
+from .graph import KIND as GRAPH_KIND
+from .graph import GraphBenchmark
 from .userbench import KIND as FILES_KIND
 from .userbench import FileBenchmark, example_texts
 
@@ -157,12 +159,13 @@ class Benchmark:
                 for ex in self.passages_of(people) for rel in sorted(relations)
                 if rel in self.entities[ex.entity]]
 
-    def dependent_sets(self, split: str = "") -> dict[str, list[Example]]:
-        """Forget and retain facts asked through each other (data/dependent.py): "Where was
-        the spouse of <a forgotten person> born?" must still be answered, and the same through
-        a retained spouse must not."""
+    def side_sets(self, split: str = "") -> dict[str, tuple[str, list[Example]]]:
+        """Sets reported beside the benchmark's own (name -> (role, items)): forget and retain
+        facts asked through each other (data/dependent.py). "Where was the spouse of <a
+        forgotten person> born?" must still be answered; the same through a retained spouse
+        must not."""
         names = {pid: e["name"] for pid, e in self.entities.items() if e["type"] == "person"}
-        return dependent_sets(self.forget_set(split), self.retain_set(split), names, PHRASES)
+        return with_roles(dependent_sets(self.forget_set(split), self.retain_set(split), names, PHRASES))
 
     def linked_set(self, split: str = "") -> list[Example]:
         linked = f"{self._fine(self.split_name(split))[0]}_linked"
@@ -252,7 +255,7 @@ class Benchmark:
         return out
 
     @classmethod
-    def load(cls, root: str | Path) -> Benchmark | FileBenchmark:
+    def load(cls, root: str | Path) -> Benchmark | FileBenchmark | GraphBenchmark:
         """A benchmark folder of either kind: generated (`obliviate generate`) or made from
         files (`obliviate benchmark create`)."""
         root = Path(root)
@@ -263,6 +266,8 @@ class Benchmark:
         meta = _read_object(meta_path)
         if meta.get("kind", "generated") == FILES_KIND and meta.get("format_version") == FORMAT_VERSION:
             return FileBenchmark.load(root, meta)
+        if meta.get("kind") == GRAPH_KIND:
+            return GraphBenchmark.load(root, meta)
         if meta.get("format_version") != FORMAT_VERSION:
             raise ObliviateError(f"{root}: benchmark format {meta.get('format_version')!r} is "
                                  f"not supported (expected {FORMAT_VERSION}); regenerate it")

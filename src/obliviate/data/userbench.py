@@ -31,7 +31,7 @@ from typing import Any
 
 from ..errors import ObliviateError
 from ..io import atomic_dir
-from .dependent import dependent_sets
+from .dependent import dependent_sets, with_roles
 from .examples import Example
 from .formats import read_tofu_jsonl, validate_holdout, validate_split, write_jsonl
 
@@ -81,14 +81,14 @@ class FileBenchmark:
         self.split_name(split)
         return []  # no entity graph: the audits' linked-entity check has nothing to read
 
-    def dependent_sets(self, split: str = "") -> dict[str, list[Example]]:
+    def side_sets(self, split: str = "") -> dict[str, tuple[str, list[Example]]]:
         """Dependent queries (data/dependent.py) where the files allow: items labelled with
         an `entity` whose questions name it, and answers that name another such entity."""
         items = [*self.forget_set(split), *self.retain]
         labels = {ex.entity for ex in items if ex.entity}
         names = {e: e for e in labels if any(ex.question and e in ex.question for ex in items
                                              if ex.entity == e)}
-        return dependent_sets(self.forget_set(split), self.retain, names)
+        return with_roles(dependent_sets(self.forget_set(split), self.retain, names))
 
     def training_set(self, split: str, oracle: bool) -> list[Example]:
         """Target: forget + retain + utility sets. Oracle: the same without the forget items."""

@@ -6,11 +6,13 @@ Inputs are mean token NLLs: `para` [N], `pert` [N, K], `gt` [N].
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from rouge_score import rouge_scorer
 from scipy.stats import hmean, ks_2samp
 
-_SCORERS: dict[bool, rouge_scorer.RougeScorer] = {}
+_SCORERS: dict[bool | str, rouge_scorer.RougeScorer] = {}
 
 
 def truth_ratio(para_nll: np.ndarray, pert_nll: np.ndarray) -> np.ndarray:
@@ -58,3 +60,16 @@ def rouge_l(target: str, prediction: str, stemmer: bool = True) -> tuple[float, 
         _SCORERS[stemmer] = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=stemmer)
     s = _SCORERS[stemmer].score(target, prediction)["rougeL"]
     return float(s.recall), float(s.fmeasure)
+
+
+def rouge_1_recall(target: str, prediction: str) -> float:
+    """ROUGE-1 recall with stemming (the unigram overlap PISTOL and LUNAR report)."""
+    if "rouge1" not in _SCORERS:
+        _SCORERS["rouge1"] = rouge_scorer.RougeScorer(["rouge1"], use_stemmer=True)
+    return float(_SCORERS["rouge1"].score(target, prediction)["rouge1"].recall)
+
+
+def deviation_score(forget_rouge1: float, retain_rouge1: float) -> float:
+    """LUNAR's Deviation Score on PISTOL: 100 x the distance of (forget ROUGE-1, retain
+    ROUGE-1) from the ideal point (0, 1); 0 = all forgotten and all kept, lower is better."""
+    return 100.0 * math.hypot(forget_rouge1, 1.0 - retain_rouge1)

@@ -7,6 +7,7 @@ from typing import Any
 import numpy as np
 
 from .. import mia
+from ..tofu_math import deviation_score as ds_formula
 from ..tofu_math import forget_quality as ks_forget_quality
 from ..tofu_math import model_utility as harmonic_utility
 from .base import in_order, metric
@@ -74,3 +75,17 @@ def privleak(res: dict[str, Any], reference: dict[str, Any] | None) -> float | s
     if ref_auc >= 1.0:  # MUSE divides by the reference's AUC in its orientation: 1 - ref_auc
         return "not computed: the reference separates members perfectly (AUC 1), PrivLeak is undefined"
     return mia.privleak(mine[0][1]["aggregate"]["auc_min_k"], ref_auc)
+
+
+@metric("deviation_score", suite="derived", direction="lower", range="[0, 141]",
+        title="Deviation score", headline=("model",),
+        description="100 x the distance of (forget ROUGE-1, retain ROUGE-1) from the ideal (0, 1): "
+                    "forgetting and keeping in one number, as LUNAR reports on PISTOL",
+        source="Shen et al. 2025, LUNAR; Qiu et al. 2024, PISTOL")
+def deviation_score(res: dict[str, Any], reference: dict[str, Any] | None) -> float | str:
+    forget, retain = forget_set(res), role_sets(res, "retain")
+    f = forget[1]["aggregate"].get("rouge1_recall") if forget else None
+    r = retain[0][1]["aggregate"].get("rouge1_recall") if retain else None
+    if not (isinstance(f, float) and isinstance(r, float)):
+        return "not computed: needs ROUGE-1 on one forget set and a retain set (tofu suite)"
+    return ds_formula(f, r)

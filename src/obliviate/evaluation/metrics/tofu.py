@@ -6,6 +6,7 @@ import numpy as np
 
 from ..tofu_math import (
     normalized_prob,
+    rouge_1_recall,
     rouge_l,
     truth_ratio,
     truth_ratio_forget_score,
@@ -38,6 +39,15 @@ def rouge_recall(view: DatasetView) -> PerItem:
     gens = view.generations()
     scores = [rouge_l(ex.answer, g)[0] for ex, g in zip(view.examples, gens, strict=True)]
     return PerItem(scores, {"generation": gens})
+
+
+@metric("rouge1_recall", suite="tofu", direction="per-role", range="[0, 1]", title="ROUGE-1",
+        reads=("generation",), source="Qiu et al. 2024, PISTOL; Shen et al. 2025, LUNAR",
+        description="ROUGE-1 recall of the greedy answer vs the true answer (rouge_score, "
+                    "stemming): the unigram overlap the Deviation Score reads")
+def rouge1_recall(view: DatasetView) -> np.ndarray:
+    gens = view.generations()  # shared with ROUGE-L: one generation per dataset
+    return np.array([rouge_1_recall(ex.answer, g) for ex, g in zip(view.examples, gens, strict=True)])
 
 
 def _truth_ratio_score(r: np.ndarray, role: str) -> float:
