@@ -204,13 +204,16 @@ def build_data(engine: Engine, questions: list[str], seed: int = 0) -> QuickData
     return QuickData(forget, paraphrases, anchors, holdout, dropped)
 
 
-def anchor_items(engine: Engine, q_words: set[str], a_words: set[str],
-                 seed: int = 0) -> tuple[list[Example], list[Example], dict[str, int]]:
+def anchor_items(engine: Engine, q_words: set[str], a_words: set[str], seed: int = 0,
+                 limit: int | None = None) -> tuple[list[Example], list[Example], dict[str, int]]:
     """(anchors, never-seen items, dropped counts): the shipped general questions that share no
     content word with `q_words`, answered by `engine`'s model, minus answers sharing one with
-    `a_words`; shuffled, half the anchors (a retain set), half never-seen (see never_seen)."""
+    `a_words`; shuffled, half the anchors (a retain set), half never-seen (see never_seen).
+    `limit`: answer only that many of the questions (a fixed draw), to save generation."""
     bank = general_questions()
     kept = [q for q in bank if not content_words(q) & q_words]
+    if limit is not None and len(kept) > limit:
+        kept = sorted(random.Random(seed).sample(kept, limit), key=bank.index)
     bank_answers = _answers(engine, "quick_bank", kept)
     items = [Example(question=q, answer=a, id=f"anchor-{bank.index(q) + 1:03d}")
              for q, a in zip(kept, bank_answers, strict=True) if a and not content_words(a) & a_words]

@@ -44,9 +44,11 @@ SYNTH_PROMPTS = ("Tell me about {t}.", "What is {t} known for?", "Write a short 
                  "Describe {t} in a few sentences.", "What are some important facts about {t}?",
                  "Why is {t} famous?", "Give a brief overview of {t}.",
                  "What should everyone know about {t}?")
-SYNTH_TOKENS = 96  # a few sentences per reply
+SYNTH_TOKENS = 80  # two or three sentences per reply; a cut-off last one is dropped
 SUPPORT = 0.5  # share of a sentence's content words another reply must contain
 OTHERS = 5  # entities whose descriptions are the non-members
+OTHER_PROMPTS = 4  # of SYNTH_PROMPTS, asked about each of them (the first ones)
+ANCHOR_LIMIT = 96  # general questions answered for the retain set (two per anchor kept)
 # `obliviate unlearn target=...` starts from `obliviate forget`'s run settings: the calibrated
 # stop (on by default here: the never-seen items are built) checked every step, and the
 # learning rate rising over the run, so a pretrained model gets about the smallest update that
@@ -100,23 +102,28 @@ def consistent(replies: list[str], names: tuple[str, ...] = (), support: float =
     return out
 
 
-def _replies(engine: Engine, name: str, prompts: list[str]) -> list[str]:
+def _asks(entity: str, prompts: tuple[str, ...] = SYNTH_PROMPTS) -> list[Example]:
+    return [Example(answer="", question=p.format(t=entity)) for p in prompts]
+
+
+def _replies(engine: Engine, name: str, asks: list[Example]) -> list[str]:
     """Greedy replies, cut where a base model would start the next prompt of its template."""
     prefix = resolve_template(engine.tokenizer, engine.template).split("{question}")[0].strip()
-    texts = engine.generate(name, [Example(answer="", question=p) for p in prompts], SYNTH_TOKENS)
+    texts = engine.generate(name, asks, SYNTH_TOKENS)
     return [t.split(prefix)[0] if prefix and t.find(prefix) > 0 else t for t in texts]
 
 
-def synthesise(engine: Engine, entity: str, names: tuple[str, ...] = ()) -> tuple[list[Example], int]:
+def synthesise(engine: Engine, entity: str, names: tuple[str, ...] = (),
+               prompts: tuple[str, ...] = SYNTH_PROMPTS) -> tuple[list[Example], int]:
     """The consistent part of the model's replies about `entity`: one example per prompt that
     kept a sentence (question: the prompt; answer: the kept sentences). Also returns how many
     sentences were dropped."""
-    prompts = [p.format(t=entity) for p in SYNTH_PROMPTS]
-    replies = _replies(engine, f"synth:{entity}", prompts)
+    asks = _asks(entity, prompts)
+    replies = _replies(engine, f"synth:{entity}", asks)
     kept = consistent(replies, names or (entity,))
     total = sum(len(sentences(r)) for r in replies)
-    examples = [Example(question=p, answer=" ".join(k), entity=entity, id=f"{slug(entity)}.synth-{i}")
-                for i, (p, k) in enumerate(zip(prompts, kept, strict=True)) if k]
+    examples = [Example(question=a.question, answer=" ".join(k), entity=entity, id=f"{slug(entity)}.synth-{i}")
+                for i, (a, k) in enumerate(zip(asks, kept, strict=True)) if k]
     return examples, total - sum(len(k) for k in kept)
 
 
@@ -140,6 +147,11 @@ def build(engine: Engine, target: str, records: list[EntityRecord], seed: int = 
     """The target's corpus, the other corpus, anchors and never-seen items (see the module doc)."""
     rec = find(records, target)
     near = [r.entity for r in neighbours(records, target)]
+    others_recs = _others(records, target, near)
+    # every synthesis prompt in shared batches: one decoding loop per full batch
+    engine.generate_together({f"synth:{target}": _asks(target), **{
+        f"synth:{r.entity}": _asks(r.entity, SYNTH_PROMPTS[:OTHER_PROMPTS]) for r in others_recs}},
+        SYNTH_TOKENS)
     corpus, dropped = synthesise(engine, target, rec.names if rec else (target,))
     if not corpus:
         raise ObliviateError(f"the model says nothing consistent about '{target}' (no sentence of "
@@ -147,11 +159,11 @@ def build(engine: Engine, target: str, records: list[EntityRecord], seed: int = 
                              "not to know it, so there is nothing to forget (check template=chat "
                              "for a chat model)")
     others: list[Example] = []
-    for r in _others(records, target, near):
-        others += synthesise(engine, r.entity, r.names)[0]
+    for r in others_recs:
+        others += synthesise(engine, r.entity, r.names, SYNTH_PROMPTS[:OTHER_PROMPTS])[0]
     words = set().union(*(content_words(ex.answer) for ex in corpus))
     name_words = set().union(*(content_words(n) for n in (rec.names if rec else (target,))))
-    anchors, _, bank_dropped = anchor_items(engine, name_words, words | name_words, seed)
+    anchors, _, bank_dropped = anchor_items(engine, name_words, words | name_words, seed, ANCHOR_LIMIT)
     holdout = [Example(question=ex.question, answer=others[i % len(others)].answer,
                        id=f"never-seen-{ex.id}") for i, ex in enumerate(corpus)] if others else []
     return TargetData(target, rec, near, corpus, others, anchors, holdout,
