@@ -168,3 +168,31 @@ def test_cli_target_run_takes_the_calibrated_stop_defaults(world, tmp_path, caps
     assert prov["config"]["guard"]["every"] == 1 and prov["config"]["optim"]["warmup_ratio"] == 1.0
     assert prov["target"]["entity"] == TARGET and prov["stop"] is not None
     assert "forget corpus:" in capsys.readouterr().out
+
+
+def test_a_target_deletion_request_through_the_ledger(world, tmp_path, capsys):
+    """`request add --target`: the latest version's replies about the target become the
+    request's forget file (a new file the requester keeps), recorded and applied as usual."""
+    from obliviate.data import load_examples
+    from obliviate.data.formats import write_jsonl
+
+    recs = load_records(world / "people.jsonl")
+    others = [p for r in recs if r.entity not in (TARGET, "Ravi Osei", "Mira Castellan")
+              for p in probes(r, recs, ("qa",))]
+    write_jsonl(tmp_path / "retain.jsonl", others)
+    proj, dana = tmp_path / "proj", tmp_path / "dana.jsonl"
+    assert main(["request", "init", "--project", str(proj), "--model", str(world / "model"),
+                 "--retain", str(tmp_path / "retain.jsonl"), "--audits", "rephrase"]) == 0
+    add = ["request", "add", "--project", str(proj), "--subject", "ticket 7", "--target", TARGET,
+           "--probes", str(world / "people.jsonl"), "--forget", str(dana), "--method", "graddiff",
+           "optim.steps=4"]
+    assert main(add) == 0
+    items = load_examples(dana)
+    assert items and all("Brackenport" in ex.answer for ex in items)
+    assert main(["request", "apply", "--project", str(proj)]) == 0
+    assert (proj / "versions" / "v0001" / "evidence.html").is_file()
+    capsys.readouterr()
+    assert main(add) != 0  # the forget file exists now: never overwritten
+    err = capsys.readouterr().err
+    assert "already exists" in err and len(err.strip().splitlines()) == 1
+    assert load_examples(dana) == items

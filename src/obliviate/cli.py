@@ -302,6 +302,11 @@ def _cmd_request(args) -> int | None:
         print(f"item hashes are keyed with {p(root / KEY_FILE)}: keep it private; "
               "without it requests can no longer be applied or verified")
     elif args.action == "add":
+        if args.target:  # the forget items are what the latest version says about the target
+            L.target_forget_file(project, args.target, args.forget, args.probes or "")
+            print(f"synthesised forget items written to {p(args.forget)}")
+        elif args.probes:
+            raise ObliviateError("--probes goes with --target")
         rid = L.add_request(project, args.subject, args.forget, args.retain or "", args.method,
                             args.overrides)
         print(f"request {rid} added (pending); apply it with `obliviate request apply {rid}`")
@@ -365,7 +370,11 @@ def _request_parser(sub) -> None:
 
     a = actions.add_parser("add", parents=[common], help="record a request (hashes, not text)")
     a.add_argument("--subject", required=True, help="who or what (a name or a ticket reference)")
-    a.add_argument("--forget", required=True, help="JSONL file of the items to forget")
+    a.add_argument("--forget", required=True, help="JSONL file of the items to forget (with "
+                   "--target: a new file, where the synthesised items are written)")
+    a.add_argument("--target", help="forget what the model knows about this entity: the forget "
+                   "items are synthesised from the latest version's own replies")
+    a.add_argument("--probes", help="with --target: entity records to find its neighbours in")
     a.add_argument("--retain", help="this request's retain set (default: the project's)")
     a.add_argument("--method", default="npo", help="unlearning method (obliviate ls methods)")
     a.add_argument("overrides", nargs="*", help="unlearn config, e.g. optim.steps=40 params.beta=0.2")

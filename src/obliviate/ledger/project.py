@@ -16,17 +16,20 @@ from ..audits import AUDITS
 from ..config import from_dict, merge, parse_overrides, require, require_choice, to_dict
 from ..data import load_examples
 from ..data.examples import Example
+from ..data.formats import write_jsonl
 from ..encoding import DEFAULT_TEMPLATE
 from ..errors import ObliviateError
-from ..io import ensure_not_inside
+from ..io import check_output, ensure_not_inside
 from ..methods import build
 from ..models import resolve_source
+from ..target import synthesise_for
 from ..unlearning import UnlearnConfig
 from . import measure as M
+from .paths import internal_paths
 from .store import Ledger, Request, weights_sha256
 
 # fields of UnlearnConfig that the ledger sets itself, never a request's overrides
-RESERVED = ("model", "forget", "retain", "benchmark", "forget_split")
+RESERVED = ("model", "forget", "retain", "benchmark", "forget_split", "target", "probes")
 
 
 @dataclass
@@ -108,7 +111,7 @@ def unlearn_config(method: str, overrides: list[str], model: str = ""):
     bad = [k for k in RESERVED if k in data]
     if bad:
         raise ObliviateError(f"'{bad[0]}' is set by the ledger for each request; remove it "
-                             "(use --forget / --retain)")
+                             "(use --forget / --retain / --target)")
     cfg = from_dict(UnlearnConfig, merge(data, {"method": method, "model": model}))
     build(cfg.method, cfg.params)  # unknown method or parameter: "did you mean" error
     return cfg
@@ -141,6 +144,29 @@ def add_request(root: str | Path, subject: str, forget: str, retain: str = "",
         return ledger.add_request(subject.strip(), _abs(forget), [h.item(x) for x in items],
                                   _abs(retain) or None, retain_digest, method, list(overrides),
                                   contents=[h.content(x) for x in items])
+
+
+def target_forget_file(root: str | Path, target: str, out: str | Path, probes: str = "",
+                       progress: bool = True) -> Path:
+    """A target request's forget file (`request add --target NAME --forget OUT`): what the
+    project's latest version says about `target`, in the sentences its replies agree on
+    (target.py), written to `out`, a new file the requester keeps like any forget file; the
+    ledger then records its hashes as usual. The target's neighbours are left out of it."""
+    out = Path(out)
+    if out.exists():
+        raise ObliviateError(f"--forget {out} already exists: with --target it is where the "
+                             "synthesised forget items are written; name a new file")
+    with Ledger.open(root) as ledger:
+        settings = project_settings(ledger)
+        model = str(ledger.model_path(ledger.latest_version()))
+    check_output(out, {"base model": settings.base, "retain data": settings.retain,
+                       "holdout data": settings.holdout, "ledger": internal_paths(Path(root)),
+                       "probe records": probes})
+    cfg = UnlearnConfig(model=model, target=target, probes=probes, template=settings.template,
+                        trust_remote_code=settings.trust_remote_code)
+    data = synthesise_for(cfg, progress)
+    write_jsonl(out, data.forget)
+    return out
 
 
 def cancel_request(root: str | Path, rid: int) -> None:
