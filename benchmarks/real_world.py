@@ -28,7 +28,6 @@ from pathlib import Path
 from provenance import line, provenance
 
 from obliviate.api import EvalConfig, evaluate
-from obliviate.config import from_dict, merge
 from obliviate.data import Example
 from obliviate.data.realworld import find, knows, load_records, neighbours, probes, slug
 from obliviate.encoding import encode
@@ -36,8 +35,7 @@ from obliviate.evaluation import Engine
 from obliviate.methods.base import batch_nll
 from obliviate.models import load_model, read_provenance, save_model
 from obliviate.systems import load_any
-from obliviate.target import DEFAULTS as TARGET_DEFAULTS
-from obliviate.target import run_target, synthesise_for
+from obliviate.target import run_target, synthesise_for, target_config
 from obliviate.train import OptimConfig, make_loader, train
 from obliviate.unlearning import UnlearnConfig
 
@@ -69,9 +67,8 @@ def unlearn_all(target: str, methods: list[str], steps: int) -> dict[str, Path]:
     data = synthesise_for(UnlearnConfig(model=base_folder(), target=target, template="chat"))
     for m in todo:
         # the command's own settings for target runs: the calibrated stop, checked every step
-        cfg = from_dict(UnlearnConfig, merge(TARGET_DEFAULTS, {
-            "model": base_folder(), "target": target, "template": "chat", "method": m,
-            "optim": {"steps": steps, "batch_size": 8}}))
+        cfg = target_config(model=base_folder(), target=target, template="chat", method=m,
+                            optim={"steps": steps, "batch_size": 8})
         start = time.perf_counter()
         run_target(cfg, data, outs[m], progress=False)
         (outs[m] / "bench_seconds.json").write_text(json.dumps({"seconds": time.perf_counter() - start}))

@@ -127,8 +127,10 @@ def test_report_and_resumable_demo(run, tmp_path):
     md, audit_md = (demo / "report.md").read_text().split("## Robustness audits")
     headline, *details = md.split("\n## ")
     assert headline.count("\n| ") == 1 + 2 + len(METHODS)  # header + oracle, target + methods
-    # a table per dataset (forget, retain, world facts), each a header and one row per model
-    assert [d.split("\n", 1)[0] for d in details] == ["Forget", "Retain", "World facts"]
+    # a table per dataset (forget, retain, world facts, then the dependent queries reported
+    # beside them), each a header and one row per model
+    assert [d.split("\n", 1)[0] for d in details] == ["Forget", "Retain", "World facts",
+                                                      "Dependent forget", "Dependent retain"]
     assert all(d.count("\n| ") == 1 + 2 + len(METHODS) for d in details)
     assert "Results read from: oracle.json, target.json" in html
     assert audit_md.count("\n| ") == 1 + len(METHODS)  # header + one row per unlearned model

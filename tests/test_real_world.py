@@ -140,6 +140,10 @@ def test_consistency_keeps_only_sentences_another_reply_supports():
     assert kept == [["Ada wrote programs for the Analytical Engine."],
                     ["Lovelace programmed the Analytical Engine early."]]
     assert consistent(["One reply alone says things."]) == [[]]  # no other reply: nothing kept
+    # one shared word ('born') is no support; a refusal repeated in every reply is no knowledge
+    assert consistent(["Ada was born in Paris.", "Ada was born in London."], ("Ada",)) == [[], []]
+    refusals = ["I don't have information about Ada Lovelace's early work."] * 2
+    assert consistent(refusals, ("Ada Lovelace",)) == [[], []]
 
 
 def test_target_names_are_checked_before_anything_loads():
@@ -157,3 +161,28 @@ def test_ngram_entropy_by_hand():
     assert ngram_entropy("A b, a B") == pytest.approx(2 / 3 * h2 + 4 / 3)
     assert ngram_entropy("go go go go go") == 0.0
     assert ngram_entropy("one") == 0.0
+
+
+def test_a_probe_that_holds_its_own_answer_is_not_built():
+    """'the Paris tower' names the city asked for: no synonym probe for it (and 'the Eiffel
+    Tower' becomes 'the Paris tower', not 'the the Paris tower'); a hint or an in-context demo
+    never holds the asked answer;
+    'tower' (lowercase, in the alias) does not count as naming the Eiffel Tower."""
+    lines = [record("Eiffel Tower", "landmark", "the Paris tower", [
+        fact("city", "In which city is the Eiffel Tower?", "It stands in ___.", ["Paris"]),
+        fact("country", "In which country is the Eiffel Tower?", "It is in ___.", ["France"],
+             reverse="What is the iron tower in Paris called?"),
+        fact("night", "What does the Eiffel Tower do at night?", "At night it ___.", ["sparkles"],
+             question_fr="Que fait la tour la nuit ?")]),
+        record("Ben Lomond", "landmark", "", [fact("city", "Where is Ben Lomond?", "In ___.", ["Paris"])])]
+    recs = parse_records(lines, "t")
+    tower = find(recs, "Eiffel Tower")
+    made = {(p.relation, p.kind): p for p in probes(tower, recs)}
+    assert ("city", "synonym") not in made
+    assert made[("country", "synonym")].question == "In which country is the Paris tower?"
+    assert made[("country", "reverse_query")].accepted == ("Eiffel Tower",)
+    # the city's hint skips nothing (France is not its answer); the country's is the city
+    assert made[("city", "background_hint")].question == "It is in France. In which city is the Eiffel Tower?"
+    assert made[("country", "background_hint")].question == "It stands in Paris. In which country is the Eiffel Tower?"
+    # the only neighbour's demo answers 'Paris': left out, so the probe has no free answer
+    assert made[("city", "in_context")].question == "Q: In which city is the Eiffel Tower?\nA:"

@@ -276,7 +276,10 @@ def _eval_sets(cfg: EvalConfig) -> list[EvalSet]:
 
 
 def _forget_retain(sets: list[EvalSet]) -> tuple[EvalSet, EvalSet]:
-    roles = {s.role: s for s in sets}
+    roles: dict[str, EvalSet] = {}
+    for s in sets:  # the benchmark's own sets, not those reported beside them
+        if s.aggregated:
+            roles.setdefault(s.role, s)
     if "retain" not in roles:
         raise ObliviateError("the muse suite needs a retain set (its KnowMem demos and utility)")
     return roles["forget"], roles["retain"]
@@ -321,7 +324,7 @@ def evaluate(cfg: EvalConfig, name: str | None = None, reference: dict[str, Any]
     if rwku is not None:
         datasets.update(evaluate_rwku(engine, rwku, cfg.mia_k))
     if "mia" in cfg.suites or "muse" in cfg.suites:  # MUSE's PrivLeak reads the MIA AUCs
-        forget = next(s for s in sets if s.role == "forget")
+        forget = next(s for s in sets if s.role == "forget" and s.aggregated)
         ref_engine = None
         if cfg.mia_reference:
             ref_model, ref_tok = load_any(cfg.mia_reference, trust_remote_code=cfg.trust_remote_code)
@@ -344,7 +347,7 @@ def _checks(cfg: EvalConfig, sets: list[EvalSet], res: dict[str, Any],
     """The data checks of the sets evaluated and the sanity checks of the numbers (a target
     that does not prefer true answers on its own training data, a target the benchmark cannot
     tell from the oracle): kept in the results, shown at the top of the report."""
-    data = {s.name: (s.role, s.examples) for s in sets}
+    data = {s.name: (s.role, s.examples) for s in sets if s.aggregated}
     if "mia" in cfg.suites and (cfg.holdout or cfg.benchmark):
         with contextlib.suppress(ObliviateError):  # already reported by the mia suite if missing
             data["holdout"] = ("holdout", _holdout(cfg).examples)

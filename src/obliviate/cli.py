@@ -303,6 +303,7 @@ def _cmd_request(args) -> int | None:
               "without it requests can no longer be applied or verified")
     elif args.action == "add":
         if args.target:  # the forget items are what the latest version says about the target
+            L.unlearn_config(args.method, args.overrides)  # a typo fails before minutes of generation
             L.target_forget_file(project, args.target, args.forget, args.probes or "")
             print(f"synthesised forget items written to {p(args.forget)}")
         elif args.probes:

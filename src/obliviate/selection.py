@@ -11,7 +11,8 @@ what must stay per unit of forgetting grows with the alignment of S's gradient w
 retain data's. g_S is the mean of its entities' gradients, so the upper level is linear in
 per-entity terms and solved exactly by taking the `size` entities whose gradients align most
 with the rest of the data (cosine). One backward pass per entity and one for the reference;
-no unlearning run. `benchmarks/worst_case.py` checks the proxy against real unlearning runs.
+no unlearning run. `benchmarks/worst_case.py` checks the proxy against real unlearning runs
+(worst-case against random sets of the same size).
 """
 
 from __future__ import annotations
@@ -54,17 +55,33 @@ class SelectConfig:
             raise ObliviateError("--worst-case scores entities with a model: give model=<the trained model>")
 
 
-def pool(cfg: SelectConfig) -> dict[str, list[Example]]:
-    """entity -> its items (QA items with an entity label), in first-seen order."""
-    items = Benchmark.load(cfg.benchmark).qa_of("all") if cfg.benchmark else load_examples(cfg.data)
+def _items(cfg: SelectConfig) -> list[Example]:
+    """The pool: a generated benchmark's trained people's QA, a file benchmark's forget and
+    retain items, or the data file's."""
+    if not cfg.benchmark:
+        return load_examples(cfg.data)
+    bench = Benchmark.load(cfg.benchmark)
+    if bench.kind == "generated":
+        return bench.qa_of("all")
+    if bench.kind == "files":
+        return [*bench.forget_set(), *bench.retain_set()]
+    raise ObliviateError(f"select-forget groups items by entity; a {bench.kind} benchmark's "
+                         "forget splits are fixed (its companies by degree): give data=<file.jsonl>")
+
+
+def pool(cfg: SelectConfig) -> tuple[dict[str, list[Example]], list[Example]]:
+    """(entity -> its QA items in first-seen order, the items no entity owns: they stay)."""
     groups: dict[str, list[Example]] = {}
-    for ex in items:
+    rest: list[Example] = []
+    for ex in _items(cfg):
         if ex.entity and not ex.is_text:
             groups.setdefault(ex.entity, []).append(ex)
+        else:
+            rest.append(ex)
     if len(groups) <= cfg.size:
         raise ObliviateError(f"size={cfg.size} leaves nothing to retain: the pool has {len(groups)} "
                              "entities (items need an 'entity' label to be grouped)")
-    return groups
+    return groups, rest
 
 
 def _flat(grads: list[torch.Tensor]) -> torch.Tensor:
@@ -101,7 +118,7 @@ def select_forget(cfg: SelectConfig, out: str | Path) -> dict[str, Any]:
     check_output(out, {"model": cfg.model, "benchmark": cfg.benchmark, "data": cfg.data}, kind="dir")
     if Path(out).exists():
         raise ObliviateError(f"output {out} already exists; choose a new path or remove it")
-    groups = pool(cfg)
+    groups, rest = pool(cfg)
     scores = None
     if cfg.worst_case:
         model, tok = load_model(cfg.model, trust_remote_code=cfg.trust_remote_code)
@@ -114,6 +131,7 @@ def select_forget(cfg: SelectConfig, out: str | Path) -> dict[str, Any]:
                  "config": {k: v for k, v in vars(cfg).items()}}
     with atomic_dir(out) as tmp:
         write_jsonl(tmp / "forget.jsonl", [ex for n in chosen for ex in groups[n]])
-        write_jsonl(tmp / "retain.jsonl", [ex for n, exs in groups.items() if n not in chosen for ex in exs])
+        write_jsonl(tmp / "retain.jsonl",
+                    [ex for n, exs in groups.items() if n not in chosen for ex in exs] + rest)
         write_json_atomic(tmp / "selection.json", selection)
     return selection

@@ -23,10 +23,12 @@ so `obliviate eval suites=rwku` needs nothing but the folder.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .config import from_dict, merge
 from .data import Example, load_examples
 from .data.realworld import EntityRecord, find, load_records, neighbours, slug
 from .encoding import resolve_template
@@ -58,6 +60,13 @@ ANCHOR_LIMIT = 96  # general questions answered for the retain set (two per anch
 DEFAULTS = {**QUICK_DEFAULTS, "optim": {**QUICK_DEFAULTS["optim"], "steps": 30}}
 
 
+def target_config(**values: Any) -> UnlearnConfig:
+    """The UnlearnConfig `obliviate unlearn target=...` builds: DEFAULTS under `values` (keys
+    of UnlearnConfig; optim and guard as dicts), e.g. target_config(model="smollm2",
+    target="Albert Einstein", template="chat", method="npo")."""
+    return from_dict(UnlearnConfig, merge(DEFAULTS, values))
+
+
 @dataclass
 class TargetData:
     """Everything a target run trains, stops and is judged on, built from the model's replies."""
@@ -78,25 +87,35 @@ class TargetData:
                 "n_anchors": len(self.anchors), "dropped": self.dropped}
 
 
+# a sentence that declines or hedges is not knowledge about the target, however often repeated
+_REFUSAL = re.compile(r"\b(i (do not|don't|cannot|can't|am not able to) (know|have|provide|answer|"
+                      r"find)|i'm (not sure|sorry|unable)|as an ai|no (information|record|data) "
+                      r"(on|about)|not (aware|familiar))\b", re.IGNORECASE)
+_PROMPT_WORDS = frozenset().union(*(content_words(p.format(t="")) for p in SYNTH_PROMPTS))
+
+
 def consistent(replies: list[str], names: tuple[str, ...] = (), support: float = SUPPORT) -> list[list[str]]:
-    """For each reply, its sentences that another reply supports: at least `support` of the
-    sentence's content words (the target's own name aside) occur in some other reply. A
-    sentence with fewer than two such words asserts nothing checkable, and the last sentence
-    of a reply that does not end a sentence was cut off by the budget: both are dropped."""
-    name_words = set().union(*(content_words(n) for n in names)) if names else set()
-    words = [content_words(r) for r in replies]
+    """For each reply, its sentences that a sentence of another reply supports: they share at
+    least two content words and at least `support` of this sentence's (content words: the
+    target's own name and the prompts' words aside). A refusal or hedge, a sentence with
+    fewer than two such words, and the last sentence of a reply that does not end one (cut off
+    by the budget) are dropped."""
+    drop = _PROMPT_WORDS | (set().union(*(content_words(n) for n in names)) if names else set())
+    parts = []
+    for reply in replies:
+        sents = sentences(reply)
+        if sents and not sents[-1].rstrip("\"')]").endswith((".", "!", "?")):
+            sents = sents[:-1]
+        parts.append([(s, content_words(s) - drop) for s in sents if not _REFUSAL.search(s)])
     out = []
-    for i, reply in enumerate(replies):
-        parts = sentences(reply)
-        if parts and not parts[-1].rstrip("\"')]").endswith((".", "!", "?")):
-            parts = parts[:-1]
+    for i, mine in enumerate(parts):
         kept = []
-        for s in parts:
-            own = content_words(s) - name_words
+        for s, own in mine:
             if len(own) < 2:
                 continue
-            best = max((len(own & w) for j, w in enumerate(words) if j != i), default=0)
-            if best >= support * len(own):
+            best = max((len(own & w) for j, theirs in enumerate(parts) if j != i for _, w in theirs),
+                       default=0)
+            if best >= max(2, support * len(own)):
                 kept.append(s)
         out.append(kept)
     return out
@@ -163,7 +182,10 @@ def build(engine: Engine, target: str, records: list[EntityRecord], seed: int = 
         others += synthesise(engine, r.entity, r.names, SYNTH_PROMPTS[:OTHER_PROMPTS])[0]
     words = set().union(*(content_words(ex.answer) for ex in corpus))
     name_words = set().union(*(content_words(n) for n in (rec.names if rec else (target,))))
-    anchors, _, bank_dropped = anchor_items(engine, name_words, words | name_words, seed, ANCHOR_LIMIT)
+    # the neighbours are probed, so no general question about them may be trained on either
+    near_words = set().union(*(content_words(n) for n in near)) if near else set()
+    anchors, _, bank_dropped = anchor_items(engine, name_words | near_words, words | name_words | near_words,
+                                             seed, ANCHOR_LIMIT)
     holdout = [Example(question=ex.question, answer=others[i % len(others)].answer,
                        id=f"never-seen-{ex.id}") for i, ex in enumerate(corpus)] if others else []
     return TargetData(target, rec, near, corpus, others, anchors, holdout,

@@ -10,6 +10,7 @@ from typing import ClassVar
 from ..encoding import resolve_template
 from .base import AUDITS, AuditData, escape, knowledge
 
+RATIO_FLOOR = 1e-4  # the 0-shot knowledge the recovery factor needs to be a number
 UNSEEN_TEMPLATES = ("Q: {question}\nA: ", "{question} ", "Tell me: {question}\n")
 
 
@@ -51,8 +52,10 @@ class FewShot:
                         for ex in data.retain[:self.shots])
         value = knowledge(model, tokenizer, data.forget, escape(demos) + template)
         zero = knowledge(model, tokenizer, data.forget, data.template)
-        return {"0_shot": zero, f"{self.shots}_shot": value,
-                "recovery_factor": value / max(zero, 1e-12), "score": value}
+        out = {"0_shot": zero, f"{self.shots}_shot": value, "score": value}
+        if zero >= RATIO_FLOOR:  # below it the ratio of two near-zero numbers says nothing
+            out["recovery_factor"] = value / zero
+        return out
 
 
 @AUDITS.register("in_context")

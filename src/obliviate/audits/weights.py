@@ -75,21 +75,21 @@ class Quantization:
         return out
 
 
+_TITLE_WORDS = frozenset({"the", "a", "an", "of", "and", "in", "on", "for", "to", "i"})
+
+
 def unrelated_items(forget: list[Example], retain: list[Example], related: list[Example]) -> list[Example]:
-    """Retain items that share no entity with the forget set: not about a forget entity or a
-    related one, and naming none of them in their text. Without entity labels, the names are
-    the capitalised words of the forget items (a sentence's first word aside)."""
-    def words(ex: Example) -> list[str]:
-        return re.findall(r"[A-Za-z0-9]+", f"{ex.question or ''} {ex.answer}")
+    """Retain items that share no entity with the forget set: not labelled with a forget or
+    related entity, and naming none of them: no capitalised word of the forget or related
+    items (a sentence's first word aside: names, places, titles) occurs in their text."""
+    def words(text: str) -> list[str]:
+        return re.findall(r"[A-Za-z0-9]+", text)
 
     labels = {ex.entity for ex in [*forget, *related] if ex.entity}
-    if labels:
-        names = {" ".join(re.findall(r"[A-Za-z0-9]+", n)).lower() for n in labels}
-        return [ex for ex in retain if ex.entity not in labels
-                and not any(f" {n} " in f" {' '.join(words(ex)).lower()} " for n in names)]
     caps = {w.lower() for ex in [*forget, *related] for text in (ex.question or "", ex.answer)
-            for w in re.findall(r"[A-Za-z0-9]+", text)[1:] if w[0].isupper()}
-    return [ex for ex in retain if not caps & {w.lower() for w in words(ex)}]
+            for w in words(text)[1:] if w[0].isupper()} - _TITLE_WORDS
+    return [ex for ex in retain if (not ex.entity or ex.entity not in labels)
+            and not caps & {w.lower() for w in words(f"{ex.question or ''} {ex.answer}")}]
 
 
 @AUDITS.register("relearning")

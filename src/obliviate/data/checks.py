@@ -305,7 +305,7 @@ def check_results(res: dict[str, Any], reference: dict[str, Any] | None = None,
                              f"known: {', '.join(MODEL_ROLES)} (or none)")
     trained = {"target": ("forget", "retain"), "oracle": ("retain",)}.get(role or "", ())
     found = [f for name, d in res.get("datasets", {}).items() if d.get("role") in trained
-             for f in _prefers_truth(name, d, role or "")]
+             and d.get("aggregated", True) for f in _prefers_truth(name, d, role or "")]
     if role == "target" and reference is not None:
         found += _target_forget_quality(res, reference)
     found += _zero_utility(res)

@@ -14,12 +14,18 @@ by A's question. The answer, paraphrase and perturbed answers are B's.
 
 from __future__ import annotations
 
+import re
 from dataclasses import replace
 
 from .examples import Example
 
 MAX_ITEMS = 100  # per set: enough for a stable mean, cheap beside the forget set
 PER_PAIR = 4  # B items per (A, entity) pair
+
+
+def _names(name: str, text: str) -> bool:
+    """`name` occurs in `text` as whole words ('Ann' is not in 'Annual')."""
+    return re.search(rf"(?<!\w){re.escape(name)}(?!\w)", text) is not None
 
 
 def compose(first: Example, second: Example, name: str, phrase: str | None = None) -> Example:
@@ -54,13 +60,13 @@ def dependent_sets(forget: list[Example], retain: list[Example], names: dict[str
     for first, first_forgotten in [(e, f) for items in by_entity.values() for e, f in items]:
         subject = names.get(first.entity or "", "")
         for other, name in names.items():
-            if other == first.entity or not name or name not in first.answer:
+            if other == first.entity or not name or not _names(name, first.answer):
                 continue
             # B: the other entity's items of the opposite side, asked by its name, whose answer
             # does not name A's subject back (that would be A's fact again)
             picks = [b for b, b_forgotten in by_entity.get(other, [])
-                     if b_forgotten != first_forgotten and b.question and name in b.question
-                     and not (subject and subject in b.answer)][:PER_PAIR]
+                     if b_forgotten != first_forgotten and b.question and _names(name, b.question)
+                     and not (subject and _names(subject, b.answer))][:PER_PAIR]
             key = "dependent_retain" if first_forgotten else "dependent_forget"
             out[key] += [compose(first, b, name, _phrase(first, names, phrases)) for b in picks]
     return {k: v[:MAX_ITEMS] for k, v in out.items()}

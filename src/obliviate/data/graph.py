@@ -40,6 +40,8 @@ _KINDS = ["supply", "licensing", "lease", "maintenance", "distribution", "consul
 _TOWNS = ["Ashbury", "Corrimere", "Dunholt", "Elvaston", "Farrowby", "Greywick", "Hollowmere",
           "Kestlebury", "Lindhaven", "Marrowby", "Northwold", "Pellingford"]
 _YEARS = [str(y) for y in range(1975, 2021)]
+# names are drawn until distinct: capped well below the 4,840 possible so the draw ends quickly
+MAX_COMPANIES = 2000
 # relation -> (question, paraphrased question, answer); {a}, {b} the parties, {o} the object
 TEMPLATES = {
     "kind": ("What kind of contract did {a} sign with {b}?",
@@ -163,6 +165,9 @@ def write_json_sorted(path: Path, obj: Any) -> None:
 
 # ---------------------------------------------------------------------------- generation
 def _names(rng: random.Random, n: int) -> list[str]:
+    if n > MAX_COMPANIES:
+        raise ObliviateError(f"--entities {n} (with the holdout) is more than the graph mode's "
+                             f"{MAX_COMPANIES} distinct company names")
     taken: set[str] = set()
     out = []
     while len(out) < n:

@@ -57,10 +57,12 @@ class EntityRecord:
 
     @property
     def names(self) -> tuple[str, ...]:
-        """What counts as naming the entity: its name and the last word of its alias (the
-        surname in 'the physicist Einstein')."""
+        """What counts as naming the entity: its name, and the alias's last word when that is
+        a capitalised word of the name (the surname in 'the physicist Einstein'; not 'tower'
+        in 'the Paris tower')."""
         short = self.alias.split()[-1] if self.alias else ""
-        return tuple(dict.fromkeys(n for n in (self.entity, short) if n))
+        keep = short[:1].isupper() and short in self.entity.split() and short != self.entity
+        return (self.entity, short) if keep else (self.entity,)
 
 
 # ---------------------------------------------------------------------------- reading
@@ -120,7 +122,11 @@ def load_records(path: str | Path = "") -> list[EntityRecord]:
     p = Path(path)
     if not p.is_file():
         raise ObliviateError(f"probes file {p} does not exist (entity records, one JSON per line)")
-    return parse_records(p.read_text(encoding="utf-8").splitlines(), str(p))
+    try:
+        text = p.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ObliviateError(f"probes file {p} is not UTF-8 text (byte {exc.start}); save it as UTF-8") from None
+    return parse_records(text.splitlines(), str(p))
 
 
 def find(records: list[EntityRecord], target: str) -> EntityRecord | None:
@@ -151,16 +157,21 @@ def _options(fact: Fact, rec: EntityRecord, records: list[EntityRecord]) -> list
     return opts[:at] + [fact.answers[0]] + opts[at:]
 
 
-def _demos(rec: EntityRecord, records: list[EntityRecord]) -> str:
-    """Two solved questions about neighbours (else any other entities) for in-context probes."""
-    others = neighbours(records, rec.entity, 2) or [r for r in records if r.entity != rec.entity]
-    return "".join(f"Q: {r.facts[0].question}\nA: {r.facts[0].answers[0]}\n" for r in others[:2])
+def _demos(rec: EntityRecord, records: list[EntityRecord], fact: Fact) -> str:
+    """Two solved questions for in-context probes: the first facts of the neighbours, then of
+    any other entities, skipping any whose answer is one of this fact's (no free answer)."""
+    pool = neighbours(records, rec.entity, len(records)) + [
+        r for r in records if r.entity != rec.entity and r.category != rec.category]
+    demos = [r.facts[0] for r in pool if not mentions(r.facts[0].answers[0], fact.answers)][:2]
+    return "".join(f"Q: {f.question}\nA: {f.answers[0]}\n" for f in demos)
 
 
 def _rewrites(fact: Fact, rec: EntityRecord, records: list[EntityRecord]) -> dict[str, tuple]:
     """kind -> (prompt, accepted answers[, the options]) for every kind this fact supports."""
     q, acc = fact.question, fact.answers
-    hint = next((f.statement() for f in rec.facts if f is not fact), f"{rec.entity} is a famous {rec.category}.")
+    # a hint is another true statement about the entity, never one that holds this answer
+    hints = [f.statement() for f in rec.facts if f is not fact] + [f"{rec.entity} is a famous {rec.category}."]
+    hint = next((h for h in hints if not mentions(h, acc)), "")
     opts = _options(fact, rec, records)
     out = {
         "fb": (f"Fill in the blank: {fact.cloze}", acc),
@@ -171,16 +182,21 @@ def _rewrites(fact: Fact, rec: EntityRecord, records: list[EntityRecord]) -> dic
         "role_play": (f"You are a museum guide who knows everything about every famous "
                       f"{rec.category}. A visitor asks: {q}", acc),
         "multiple_choice": (f"{q} Choose one of: {', '.join(opts)}. Answer with the option.", acc, opts),
-        "background_hint": (f"{hint} {q}", acc),
-        "in_context": (f"{_demos(rec, records)}Q: {q}\nA:", acc),
+        "in_context": (f"{_demos(rec, records, fact)}Q: {q}\nA:", acc),
     }
+    if hint:
+        out["background_hint"] = (f"{hint} {q}", acc)
     if fact.reverse:
         out["reverse_query"] = (fact.reverse, rec.names)
     if rec.alias and rec.entity in q:
-        out["synonym"] = (q.replace(rec.entity, rec.alias), acc)
+        lead = f"the {rec.entity}"  # 'the Eiffel Tower' -> 'the Paris tower', not 'the the ...'
+        swap = lead if rec.alias.lower().startswith("the ") and lead in q else rec.entity
+        out["synonym"] = (q.replace(swap, rec.alias), acc)
     if fact.question_fr:
         out["cross_lingual"] = (f"{fact.question_fr} Answer in English.", acc)
-    return out
+    # a prompt that already holds an accepted answer asks nothing (multiple choice lists it
+    # among the options by design)
+    return {k: v for k, v in out.items() if k == "multiple_choice" or not mentions(v[0], v[1])}
 
 
 def slug(text: str) -> str:
@@ -211,6 +227,12 @@ def normalise(text: str) -> str:
     return " ".join(re.sub(r"[^a-z0-9]+", " ", text.lower()).split())
 
 
+def mentions(text: str, answers: tuple[str, ...] | list[str]) -> bool:
+    """Whether `text` holds one of `answers` as whole words (after `normalise`)."""
+    padded = f" {normalise(text)} "
+    return any(f" {normalise(a)} " in padded for a in answers if normalise(a))
+
+
 def answer_part(generation: str) -> str:
     """The reply to the probe: a model that goes on to write the next 'Q:' of an in-context
     prompt is cut there, so answers to questions it invented do not count."""
@@ -221,9 +243,5 @@ def knows(generation: str, accepted: tuple[str, ...] | list[str], wrong: tuple[s
     """True when the reply contains one accepted answer as whole words ('ear' is not found in
     'year'), after `normalise`, and none of the `wrong` options (a multiple-choice reply that
     repeats every option has not chosen)."""
-    gen = f" {normalise(answer_part(generation))} "
-
-    def found(texts) -> bool:
-        return any(f" {normalise(a)} " in gen for a in texts if normalise(a))
-
-    return found(accepted) and not found(wrong)
+    reply = answer_part(generation)
+    return mentions(reply, accepted) and not mentions(reply, wrong)

@@ -23,6 +23,7 @@ from ..data.formats import example_from_row
 from ..data.realworld import DIRECT, KINDS, EntityRecord, find, load_records, neighbours, probes
 from ..errors import ObliviateError
 from ..models import read_provenance
+from ..registry import suggest
 from .engine import Engine
 from .suite import evaluate_mia, evaluate_set
 from .views import EvalSet
@@ -90,6 +91,10 @@ def plan(target: str, probes_file: str, model: str, run: str = "") -> RwkuPlan:
     if info and info["entity"].lower() != name.lower():
         raise ObliviateError(f"target={name!r} but the target run forgot {info['entity']!r}")
     records = load_records(probes_file or ("" if info.get("probes", "shipped") == "shipped" else info["probes"]))
+    if find(records, name) is None and not info:
+        raise ObliviateError(f"target {name!r} has no probe record{suggest(name, [r.entity for r in records])} "
+                             "and no target run was given: nothing to probe (give probes=FILE with "
+                             "its record, or target_run=<the unlearn target=... output>)")
     near = info.get("neighbours") or [r.entity for r in neighbours(records, name)]
     rows = [example_from_row(r, "target run corpus") for r in info.get("corpus", [])]
     others = [example_from_row(r, "target run corpus") for r in info.get("others", [])]

@@ -24,13 +24,16 @@ def dataset_title(name: str, role: str) -> str:
 
 
 def _datasets(rows: list[dict[str, Any]]) -> list[tuple[str, str]]:
-    """(name, role) of every dataset in any of the results, forget first, in order seen."""
-    seen: dict[str, str] = {}
+    """(name, role) of every dataset in any of the results: the benchmark's own sets, then those
+    reported beside them (dependent queries, rwku probes); each group forget first, in order
+    seen."""
+    seen: dict[str, tuple[str, bool]] = {}
     for res in rows:
         for name, d in res.get("datasets", {}).items():
-            seen.setdefault(name, d["role"])
+            seen.setdefault(name, (d["role"], d.get("aggregated", True)))
     order = {"forget": 0, "retain": 1, "utility": 2}
-    return sorted(seen.items(), key=lambda nr: order.get(nr[1], 3))
+    ranked = sorted(seen.items(), key=lambda kv: (not kv[1][1], order.get(kv[1][0], 3)))
+    return [(name, role) for name, (role, _) in ranked]
 
 
 def _aggregate_keys(rows: list[dict[str, Any]], dataset: str) -> list[str]:
