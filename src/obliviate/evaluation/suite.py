@@ -65,7 +65,7 @@ def evaluate_tofu(engine: Engine, sets: list[EvalSet], max_new_tokens: int = 48,
 def evaluate_memorization(engine: Engine, sets: list[EvalSet]) -> dict[str, dict[str, Any]]:
     """The memorization suite alone (no generation) on the forget and retain sets."""
     return {es.name: evaluate_set(engine, es, suite="memorization")
-            for es in sets if es.role in ("forget", "retain")}
+            for es in sets if es.role in ("forget", "retain") and es.aggregated}
 
 
 def evaluate_mia(engine: Engine, members: EvalSet, nonmembers: EvalSet, k: float = 0.4,
