@@ -439,6 +439,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "(also accepted after the subcommand)")
     sub = p.add_subparsers(dest="command", required=True)
     _model_parsers(sub)
+    _selection_parser(sub)
     _results_parsers(sub)
     _request_parser(sub)
     _forget_parser(sub)
@@ -480,15 +481,6 @@ def _model_parsers(sub) -> None:
     c.add_argument("--out", required=True)
     c.set_defaults(func=_cmd_benchmark)
 
-    sf = sub.add_parser("select-forget", help="choose the entities to forget: a random draw, or "
-                        "--worst-case (those whose unlearning costs the rest most)")
-    sf.add_argument("--worst-case", dest="worst_case", action="store_true",
-                    help="rank entities by the alignment of their gradient with the rest's "
-                         "(needs model=); default: a seeded random draw of the same size")
-    sf.add_argument("--out", required=True, help="a new folder: forget.jsonl, retain.jsonl, selection.json")
-    sf.add_argument("overrides", nargs="*", help="model=, benchmark= or data=, size=, seed=, template=")
-    sf.set_defaults(func=_cmd_select_forget)
-
     ck = sub.add_parser("check", help="check data before trusting a number (overlaps, too few "
                         "items, perturbed answers that measure wording), and results' sanity")
     ck.add_argument("--benchmark", help="a benchmark folder")
@@ -513,6 +505,18 @@ def _model_parsers(sub) -> None:
                            help="this model's name in results and reports (default: its folder name)")
         s.add_argument("overrides", nargs="*", help=_overrides_help())
         s.set_defaults(func=func)
+
+
+def _selection_parser(sub) -> None:
+    """select-forget: which entities a benchmark's forget set should hold."""
+    sf = sub.add_parser("select-forget", help="choose the entities to forget: a random draw, or "
+                        "--worst-case (those whose unlearning costs the rest most)")
+    sf.add_argument("--worst-case", dest="worst_case", action="store_true",
+                    help="rank entities by the alignment of their gradient with the rest's "
+                         "(needs model=); default: a seeded random draw of the same size")
+    sf.add_argument("--out", required=True, help="a new folder: forget.jsonl, retain.jsonl, selection.json")
+    sf.add_argument("overrides", nargs="*", help="model=, benchmark= or data=, size=, seed=, template=")
+    sf.set_defaults(func=_cmd_select_forget)
 
 
 def _results_parsers(sub) -> None:
