@@ -196,3 +196,33 @@ def test_a_target_deletion_request_through_the_ledger(world, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "already exists" in err and len(err.strip().splitlines()) == 1
     assert load_examples(dana) == items
+
+
+@pytest.fixture(scope="module")
+def synthesised(world):
+    from obliviate.target import synthesise_for, target_config
+
+    return synthesise_for(target_config(model=str(world / "model"), target=TARGET,
+                                        probes=str(world / "people.jsonl")), progress=False)
+
+
+def _dense_methods():
+    from obliviate.methods import METHODS, build
+
+    return [n for n in METHODS.names() if getattr(type(build(n, {})), "architecture", None) != "moe"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", _dense_methods())
+def test_every_method_runs_on_a_target_corpus(world, synthesised, method, tmp_path):
+    """Only the target's name is given: each method (mixture-of-experts ones aside, which need
+    experts) unlearns the synthesised corpus with the anchors as its retain set."""
+    from obliviate.systems import load_any
+    from obliviate.target import run_target, target_config
+
+    cfg = target_config(model=str(world / "model"), target=TARGET, probes=str(world / "people.jsonl"),
+                        method=method, stop_at_holdout=False, optim={"steps": 2, "batch_size": 4})
+    out = run_target(cfg, synthesised, tmp_path / method, progress=False)
+    assert read_provenance(out)["target"]["entity"] == TARGET
+    model, _ = load_any(out)
+    assert model is not None

@@ -24,7 +24,7 @@ so `obliviate eval suites=rwku` needs nothing but the folder.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -188,6 +188,11 @@ def build(engine: Engine, target: str, records: list[EntityRecord], seed: int = 
                                              seed, ANCHOR_LIMIT)
     holdout = [Example(question=ex.question, answer=others[i % len(others)].answer,
                        id=f"never-seen-{ex.id}") for i, ex in enumerate(corpus)] if others else []
+    # in-domain wrong answers to the target's prompts: other entities' descriptions (what AltPO
+    # prefers, and what a truth ratio compares against)
+    corpus = [replace(ex, perturbed_answers=tuple(others[(i + k) % len(others)].answer
+                                                  for k in range(min(3, len(others)))))
+              for i, ex in enumerate(corpus)]
     return TargetData(target, rec, near, corpus, others, anchors, holdout,
                       {"corpus_sentences": dropped, "bank": bank_dropped})
 
