@@ -172,12 +172,15 @@ def first_sentence(text: str) -> str:
 
 def _answers(engine: Engine, name: str, questions: list[str]) -> list[str]:
     """Greedy answers: the first sentence, before any next prompt a base model starts."""
-    prefix = resolve_template(engine.tokenizer, engine.template).split("{question}")[0].strip()
     texts = engine.generate(name, [Example(answer="", question=q) for q in questions],
                             MAX_NEW_TOKENS)
-    if prefix:
-        texts = [t.split(prefix)[0] if t.find(prefix) > 0 else t for t in texts]
-    return [first_sentence(t) for t in texts]
+    return [first_sentence(t) for t in before_next_prompt(engine, texts)]
+
+
+def before_next_prompt(engine: Engine, texts: list[str]) -> list[str]:
+    """Each text up to where a base model starts the next prompt of its template."""
+    prefix = resolve_template(engine.tokenizer, engine.template).split("{question}")[0].strip()
+    return [t.split(prefix)[0] if prefix and t.find(prefix) > 0 else t for t in texts]
 
 
 def _probs(engine: Engine, name: str, examples: list[Example]) -> list[float]:

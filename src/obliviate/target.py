@@ -31,14 +31,13 @@ from typing import Any
 from .config import from_dict, merge
 from .data import Example, load_examples
 from .data.realworld import EntityRecord, find, load_records, neighbours, slug
-from .encoding import resolve_template
 from .errors import ObliviateError
 from .evaluation import Engine
 from .methods import build as build_method
 from .methods import needs_of
 from .models import resolve_source
 from .quick import DEFAULTS as QUICK_DEFAULTS
-from .quick import anchor_items, content_words, sentences
+from .quick import anchor_items, before_next_prompt, content_words, sentences
 from .systems import load_any
 from .unlearning import UnlearnConfig, unlearn_examples
 
@@ -127,9 +126,7 @@ def _asks(entity: str, prompts: tuple[str, ...] = SYNTH_PROMPTS) -> list[Example
 
 def _replies(engine: Engine, name: str, asks: list[Example]) -> list[str]:
     """Greedy replies, cut where a base model would start the next prompt of its template."""
-    prefix = resolve_template(engine.tokenizer, engine.template).split("{question}")[0].strip()
-    texts = engine.generate(name, asks, SYNTH_TOKENS)
-    return [t.split(prefix)[0] if prefix and t.find(prefix) > 0 else t for t in texts]
+    return before_next_prompt(engine, engine.generate(name, asks, SYNTH_TOKENS))
 
 
 def synthesise(engine: Engine, entity: str, names: tuple[str, ...] = (),

@@ -61,6 +61,12 @@ def read_json(path: str | Path) -> Any:
     return parse_json(read_text(path), str(path))
 
 
+def write_json_sorted(path: Path, obj: Any) -> None:
+    """A benchmark folder's JSON file: sorted keys, so the same content gives the same bytes."""
+    path.write_text(json.dumps(obj, indent=1, sort_keys=True, ensure_ascii=False) + "\n",
+                    encoding="utf-8")
+
+
 def lone_surrogate(value: Any) -> str | None:
     r"""Where a string holds a lone surrogate ('\ud800' is valid JSON but no text: it cannot be
     written back as UTF-8 or tokenized), as a field path like `answer` or `perturbed[2]`; None

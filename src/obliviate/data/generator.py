@@ -11,7 +11,6 @@ can be measured separately from the people linked to them (structural unlearning
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import random
 from dataclasses import dataclass, field
@@ -22,7 +21,7 @@ from ..errors import ObliviateError
 from ..io import atomic_dir
 from .dependent import dependent_sets, with_roles
 from .examples import Example
-from .files import read_json
+from .files import read_json, write_json_sorted
 from .formats import read_tofu_jsonl, write_jsonl
 from .graph import KIND as GRAPH_KIND
 from .graph import GraphBenchmark
@@ -248,9 +247,9 @@ class Benchmark:
             write_jsonl(tmp / "qa.jsonl", self.qa)
             write_jsonl(tmp / "passages.jsonl", self.passages)
             write_jsonl(tmp / "world_facts.jsonl", self.world_facts)
-            _write_json(tmp / "entities.json", self.entities)
-            _write_json(tmp / "splits.json", self.splits)
-            _write_json(tmp / "benchmark.json", self.meta)
+            write_json_sorted(tmp / "entities.json", self.entities)
+            write_json_sorted(tmp / "splits.json", self.splits)
+            write_json_sorted(tmp / "benchmark.json", self.meta)
             (tmp / "DATASHEET.md").write_text(self.datasheet(), encoding="utf-8")
         return out
 
@@ -311,11 +310,6 @@ def _read_object(path: Path) -> dict[str, Any]:
         raise ObliviateError(f"{path}: expected a JSON object; regenerate the benchmark "
                              "(obliviate generate)")
     return value
-
-
-def _write_json(path: Path, obj: Any) -> None:
-    path.write_text(json.dumps(obj, indent=1, sort_keys=True, ensure_ascii=False) + "\n",
-                    encoding="utf-8")
 
 
 def _article(word: str) -> str:

@@ -16,7 +16,6 @@ Holdout companies sign contracts only among themselves and are never trained.
 
 from __future__ import annotations
 
-import json
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +24,7 @@ from typing import Any
 from ..errors import ObliviateError
 from ..io import atomic_dir
 from .examples import Example
-from .files import read_json
+from .files import read_json, write_json_sorted
 from .formats import read_tofu_jsonl, write_jsonl
 
 KIND = "graph"
@@ -157,10 +156,6 @@ class GraphBenchmark:
             "three ways (kind, year, governing town). Fictitious.", "",
             "| split | company forgotten | degree | forget items | neighbours' other items |",
             "|---|---|---|---|---|", *rows, ""])
-
-
-def write_json_sorted(path: Path, obj: Any) -> None:
-    path.write_text(json.dumps(obj, indent=1, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
 # ---------------------------------------------------------------------------- generation

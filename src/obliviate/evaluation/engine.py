@@ -186,9 +186,12 @@ class Engine:
 
     def generate(self, name: str, examples: list[Example], max_new_tokens: int = 48) -> list[str]:
         """Greedy, batched, left-padded continuations of each item's prompt (cached)."""
-        prompts = [prompt_text(ex.question, self.template, self.tokenizer) if not ex.is_text else ""
-                   for ex in examples]
-        return self.complete(name, prompts, max_new_tokens)
+        return self.complete(name, self._prompts(examples), max_new_tokens)
+
+    def _prompts(self, examples: list[Example]) -> list[str]:
+        """Each item's prompt in the template (a plain-text item continues from nothing)."""
+        return [prompt_text(ex.question, self.template, self.tokenizer) if not ex.is_text else ""
+                for ex in examples]
 
     def generate_together(self, named: dict[str, list[Example]], max_new_tokens: int = 48) -> None:
         """Generate for several datasets in shared batches, each cached under its own name: many
@@ -197,8 +200,7 @@ class Engine:
         todo = {n: exs for n, exs in named.items() if (n, max_new_tokens) not in self._gens and exs}
         if len(todo) < 2:
             return
-        prompts = [prompt_text(ex.question, self.template, self.tokenizer) if not ex.is_text else ""
-                   for exs in todo.values() for ex in exs]
+        prompts = [p for exs in todo.values() for p in self._prompts(exs)]
         texts = self.complete("\x00together:" + "\x00".join(todo), prompts, max_new_tokens)
         start = 0
         for n, exs in todo.items():
