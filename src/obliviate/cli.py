@@ -36,6 +36,12 @@ def _cmd_demo(args) -> None:
 def _cmd_generate(args) -> None:
     from .api import generate
 
+    if args.family == "classifier":
+        from .classifiers import commands
+
+        if args.graph:
+            raise ObliviateError("--graph is a language-model benchmark mode; drop it with --family classifier")
+        return commands.generate(args.out, args.dataset, args.seed)
     check_output(args.out, {}, kind="dir")
     degrees = None
     if args.graph:
@@ -47,9 +53,18 @@ def _cmd_generate(args) -> None:
     print(f"benchmark written to {out} (datasheet: {out / 'DATASHEET.md'})")
 
 
+def _classifier(args, model: str | None = None):
+    """The classifier branch of the CLI when the run's benchmark or model is a classifier's."""
+    from .classifiers import commands
+
+    return commands if commands.family(args.config, args.overrides, model) == "classifier" else None
+
+
 def _cmd_finetune(args) -> None:
     from .api import FinetuneConfig, finetune
 
+    if clf := _classifier(args):
+        return clf.finetune(args.config, args.overrides, args.out)
     cfg = load_config(FinetuneConfig, args.config, args.overrides)
     check_output(args.out, {"base model": cfg.base if cfg.base != "tiny" else None,
                             "benchmark": cfg.benchmark, "data": cfg.data, "excluded data": cfg.exclude,
@@ -63,6 +78,8 @@ def _cmd_unlearn(args) -> None:
     from .api import UnlearnConfig, unlearn
     from .target import DEFAULTS as TARGET_DEFAULTS
 
+    if clf := _classifier(args):
+        return clf.unlearn(args.config, args.overrides, args.out)
     cfg = load_config(UnlearnConfig, args.config, args.overrides)
     if cfg.target:  # a pretrained model and no oracle: the calibrated stop, checked every step
         cfg = load_config(UnlearnConfig, args.config, args.overrides, defaults=TARGET_DEFAULTS)
@@ -102,6 +119,12 @@ def _cmd_benchmark(args) -> None:
     counts = ", ".join(f"{k} {v}" for k, v in bench.meta["counts"].items())
     print(f"benchmark written to {out} ({counts}; datasheet: {out / 'DATASHEET.md'})")
     _print_findings(check_sets(_bench_sets(bench)), f"again: obliviate check --benchmark {out}")
+
+
+def _cmd_benchmark_classifier(args) -> None:
+    from .classifiers import commands
+
+    commands.create(args.out, args.train, args.test, args.test_fraction, args.seed)
 
 
 def _bench_sets(bench) -> dict[str, tuple[str, list]]:
@@ -178,6 +201,9 @@ def _cmd_eval(args) -> None:
     from .api import EvalConfig, evaluate
     from .evaluation import save_results
 
+    if clf := _classifier(args):
+        clf.evaluate(args.config, args.overrides, args.out, args.label)
+        return
     cfg = load_config(EvalConfig, args.config, args.overrides)
     check_output(args.out, {"model": cfg.model, "MIA reference model": cfg.mia_reference,
                             "forget data": cfg.forget, "retain data": cfg.retain,
@@ -250,6 +276,8 @@ def _cmd_audit(args) -> None:
     from .audits import AuditConfig, audit
 
     flags = [f"{k}={getattr(args, k)}" for k in ("target", "oracle", "benchmark") if getattr(args, k)]
+    if clf := _classifier(argparse.Namespace(config=args.config, overrides=[*flags, *args.overrides]), args.model):
+        return clf.audit(args.config, [f"model={args.model}", *flags, *args.overrides], args.out, args.label)
     cfg = load_config(AuditConfig, args.config, [f"model={args.model}", *flags, *args.overrides])
     check_output(args.out, {"model": cfg.model, "target": cfg.target, "oracle": cfg.oracle,
                             "benchmark": cfg.benchmark, "config": args.config})
@@ -270,11 +298,24 @@ def _cmd_ls(args) -> None:
                   f"default lr {d['default_lr']:g})\n{'':12s} {d['paper']}")
             if d["system"]:
                 print(f"{'':12s} unlearned system; broken by {d['threat']}")
+        from .classifiers.methods import CLASSIFIER_METHODS
+        from .classifiers.methods import describe as describe_clf
+
+        print("\nclassifier methods:")
+        for name in CLASSIFIER_METHODS:
+            d = describe_clf(name)
+            print(f"{name:18s} {d['description']} (default lr {d['default_lr']:g}, "
+                  f"{d['default_epochs']:g} epochs)\n{'':18s} {d['paper']}")
     elif args.what == "audits":
         from .audits import AUDITS
+        from .classifiers.audits import CLASSIFIER_AUDITS
 
         for name in AUDITS:
             cls = AUDITS.get(name)
+            print(f"{name:14s} {cls.description} ({cls.paper})")
+        print("\nclassifier audits:")
+        for name in CLASSIFIER_AUDITS:
+            cls = CLASSIFIER_AUDITS.get(name)
             print(f"{name:14s} {cls.description} ({cls.paper})")
     else:
         from .evaluation.metrics import in_order
@@ -290,6 +331,8 @@ def _cmd_request(args) -> int | None:
     from .ledger.show import printable as p  # user text never reaches the terminal raw
 
     project = args.project
+    if _classifier_project(args):
+        return _cmd_request_classifier(args)
     if args.action == "init":
 
         given = {"base": args.model, "retain": args.retain or "", "holdout": args.holdout or "",
@@ -302,6 +345,11 @@ def _cmd_request(args) -> int | None:
         print(f"item hashes are keyed with {p(root / KEY_FILE)}: keep it private; "
               "without it requests can no longer be applied or verified")
     elif args.action == "add":
+        if not args.forget:
+            raise ObliviateError("request add needs --forget FILE (the items to forget)")
+        if args.user:
+            raise ObliviateError("--user names a classifier's samples; this is a language-model project")
+        args.method = args.method or "npo"
         if args.target:  # the forget items are what the latest version says about the target
             L.unlearn_config(args.method, args.overrides)  # a typo fails before minutes of generation
             L.target_forget_file(project, args.target, args.forget, args.probes or "")
@@ -341,6 +389,54 @@ def _cmd_request(args) -> int | None:
     return None
 
 
+def _classifier_project(args) -> bool:
+    """A classifier project: `init` with a classifier model, or a ledger that says so."""
+    from .classifiers.nets import is_classifier_model
+    from .ledger import Ledger
+    from .ledger.classifier import is_classifier_project
+    from .ledger.paths import LEDGER_FILE
+
+    if args.action == "init":
+        return bool(args.benchmark) or is_classifier_model(args.model)
+    if not (Path(args.project) / LEDGER_FILE).is_file():
+        return False  # the language-model path says what is missing
+    with Ledger.open(args.project) as ledger:
+        return is_classifier_project(ledger)
+
+
+def _cmd_request_classifier(args) -> int | None:
+    """Deletion requests of a classifier project (ledger/classifier.py)."""
+    from .ledger import classifier as LC
+    from .ledger.show import printable as p
+    from .ledger.show import show_list, show_request
+
+    if args.action == "init":
+        if not args.benchmark:
+            raise ObliviateError("a classifier project needs --benchmark DIR (the data requests name)")
+        root = LC.init(args.project, args.model, args.benchmark, args.overrides)
+        print(f"classifier ledger created in {p(root)} (version 0: {p(args.model)})")
+    elif args.action == "add":
+        if args.target or args.probes or args.retain:
+            raise ObliviateError("--target, --probes and --retain are for language-model projects")
+        rid = LC.add(args.project, args.subject, args.user, args.forget, args.method, args.overrides)
+        print(f"request {rid} added (pending); apply it with `obliviate request apply {rid}`")
+    elif args.action == "apply":
+        vids = LC.apply(args.project, args.id, args.all)
+        if vids:
+            print(f"new version(s): {', '.join(map(str, vids))}")
+    elif args.action in ("list", "show"):
+        print(show_list(args.project) if args.action == "list" else show_request(args.project, args.id))
+    elif args.action == "cancel":
+        from . import ledger as L
+
+        L.cancel_request(args.project, args.id)
+        print(f"request {args.id} cancelled")
+    else:
+        raise ObliviateError(f"request {args.action} is not available for classifier projects yet: "
+                             "each version's evidence.html, results.json and audit.json hold its numbers")
+    return None
+
+
 def _ledger_inputs(ledger) -> dict[str, list]:
     """What the ledger page is built from: the ledger, every version and every data file."""
     from .ledger.paths import internal_paths
@@ -362,6 +458,7 @@ def _request_parser(sub) -> None:
 
     i = actions.add_parser("init", parents=[common], help="create a project ledger for a base model")
     i.add_argument("--model", required=True, help="the base model folder (version 0, never modified)")
+    i.add_argument("--benchmark", help="classifier projects: the benchmark whose samples requests name")
     i.add_argument("--retain", help="retain data: training retain set and utility measure")
     i.add_argument("--holdout", help="non-member data for membership inference")
     i.add_argument("--oracle", help="a model never trained on any data that may be requested")
@@ -371,13 +468,16 @@ def _request_parser(sub) -> None:
 
     a = actions.add_parser("add", parents=[common], help="record a request (hashes, not text)")
     a.add_argument("--subject", required=True, help="who or what (a name or a ticket reference)")
-    a.add_argument("--forget", required=True, help="JSONL file of the items to forget (with "
+    a.add_argument("--forget", help="JSONL file of the items to forget (with "
                    "--target: a new file, where the synthesised items are written)")
     a.add_argument("--target", help="forget what the model knows about this entity: the forget "
                    "items are synthesised from the latest version's own replies")
     a.add_argument("--probes", help="with --target: entity records to find its neighbours in")
     a.add_argument("--retain", help="this request's retain set (default: the project's)")
-    a.add_argument("--method", default="npo", help="unlearning method (obliviate ls methods)")
+    a.add_argument("--user", help="classifier projects: forget every training sample of this user "
+                   "(or give --forget, a file of sample ids, one per line)")
+    a.add_argument("--method", help="unlearning method (obliviate ls methods; default npo, or the "
+                   "classifier project's)")
     a.add_argument("overrides", nargs="*", help="unlearn config, e.g. optim.steps=40 params.beta=0.2")
 
     ap = actions.add_parser("apply", parents=[common], help="apply the next pending request")
@@ -465,6 +565,10 @@ def _model_parsers(sub) -> None:
                    "by contracts, one forget split per degree of connectivity")
     g.add_argument("--degrees", default="1,2,4,8", help="with --graph: the degrees of the companies "
                    "to forget (forget_deg<d> splits)")
+    g.add_argument("--family", choices=["lm", "classifier"], default="lm",
+                   help="lm: the fictitious-entities benchmark; classifier: an image data set")
+    g.add_argument("--dataset", default="shapes", help="with --family classifier: shapes "
+                   "(generated, 24 users) or digits (scikit-learn's)")
     g.add_argument("--out", required=True)
     g.set_defaults(func=_cmd_generate)
 
@@ -480,6 +584,15 @@ def _model_parsers(sub) -> None:
                    "target and oracle (repeatable; named after its file)")
     c.add_argument("--out", required=True)
     c.set_defaults(func=_cmd_benchmark)
+    cc = bs.add_parser("classifier", help="a classifier benchmark from an image folder "
+                       "(<class>/<image>, optional users.csv), an .npz (x, y[, users]) or a JSONL of "
+                       "{text, label[, user]}")
+    cc.add_argument("--train", required=True, help="the training data (forget sets are drawn here)")
+    cc.add_argument("--test", help="never-trained data (default: a stratified split of --train)")
+    cc.add_argument("--test-fraction", dest="test_fraction", type=float, default=0.2)
+    cc.add_argument("--seed", type=int, default=0)
+    cc.add_argument("--out", required=True)
+    cc.set_defaults(func=_cmd_benchmark_classifier)
 
     ck = sub.add_parser("check", help="check data before trusting a number (overlaps, too few "
                         "items, perturbed answers that measure wording), and results' sanity")

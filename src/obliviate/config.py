@@ -199,6 +199,12 @@ def load_config(cls: type[C], path: str | Path | None = None, overrides: list[st
                 defaults: dict[str, Any] | None = None) -> C:
     """Defaults (the class's, then `defaults`) <- YAML file <- dotted overrides, validated into
     dataclass `cls`."""
+    return from_dict(cls, merge(defaults or {}, raw_config(path, overrides)))
+
+
+def raw_config(path: str | Path | None = None, overrides: list[str] = ()) -> dict[str, Any]:
+    """The YAML file with the dotted overrides over it, not yet validated (the CLI reads
+    `benchmark` / `model` from it to tell a classifier run from a language model's)."""
     data: dict[str, Any] = {}
     if path is not None:
         path = Path(path)
@@ -217,8 +223,7 @@ def load_config(cls: type[C], path: str | Path | None = None, overrides: list[st
         if not isinstance(loaded, dict):
             raise ObliviateError(f"config file {path} must hold a mapping at the top level")
         data = loaded
-    data = merge(merge(defaults or {}, data), parse_overrides(list(overrides)))
-    return from_dict(cls, data)
+    return merge(data, parse_overrides(list(overrides)))
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:

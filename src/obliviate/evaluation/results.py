@@ -68,7 +68,10 @@ def derive(res: dict[str, Any], reference: dict[str, Any] | None = None) -> dict
     for name, d in res["datasets"].items():
         for key, value in d["aggregate"].items():
             out[f"{name}_{key}"] = value
+    family = res.get("family", "lm")
     for m in in_order("derived"):
+        if m.family != family:
+            continue
         value = m.compute(res, reference)
         out.update(value if isinstance(value, dict) else {m.name: value})
     return out

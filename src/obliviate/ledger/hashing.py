@@ -109,6 +109,11 @@ class Hasher:
     def content(self, ex: Example) -> str:
         return legacy_hash(ex) if self.scheme == LEGACY else self._mac(content_message(ex))
 
+    def record(self, fields: list) -> str:
+        """Keyed hash of a record given as JSON fields (a classifier sample: its id, the
+        SHA-256 of its content and its label)."""
+        return self._mac(_message(fields))
+
     def digest(self, hashes: Iterable[str]) -> str:
         """One digest of a set of items, independent of their order in the file."""
         ordered = sorted(hashes)

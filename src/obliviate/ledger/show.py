@@ -15,6 +15,14 @@ from .hashing import LEGACY
 from .store import Ledger
 
 HEADLINE = ("forget_prob", "forget_rougeL_recall", "auc_min_k", "forget_quality")
+CLASSIFIER_HEADLINE = ("forget_ua", "forget_mia_efficacy", "avg_gap")
+
+
+def _family(ledger: Ledger) -> tuple[str, str, tuple[str, ...]]:
+    """(the per-request number `list` shows, its title, the numbers `show` tabulates)."""
+    if ledger.settings().get("family") == "classifier":
+        return "forget_ua", "forget UA then", CLASSIFIER_HEADLINE
+    return "forget_prob", "forget prob then", HEADLINE
 # control and format characters (escape codes, bidi overrides), lone surrogates, line breaks
 _UNPRINTABLE = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
 LEGACY_NOTE = ("this ledger uses unkeyed SHA-256 item hashes; create a new project for keyed "
@@ -40,14 +48,15 @@ def show_list(root: str | Path) -> str:
         rows = ledger.measurements()
         latest = ledger.latest_version()
         legacy = ledger.hasher.scheme == LEGACY
+        key, title, _ = _family(ledger)
     notes = [LEGACY_NOTE] if legacy else []
     if not reqs:
         return "\n".join(["no requests yet (obliviate request add ...)", *notes])
     lines = [f"{'id':>3}  {'status':9s} {'method':10s} {'items':>5}  {'version':>7}  "
-             f"{'forget prob then':>16}  {'now':>9}  subject"]
+             f"{title:>16}  {'now':>9}  subject"]
     for r in reqs:
-        then = rows.get((r.version_id, r.id), {}).get("forget_prob")
-        now = rows.get((latest.id, r.id), {}).get("forget_prob")
+        then = rows.get((r.version_id, r.id), {}).get(key)
+        now = rows.get((latest.id, r.id), {}).get(key)
         lines.append(f"{r.id:>3}  {r.status:9s} {printable(r.method):10s} {r.n_items:>5}  "
                      f"{r.version_id if r.version_id is not None else '—':>7}  "
                      f"{fmt(then) if isinstance(then, float) else '':>16}  "
@@ -67,6 +76,7 @@ def show_request(root: str | Path, rid: int) -> str:
         version = ledger.version(r.version_id) if r.version_id is not None else None
         later = [v.id for v in ledger.versions() if version is not None and v.id >= version.id]
         root_dir = ledger.root
+        _, _, headline = _family(ledger)
     p = printable
     out = [f"request {r.id}: {p(r.subject)}",
            f"  status      {r.status}" + (f" ({p(r.error)})" if r.error else ""),
@@ -78,11 +88,11 @@ def show_request(root: str | Path, rid: int) -> str:
         out += [f"  version     {version.id} (from version {version.parent_id}), weights "
                 f"sha256 {version.weights_sha256[:16]}…",
                 f"  evidence    {p(root_dir / Path(version.path).parent / 'evidence.html')}",
-                "", f"  {'version':>7}  " + "  ".join(f"{k:>20s}" for k in HEADLINE)]
+                "", f"  {'version':>7}  " + "  ".join(f"{k:>20s}" for k in headline)]
         for vid in [version.parent_id, *later]:
             m = rows.get((vid, r.id), {})
             out.append(f"  {vid:>7}  " + "  ".join(f"{fmt(m.get(k)) if isinstance(m.get(k), float) else '—':>20s}"
-                                                   for k in HEADLINE))
+                                                   for k in headline))
     out += ["", "  events:"] + [f"    {p(ev['at'])}  {p(ev['kind']):11s} {p(ev['detail'])}"
                                 for ev in events]
     return "\n".join(out)

@@ -120,7 +120,8 @@ def render_markdown(rows: list[dict[str, Any]], title: str = "obliviate report")
         lines += ["", f"## {md_cell(name)}", "", *_markdown_table(rows, columns)]
     ref = _reference(rows)
     if ref:
-        lines += ["", f"Forget quality is measured against {md_cell(ref)}."]
+        what = "The average gap is" if any(r.get("family") == "classifier" for r in rows) else "Forget quality is"
+        lines += ["", f"{what} measured against {md_cell(ref)}."]
     return "\n".join(lines) + "\n"
 
 
@@ -132,7 +133,9 @@ def render_html(rows: list[dict[str, Any]], title: str = "obliviate report",
     (columns from the metric registry). `sources` are the files the Results were read from,
     named in the footer."""
     rows = _with_reference_fq(rows)
+    classifier = any(r.get("family") == "classifier" for r in rows)
     return render("report.html", title=title, checks=findings(rows), columns=headline_columns(rows),
+                  classifier=classifier,
                   details=detail_tables(rows), rows=rows,
                   reference=_reference(rows), scatter=_scatter_svg(rows),
                   audits=audit_context(audits) if audits else None,

@@ -10,8 +10,12 @@ Four kinds, by what the function reads (`suite`):
   against non-members;
 - `muse`: `compute(view: MuseView)` returns per-item values, aggregated by their mean;
 - `rwku`: like `tofu`, per-item values of a dataset (the suite's probe and instruction sets);
+- `classifier`: `compute(view: ClassifierView)` of one classifier data set returns per-item
+  values (aggregated by `aggregate`) or one number for the whole set (ECE);
 - `derived`: `compute(results, reference)` returns a model-level number (or a dict of numbers,
   the first under the metric's name) from a results file, never from a model.
+`family` says which models a metric measures ("lm" or "classifier"): derived metrics run only
+on results of their family.
 A value that cannot be computed is a string saying why ("not computed: ..."), never None.
 """
 
@@ -25,7 +29,7 @@ import numpy as np
 
 from ...registry import Registry
 
-SUITES = ("tofu", "memorization", "mia", "muse", "rwku", "derived")
+SUITES = ("tofu", "memorization", "mia", "muse", "rwku", "classifier", "derived")
 ARROWS = {"higher": "↑", "lower": "↓"}
 
 
@@ -56,6 +60,7 @@ class Metric:
     extra_titles: dict[str, str] = field(default_factory=dict)  # titles of extra numbers
     also: tuple[str, ...] = ()  # further suites that run it (memorization: EM and ES)
     optional: bool = False  # runs only when its input is given (a reference model, GradNorm)
+    family: str = "lm"  # lm | classifier: the models it measures
 
     def arrow(self, role: str | None = None) -> str:
         """The direction as a reader sees it in a table."""
