@@ -1,7 +1,7 @@
 """Classifier unlearning: every method against retraining, on generated shapes and on
 scikit-learn's digits, for random, class-wise, worst-case and one user's forget sets.
 
-    python benchmarks/classifiers.py [--seeds 0] [--fresh]
+    python benchmarks/classifiers.py [--seeds 0,1,2] [--fresh]
 
 Per data set: one target ResNet-8 trained 30 epochs on all training data; per forget set the
 oracle is `retrain` (30 epochs on the rest, the target's recipe). Every method starts from the
