@@ -6,8 +6,10 @@ import re
 import shlex
 from pathlib import Path
 
+import numpy as np
 import pytest
 
+from obliviate.classifiers.methods import CLASSIFIER_METHODS
 from obliviate.encoding import collate
 from obliviate.evaluation import METRICS
 from obliviate.methods import METHODS
@@ -25,6 +27,10 @@ def _table_names(heading: str) -> set[str]:
 
 def test_methods_table_matches_registry():
     assert _table_names("Methods") == set(METHODS.names())
+
+
+def test_classifier_methods_table_matches_registry():
+    assert _table_names("Classifiers: images and texts") == set(CLASSIFIER_METHODS.names())
 
 
 def test_metrics_table_matches_registry():
@@ -92,8 +98,26 @@ def readme_files(tmp_path, monkeypatch):
     model = build_tiny_model(tok, TinyModelConfig(layers=2, hidden=64, heads=2, intermediate=128))
     batch = collate([encode(tok, ex, i, template) for i, ex in enumerate(examples)], tok.pad_token_id)
     save_model(fit(model, batch, steps=150, lr=3e-3), tok, tmp_path / "my-model", {"test": True})
+    _photos(tmp_path / "photos")
     monkeypatch.chdir(tmp_path)
     return tmp_path
+
+
+def _photos(root: Path) -> None:
+    """The README's `photos` folder: two classes of 8x8 pictures (light and dark squares on
+    noise), two users; `users.csv` names whose each image is."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    users = ["path,user"]
+    for label, (name, level) in enumerate((("light", 220), ("dark", 40))):
+        (root / name).mkdir(parents=True)
+        for i in range(16):
+            img = rng.integers(0, 256, (8, 8, 3)).astype(np.uint8)
+            img[2:6, 2:6] = level
+            Image.fromarray(img).save(root / name / f"{i:02d}.png")
+            users.append(f"{name}/{i:02d}.png,{'ann' if i % 4 == label else 'ben'}")
+    (root / "users.csv").write_text("\n".join(users) + "\n")
 
 
 @pytest.mark.slow
@@ -112,6 +136,8 @@ def test_every_readme_command_runs_as_printed(readme_files):
     assert json.loads((root / "my-model-forgot" / "obliviate.json").read_text())["config"][
         "template"] == "[INST] {question} [/INST] "
     assert (root / "report" / "report.html").is_file() and (root / "erasure" / "ledger.html").is_file()
+    assert (root / "shapes-report" / "report.html").is_file()
+    assert (root / "photo-erasure" / "versions" / "v0001" / "evidence.html").is_file()
     before, after = (json.loads((root / f).read_text()) for f in ("before.json", "after.json"))
     assert before["datasets"]["forget"]["n"] == 2 and after["datasets"]["retain"]["n"] == 1
 
