@@ -13,7 +13,7 @@ from PIL import Image
 
 from obliviate.classifiers import api, builtin, nets
 from obliviate.classifiers.audits import fake_quantize
-from obliviate.classifiers.data import load_benchmark, read_source, write_benchmark
+from obliviate.classifiers.data import ClassData, load_benchmark, read_source, write_benchmark
 from obliviate.classifiers.methods import CLASSIFIER_METHODS, Context, predict_proba
 from obliviate.classifiers.methods import retrain as retrain_module
 from obliviate.classifiers.methods.concept_poison import integrated_gradients_linear
@@ -265,7 +265,7 @@ def test_mia_efficacy_counts_samples_called_non_members():
 def test_average_gap_by_hand():
     """|10 - 12| + |99 - 98| + |90 - 90| + |20 - 25| = 8, over 4 metrics: 2."""
     def res(ua, ra, ta, mia):
-        return {"datasets": {"forget": {"aggregate": {"ua": ua, "mia_efficacy": mia}},
+        return {"datasets": {"forget": {"aggregate": {"ua": ua, "mia_efficacy": mia}, "per_item": {"id": ["s1"]}},
                              "retain": {"aggregate": {"ra": ra}}, "test": {"aggregate": {"ta": ta}}}}
     assert avg_gap(res(10.0, 99.0, 90.0, 20.0), res(12.0, 98.0, 90.0, 25.0)) == 2.0
     assert avg_gap(res(10.0, 99.0, 90.0, 20.0), None).startswith("not computed")
@@ -380,3 +380,99 @@ def test_a_changed_sample_is_caught_on_apply(small, tmp_path, capsys):
     np.savez(copy / "train.npz", **arrays)
     assert main(["request", "apply", "--project", proj]) == 2
     assert "changed in the benchmark" in capsys.readouterr().err
+
+
+# ---- edge cases and hostile input ----------------------------------------------------------------
+
+def test_concept_poison_on_two_classes():
+    """A two-class bottleneck stores one weight row: the method must still run."""
+    rng = np.random.default_rng(0)
+    x = torch.from_numpy(rng.random((40, 1, 6, 6)).astype(np.float32))
+    y = torch.tensor([0, 1] * 20)
+    spec = {"arch": "resnet8", "input_shape": [1, 6, 6], "classes": ["a", "b"], "width": 8}
+    model = nets.build(spec, 0)
+    ctx = Context(x[y == 1], y[y == 1], x[y == 0], y[y == 0], 2, lr=1e-3, epochs=1, batch_size=16, seed=0,
+                  fresh=lambda: nets.build(spec, 1))
+    CLASSIFIER_METHODS.get("concept_poison")(concepts=4, top=1).run(model, ctx)
+    assert (ctx.trace["poisoned_labels"] == 0).all()  # the only other class
+
+
+def test_empty_sets_are_refused_before_training(small):
+    _, bench_dir, _ = small
+    bench = load_benchmark(bench_dir)
+    one = ClassData("image", bench.train.x, np.zeros(len(bench.train), dtype=np.int64), bench.train.users, bench.train.ids)
+    with pytest.raises(ObliviateError, match="nothing would remain"):
+        resolve("class:circle", one, list(builtin.SHAPES), 0)
+    with pytest.raises(ObliviateError, match="class 'square' has no training samples"):
+        write_benchmark(bench_dir.parent / "never", one, bench.test, list(builtin.SHAPES), {}, "")
+
+
+def test_hostile_user_files_get_one_clear_line(tmp_path):
+    (tmp_path / "trunc.npz").write_bytes(b"PK\x03\x04 truncated")
+    with pytest.raises(ObliviateError, match="not a readable .npz"):
+        read_source(tmp_path / "trunc.npz")
+    np.savez(tmp_path / "obj.npz", x=np.array([object()] * 2, dtype=object), y=np.array([0, 1]))
+    with pytest.raises(ObliviateError, match="without pickled objects"):
+        read_source(tmp_path / "obj.npz")
+    (tmp_path / "n.jsonl").write_text(json.dumps({"text": "a", "label": "x", "user": None}) + "\n")
+    with pytest.raises(ObliviateError, match=r"n.jsonl:1: \"user\" must be a non-empty string"):
+        read_source(tmp_path / "n.jsonl")
+    (tmp_path / "b.jsonl").write_text("\n" + json.dumps({"text": "a", "label": True}) + "\n")
+    with pytest.raises(ObliviateError, match=r"b.jsonl:2: each line needs"):
+        read_source(tmp_path / "b.jsonl")
+    photos = tmp_path / "photos"
+    for cls in ("a", "b"):
+        (photos / cls).mkdir(parents=True)
+        Image.fromarray(np.zeros((4, 4, 3), dtype=np.uint8)).save(photos / cls / "0.png")
+    (photos / "users.csv").write_text("path,user\na/0.png\n")
+    with pytest.raises(ObliviateError, match=r"users.csv:2: expected two non-empty fields"):
+        read_source(photos)
+    (photos / "users.csv").write_text("path,user\nc/9.png,ann\n")
+    with pytest.raises(ObliviateError, match=r"no image 'c/9.png'"):
+        read_source(photos)
+    (photos / "users.csv").unlink()
+    Image.fromarray(np.zeros((5, 4, 3), dtype=np.uint8)).save(photos / "b" / "1.png")
+    with pytest.raises(ObliviateError, match="resize them to one size"):
+        read_source(photos)
+
+
+def test_avg_gap_refuses_a_reference_on_another_forget_set():
+    def res(ids):
+        return {"datasets": {"forget": {"aggregate": {"ua": 1.0, "mia_efficacy": 1.0}, "per_item": {"id": ids}},
+                             "retain": {"aggregate": {"ra": 1.0}}, "test": {"aggregate": {"ta": 1.0}}}}
+    assert avg_gap(res(["a", "b"]), res(["b", "a"])) == 0.0
+    assert "another forget set" in avg_gap(res(["a", "b"]), res(["a", "c"]))
+
+
+def test_method_values_are_checked_before_anything_loads():
+    for method, params, key in (("laf", {"tau": 0}, "params.tau"), ("l1_sparse", {"gamma": -1}, "params.gamma"),
+                                ("concept_poison", {"top": 99}, "params.top"),
+                                ("stochastic_teacher", {"erase_epochs": 0}, "params.erase_epochs")):
+        with pytest.raises(ObliviateError, match=key):
+            api.ClassifierUnlearnConfig(model="m", benchmark="b", method=method, params=params)
+    with pytest.raises(ObliviateError, match="seed"):
+        api.ClassifierUnlearnConfig(model="m", benchmark="b", seed=-1)
+
+
+def test_later_requests_keep_earlier_ones_out_and_a_single_sample_applies(small, tmp_path, capsys):
+    _, bench_dir, target = small
+    bench = load_benchmark(bench_dir)
+    proj = tmp_path / "proj"
+    one = bench.train.ids[bench.train.users == "u05"][0]
+    (tmp_path / "one.txt").write_text(one + "\n")
+    assert main(["request", "init", "--project", str(proj), "--model", str(target), "--benchmark", str(bench_dir)]) == 0
+    assert main(["request", "add", "--project", str(proj), "--subject", "u01", "--user", "u01",
+                 "optim.epochs=1", "params.optim=1"]) == 2  # a typo fails when added
+    assert "unknown config key" in capsys.readouterr().err
+    assert main(["request", "add", "--project", str(proj), "--subject", "u01", "--user", "u01", "optim.epochs=1"]) == 0
+    assert main(["request", "add", "--project", str(proj), "--subject", "one", "--forget", str(tmp_path / "one.txt")]) == 0
+    assert main(["request", "apply", "--project", str(proj), "--all"]) == 0
+    first = json.loads((proj / "versions" / "v0001" / "model" / "obliviate.json").read_text())
+    assert first["epochs"] == 1  # the request's own override reached the run
+    second = json.loads((proj / "versions" / "v0002" / "model" / "obliviate.json").read_text())
+    oracle = json.loads((proj / "versions" / "v0002" / "oracle" / "obliviate.json").read_text())
+    u01 = sorted(bench.train.ids[bench.train.users == "u01"].tolist())
+    assert second["forget_ids"] == [one] and sorted(second["excluded_ids"]) == u01
+    assert sorted(oracle["excluded_ids"]) == u01  # the oracle never trains on request 1 either
+    audit = json.loads((proj / "versions" / "v0002" / "audit.json").read_text())
+    assert audit["audits"]["relearning"]["residual"].startswith("not applicable")

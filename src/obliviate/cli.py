@@ -391,7 +391,7 @@ def _cmd_request(args) -> int | None:
 
 def _classifier_project(args) -> bool:
     """A classifier project: `init` with a classifier model, or a ledger that says so."""
-    from .classifiers.nets import is_classifier_model
+    from .classifiers.family import is_classifier_model
     from .ledger import Ledger
     from .ledger.classifier import is_classifier_project
     from .ledger.paths import LEDGER_FILE

@@ -36,6 +36,11 @@ class ClassifierOptim:
         require(1 <= self.batch_size <= 65536, "batch_size", f"must be 1 to 65536 (got {self.batch_size})")
 
 
+def _seeds(cfg) -> None:
+    for key in ("seed", "split_seed"):
+        require(getattr(cfg, key) >= 0, key, f"must be 0 or more (got {getattr(cfg, key)})")
+
+
 @dataclass
 class ClassifierFinetuneConfig:
     """Train a classifier on a benchmark's training data (a target), or without a forget set
@@ -49,6 +54,7 @@ class ClassifierFinetuneConfig:
 
     def __post_init__(self) -> None:
         require(bool(self.benchmark), "benchmark", "give benchmark=<classifier benchmark folder>")
+        _seeds(self)
         if self.split:
             check_split(self.split)
 
@@ -68,6 +74,7 @@ class ClassifierUnlearnConfig:
         require(bool(self.model), "model", "give model=<classifier model folder>")
         require(bool(self.benchmark), "benchmark", "give benchmark=<classifier benchmark folder>")
         require_choice(self.method, tuple(CLASSIFIER_METHODS.names()), "method")
+        _seeds(self)
         check_split(self.split)
         method_params(self.method, self.params)  # typed and range-checked before anything loads
 
@@ -84,6 +91,7 @@ class ClassifierEvalConfig:
     def __post_init__(self) -> None:
         require(bool(self.model), "model", "give model=<classifier model folder>")
         require(bool(self.benchmark), "benchmark", "give benchmark=<classifier benchmark folder>")
+        _seeds(self)
         if self.split:
             check_split(self.split)
 
@@ -117,10 +125,10 @@ def finetune(cfg: ClassifierFinetuneConfig, out: str | Path) -> Path:
         sc = resolve(cfg.split, bench.train, bench.classes, cfg.split_seed)
         keep, forget_ids, classes = sc.retain, bench.train.ids[sc.forget].tolist(), sc.classes
     x, y = _inputs(spec, bench.train.take(keep))
-    model = nets.build(spec, cfg.seed)
     start = time.perf_counter()
     ctx = _context(x[:0], y[:0], x, y, spec, cfg.optim.lr, cfg.optim.epochs, cfg.optim.batch_size, cfg.seed)
-    model = CLASSIFIER_METHODS.get("retrain")().run(model, ctx)
+    ctx.fresh = lambda: nets.build(spec, cfg.seed)  # the target starts from its own seed
+    model = CLASSIFIER_METHODS.get("retrain")().run(None, ctx)
     prov = {"produced_by": "obliviate finetune", "role": "oracle" if cfg.split else "target",
             "config": to_dict(cfg), "split": cfg.split, "forget_ids": forget_ids,
             "forget_classes": classes, "trained_on": len(keep), "run_seconds": time.perf_counter() - start,
@@ -188,6 +196,8 @@ def unlearn(cfg: ClassifierUnlearnConfig, out: str | Path) -> Path:
 def rows_of(bench: Benchmark, ids: list[str]) -> np.ndarray:
     """Indices of the training samples named by `ids` (every one must be there)."""
     index = {s: i for i, s in enumerate(bench.train.ids.tolist())}
+    if len(set(ids)) != len(ids):
+        raise ObliviateError(f"sample {next(s for s in ids if ids.count(s) > 1)!r} is listed twice")
     missing = [s for s in ids if s not in index]
     if missing:
         raise ObliviateError(f"sample {missing[0]!r} is not in the benchmark's training data")
@@ -204,7 +214,9 @@ def _forget_rows(cfg: ClassifierEvalConfig, bench: Benchmark, model, spec, prov)
     if not cfg.split:
         raise ObliviateError("this model records no forget set: give split= (e.g. random10, class:NAME, user:NAME)")
     sc = scenario_for(cfg.split, cfg.split_seed, bench, model, spec)
-    return sc.forget, np.zeros(0, dtype=np.int64), sc.classes
+    # samples the model was unlearned on are no members of what it keeps, whatever split is asked
+    gone = rows_of(bench, [*prov.get("forget_ids", []), *prov.get("excluded_ids", [])])
+    return sc.forget, np.setdiff1d(gone, sc.forget), sc.classes
 
 
 def evaluate(cfg: ClassifierEvalConfig, name: str | None = None, model=None, spec=None, prov=None,

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..audits.base import residual
+from ..audits.base import NotApplicable, residual
 from ..audits.run import SCHEMA
 from ..config import from_dict, require, require_choice, to_dict
 from ..errors import ObliviateError
@@ -69,7 +69,7 @@ class Relearning:
     def run(self, model: nn.Module, sets: AuditSets) -> dict[str, float]:
         learn, held = halves(len(sets.y_forget), sets.seed)
         if not len(learn) or not len(held):
-            raise ObliviateError("the relearning audit needs two or more forget samples")
+            raise NotApplicable("needs two or more forget samples (half to relearn, half to score)")
         model = copy.deepcopy(model)
         before = accuracy(model, sets.x_forget[held], sets.y_forget[held])
         order = batches(len(learn), 32, np.random.default_rng(sets.seed), self.steps)
@@ -129,7 +129,7 @@ class LinearProbe:
 
         learn, held = halves(len(sets.y_forget), sets.seed)
         if not len(learn) or not len(held):
-            raise ObliviateError("the linear probe audit needs two or more forget samples")
+            raise NotApplicable("needs two or more forget samples (half to fit, half to score)")
         with torch.no_grad():
             f_forget, f_retain = model.eval().features(sets.x_forget).numpy(), model.features(sets.x_retain).numpy()
         x = np.concatenate([f_retain, f_forget[learn]])
@@ -153,21 +153,42 @@ class ClassifierAuditConfig:
         for name in [*self.audits, *self.params]:
             require_choice(name, tuple(CLASSIFIER_AUDITS.names()), "audits" if name in self.audits else "params")
         require(self.max_retain > 0, "max_retain", f"must be positive (got {self.max_retain})")
+        require(self.seed >= 0, "seed", f"must be 0 or more (got {self.seed})")
         for name, p in self.params.items():
             from_dict(CLASSIFIER_AUDITS.get(name), p, prefix=f"params.{name}.")
 
 
 def audit_sets(model_dir: str, bench_dir: str, max_retain: int, seed: int) -> AuditSets:
-    """The unlearned model's forget set (from its provenance) and a sample of the rest."""
+    """The unlearned model's forget set (from its provenance) and a sample of the rest (never
+    samples an earlier request removed)."""
     _, spec, prov = nets.load(model_dir)
     ids = prov.get("forget_ids")
     if not ids:
         raise ObliviateError(f"{model_dir}: records no forget set (audit an unlearned model)")
     bench = load_benchmark(bench_dir)
     forget = np.isin(bench.train.ids, ids)
-    retain = np.random.default_rng(seed).permutation(np.flatnonzero(~forget))[:max_retain]
+    kept = ~forget & ~np.isin(bench.train.ids, prov.get("excluded_ids", []))
+    retain = np.random.default_rng(seed).permutation(np.flatnonzero(kept))[:max_retain]
     f, r = bench.train.take(np.flatnonzero(forget)), bench.train.take(retain)
     return AuditSets(nets.inputs(spec, f.x), torch.from_numpy(f.y), nets.inputs(spec, r.x), torch.from_numpy(r.y), seed)
+
+
+def _entry(obj, models: dict[str, nn.Module], sets: AuditSets, seed: int) -> dict[str, Any]:
+    """One audit's raw numbers on each model and its residual, or why it does not apply."""
+    start = time.perf_counter()
+    entry: dict[str, Any] = {"description": type(obj).description, "paper": type(obj).paper}
+    try:
+        raw = {}
+        for end, m in models.items():
+            torch.manual_seed(seed)
+            raw[end] = obj.run(m, sets)
+    except NotApplicable as exc:
+        return {**entry, "model": {"not_applicable": str(exc)}, "target": None, "oracle": None,
+                "residual": f"not applicable: {exc}", "seconds": round(time.perf_counter() - start, 2)}
+    residuals = ({k: residual(raw["model"][k], raw["target"][k], raw["oracle"][k]) for k in raw["model"]}
+                 if "oracle" in raw else "not computed: needs an oracle (a retrained model)")
+    return {**entry, "model": raw["model"], "target": raw["target"], "oracle": raw.get("oracle"),
+            "residual": residuals, "seconds": round(time.perf_counter() - start, 2)}
 
 
 def audit(cfg: ClassifierAuditConfig, progress: bool = True) -> dict[str, Any]:
@@ -180,15 +201,7 @@ def audit(cfg: ClassifierAuditConfig, progress: bool = True) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for name in cfg.audits:
         obj = from_dict(CLASSIFIER_AUDITS.get(name), cfg.params.get(name, {}), prefix=f"params.{name}.")
-        start = time.perf_counter()
-        torch.manual_seed(cfg.seed)
-        raw = {end: obj.run(m, sets) for end, m in models.items()}
-        entry = {"description": type(obj).description, "paper": type(obj).paper, "model": raw["model"],
-                 "target": raw["target"], "oracle": raw.get("oracle"),
-                 "residual": ({k: residual(raw["model"][k], raw["target"][k], raw["oracle"][k]) for k in raw["model"]}
-                              if "oracle" in raw else "not computed: needs an oracle (a retrained model)"),
-                 "seconds": round(time.perf_counter() - start, 2)}
-        out[name] = entry
+        out[name] = entry = _entry(obj, models, sets, cfg.seed)
         if progress:
             score = entry["residual"] if isinstance(entry["residual"], str) else entry["residual"]["score"]
             print(f"  {name:14s} residual {score if isinstance(score, str) else f'{score:.3f}'}", flush=True)

@@ -7,22 +7,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ..config import load_config, raw_config
+from ..config import load_config
 from ..errors import ObliviateError
 from ..io import check_output, write_json_atomic
-from .data import is_classifier_benchmark
-from .nets import is_classifier_model
+from .family import family
 
-
-def family(config_path: str | None, overrides: list[str], model: str | None = None) -> str:
-    """'classifier' when the run's benchmark or model folder is a classifier's, else 'lm'."""
-    raw = raw_config(config_path, overrides)
-    bench, mdl = raw.get("benchmark"), model or raw.get("model")
-    if isinstance(bench, str) and is_classifier_benchmark(bench):
-        return "classifier"
-    if isinstance(mdl, str) and is_classifier_model(mdl):
-        return "classifier"
-    return "lm"
+__all__ = ["audit", "create", "evaluate", "family", "finetune", "generate", "unlearn"]
 
 
 def generate(out: str, dataset: str, seed: int) -> None:

@@ -14,20 +14,23 @@ array is stored without pickle (unicode dtype), so loading a benchmark runs no c
 from __future__ import annotations
 
 import csv
-import json
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..data.files import parse_json, read_json, read_text
+from ..data.files import parse_json, read_json, read_text, write_json_sorted
 from ..errors import ObliviateError
 from ..io import atomic_dir, check_output
+from .family import MANIFEST, is_classifier_benchmark
 
 SCHEMA = "obliviate.classifier-benchmark/1"
-MANIFEST = "classifier.json"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
+MAX_PIXELS = 512 * 512  # the models here are small; larger images are a resize the user should choose
+# what a damaged .npz raises on open or on reading an array
+_NPZ_ERRORS = (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile)
 
 
 @dataclass
@@ -55,10 +58,6 @@ class Benchmark:
     train: ClassData
     test: ClassData
     meta: dict[str, Any]
-
-
-def is_classifier_benchmark(path: str | Path | None) -> bool:
-    return bool(path) and (Path(path) / MANIFEST).is_file()
 
 
 def _checked(kind: str, x: np.ndarray, y: np.ndarray, users: np.ndarray, ids: np.ndarray,
@@ -107,14 +106,14 @@ def read_arrays(path: str | Path) -> tuple[ClassData, list[str]]:
     try:
         with np.load(path, allow_pickle=False) as f:
             arrays = {k: f[k] for k in f.files}
-    except (OSError, ValueError) as exc:
+    except _NPZ_ERRORS as exc:
         raise ObliviateError(f"{path}: not a readable .npz without pickled objects ({exc})") from None
     missing = [k for k in ("x", "y") if k not in arrays]
     if missing:
         raise ObliviateError(f"{path}: missing array(s) {', '.join(missing)} (need x and y)")
     y = arrays["y"]
-    if y.ndim != 1 or y.dtype.kind not in "iu":
-        raise ObliviateError(f"{path}: 'y' must be a 1-d integer array of labels")
+    if y.ndim != 1 or y.dtype.kind not in "iu" or not len(y) or y.min() < 0:
+        raise ObliviateError(f"{path}: 'y' must be a non-empty 1-d array of integer labels >= 0")
     classes = [str(c) for c in arrays["classes"]] if "classes" in arrays else \
         [str(c) for c in range(int(y.max()) + 1)]
     n = len(y)
@@ -127,65 +126,96 @@ def read_arrays(path: str | Path) -> tuple[ClassData, list[str]]:
 def read_image_folder(root: str | Path) -> tuple[ClassData, list[str]]:
     """`root/<class>/<image>` files; an optional `root/users.csv` (columns path,user, path
     relative to root) names each image's user. All images must share one size."""
-    from PIL import Image, UnidentifiedImageError
-
     root = Path(root)
     classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-    if not classes:
-        raise ObliviateError(f"{root}: no class folders (expected {root}/<class>/<image>.png)")
-    users = _users_csv(root)
-    xs, ys, us, ids = [], [], [], []
+    if len(classes) < 2:
+        raise ObliviateError(f"{root}: needs two or more class folders ({root}/<class>/<image>.png)")
+    xs, ys, ids = [], [], []
     for label, cls in enumerate(classes):
-        for f in sorted((root / cls).iterdir()):
-            if f.suffix.lower() not in IMAGE_SUFFIXES:
-                continue
-            rel = f"{cls}/{f.name}"
-            try:
-                with Image.open(f) as im:
-                    xs.append(np.asarray(im.convert("RGB"), dtype=np.uint8))
-            except (OSError, UnidentifiedImageError) as exc:
-                raise ObliviateError(f"{f}: not a readable image ({exc})") from None
+        files = [f for f in sorted((root / cls).iterdir()) if f.suffix.lower() in IMAGE_SUFFIXES]
+        if not files:
+            raise ObliviateError(f"{root / cls}: no images ({', '.join(IMAGE_SUFFIXES)})")
+        for f in files:
+            xs.append(_read_image(f, xs[0].shape[:2] if xs else None))
             ys.append(label)
-            us.append(users.get(rel, ""))
-            ids.append(rel)
-    if not xs:
-        raise ObliviateError(f"{root}: no images ({', '.join(IMAGE_SUFFIXES)}) in the class folders")
-    shapes = {a.shape for a in xs}
-    if len(shapes) > 1:
-        raise ObliviateError(f"{root}: images differ in size ({sorted(shapes)[:3]}); resize them to one size")
+            ids.append(f"{cls}/{f.name}")
+    users = _users_csv(root, ids)
     x = as_images(np.stack(xs), str(root))
-    data = _checked("image", x, np.array(ys), np.array(us), np.array(ids), len(classes), str(root))
+    data = _checked("image", x, np.array(ys), np.array([users.get(i, "") for i in ids]), np.array(ids),
+                    len(classes), str(root))
     return data, classes
 
 
-def _users_csv(root: Path) -> dict[str, str]:
+def _read_image(path: Path, size: tuple[int, int] | None) -> np.ndarray:
+    """One image as uint8 [h, w, 3]; its size is checked before its pixels are decoded."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            w, h = im.size
+            if w * h > MAX_PIXELS:
+                raise ObliviateError(f"{path}: {w}x{h} pixels; resize images to at most {MAX_PIXELS} pixels")
+            if size is not None and (h, w) != size:
+                raise ObliviateError(f"{path}: {w}x{h} but earlier images are {size[1]}x{size[0]}; "
+                                     "resize them to one size")
+            return np.asarray(im.convert("RGB"), dtype=np.uint8)
+    except (OSError, UnidentifiedImageError, Image.DecompressionBombError, ValueError) as exc:
+        raise ObliviateError(f"{path}: not a readable image ({exc})") from None
+
+
+def _users_csv(root: Path, ids: list[str]) -> dict[str, str]:
+    """path -> user from `root/users.csv`; every row must name an image and a user, once."""
     path = root / "users.csv"
     if not path.is_file():
         return {}
-    rows = list(csv.DictReader(read_text(path).splitlines()))
-    if rows and not {"path", "user"} <= set(rows[0]):
-        raise ObliviateError(f"{path}: needs the columns path,user")
-    return {r["path"]: r["user"] for r in rows}
+    rows = list(csv.reader(read_text(path).splitlines()))
+    if not rows or [c.strip() for c in rows[0][:2]] != ["path", "user"]:
+        raise ObliviateError(f"{path}: the first line must be the header path,user")
+    known, out = set(ids), {}
+    for n, row in enumerate(rows[1:], start=2):
+        if not row:
+            continue
+        if len(row) != 2 or not row[0].strip() or not row[1].strip():
+            raise ObliviateError(f"{path}:{n}: expected two non-empty fields path,user")
+        image, user = row[0].strip(), row[1].strip()
+        if image not in known:
+            raise ObliviateError(f"{path}:{n}: no image {image!r} (paths are <class>/<file> under {root})")
+        if image in out:
+            raise ObliviateError(f"{path}:{n}: {image!r} is listed twice")
+        out[image] = user
+    return out
 
 
 def read_text_jsonl(path: str | Path, classes: list[str] | None = None) -> tuple[ClassData, list[str]]:
-    """JSONL lines {"text": ..., "label": ..., "user": optional, "id": optional}; labels are
-    class names (strings) or indices into `classes`."""
+    """JSONL lines {"text": ..., "label": ..., "user": optional, "id": optional}. A label is a
+    class name: a string, or an integer read as its decimal text; the test file's labels must
+    be classes of the training file (`classes`)."""
     path = Path(path)
-    rows = [parse_json(line, f"{path}:{i + 1}") for i, line in enumerate(read_text(path).splitlines())
-            if line.strip()]
-    for i, r in enumerate(rows):
-        if not isinstance(r, dict) or not isinstance(r.get("text"), str) or "label" not in r:
-            raise ObliviateError(f"{path}:{i + 1}: each line needs \"text\" (a string) and \"label\"")
+    rows, lines = [], []
+    for n, line in enumerate(read_text(path).splitlines(), start=1):
+        if not line.strip():
+            continue
+        r = parse_json(line, f"{path}:{n}")
+        label = r.get("label") if isinstance(r, dict) else None
+        if not isinstance(r, dict) or not isinstance(r.get("text"), str) or isinstance(label, bool) \
+                or not isinstance(label, str | int):
+            raise ObliviateError(f"{path}:{n}: each line needs \"text\" (a string) and \"label\" (a string or an integer)")
+        for key in ("user", "id"):
+            if key in r and (not isinstance(r[key], str) or not r[key].strip()):
+                raise ObliviateError(f"{path}:{n}: \"{key}\" must be a non-empty string when given")
+        rows.append(r)
+        lines.append(n)
+    if not rows:
+        raise ObliviateError(f"{path}: no samples")
     names = classes or sorted({str(r["label"]) for r in rows})
     index = {c: i for i, c in enumerate(names)}
-    unknown = next((r["label"] for r in rows if str(r["label"]) not in index), None)
-    if unknown is not None:
-        raise ObliviateError(f"{path}: label {unknown!r} is not a class of the training file")
+    bad = next((n for r, n in zip(rows, lines, strict=True) if str(r["label"]) not in index), None)
+    if bad is not None:
+        raise ObliviateError(f"{path}:{bad}: its label is not a class of the training file")
     y = np.array([index[str(r["label"])] for r in rows])
     data = _checked("text", np.array([r["text"] for r in rows]), y,
-                    np.array([str(r.get("user", "")) for r in rows]),
-                    np.array([str(r.get("id", f"{path.stem}-{i}")) for i, r in enumerate(rows)]),
+                    np.array([r.get("user", "") for r in rows]),
+                    np.array([r.get("id", f"{path.stem}-{n}") for r, n in zip(rows, lines, strict=True)]),
                     len(names), str(path))
     return data, names
 
@@ -212,8 +242,15 @@ def split_test(data: ClassData, fraction: float, seed: int) -> tuple[ClassData, 
     for c in np.unique(data.y):
         idx = np.flatnonzero(data.y == c)
         rng.shuffle(idx)
-        test[idx[:max(1, round(fraction * len(idx)))]] = True
+        # every class keeps a training sample: a class with one sample has none on the test side
+        test[idx[:min(len(idx) - 1, max(1, round(fraction * len(idx))))]] = True
     return data.take(np.flatnonzero(~test)), data.take(np.flatnonzero(test))
+
+
+def _every_class_trained(train: ClassData, classes: list[str], where: str) -> None:
+    empty = [c for i, c in enumerate(classes) if not (train.y == i).any()]
+    if empty:
+        raise ObliviateError(f"{where}: class {empty[0]!r} has no training samples")
 
 
 def write_benchmark(out: str | Path, train: ClassData, test: ClassData, classes: list[str],
@@ -222,6 +259,10 @@ def write_benchmark(out: str | Path, train: ClassData, test: ClassData, classes:
     check_output(out, inputs or {}, kind="dir")
     if train.kind != test.kind:
         raise ObliviateError("train and test data must be of one kind (images or texts)")
+    if train.kind == "image" and train.x.shape[1:] != test.x.shape[1:]:
+        raise ObliviateError(f"train images are {list(train.x.shape[1:])} but test images "
+                             f"{list(test.x.shape[1:])}; give both one size")
+    _every_class_trained(train, classes, "the training data")
     clash = set(train.ids.tolist()) & set(test.ids.tolist())
     if clash:
         raise ObliviateError(f"sample ids in both train and test data, e.g. {sorted(clash)[0]!r}")
@@ -231,8 +272,8 @@ def write_benchmark(out: str | Path, train: ClassData, test: ClassData, classes:
     with atomic_dir(out) as tmp:
         for name, d in (("train", train), ("test", test)):
             np.savez(tmp / f"{name}.npz", x=d.x, y=d.y, users=d.users, ids=d.ids)
-        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
-        (tmp / "DATASHEET.md").write_text(datasheet)
+        write_json_sorted(tmp / MANIFEST, manifest)
+        (tmp / "DATASHEET.md").write_text(datasheet, encoding="utf-8")
     return Path(out)
 
 
@@ -253,7 +294,8 @@ def load_benchmark(root: str | Path) -> Benchmark:
         try:
             with np.load(path, allow_pickle=False) as f:
                 a = {k: f[k] for k in ("x", "y", "users", "ids")}
-        except (OSError, ValueError, KeyError) as exc:
+        except _NPZ_ERRORS as exc:
             raise ObliviateError(f"{path}: unreadable benchmark split ({exc})") from None
         splits[name] = _checked(kind, a["x"], a["y"], a["users"], a["ids"], len(classes), str(path))
+    _every_class_trained(splits["train"], classes, str(root / "train.npz"))
     return Benchmark(root, kind, [str(c) for c in classes], splits["train"], splits["test"], meta)

@@ -13,22 +13,21 @@ probe audit reads) and `head`. A model folder holds `model.safetensors` and `obl
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from ..data.files import read_json
+from ..data.files import read_json, write_json_sorted
 from ..errors import ObliviateError
 from ..io import atomic_dir, check_output
+from .family import PROVENANCE, WEIGHTS, is_classifier_model
 
-WEIGHTS = "model.safetensors"
-PROVENANCE = "obliviate.json"
 _WORD = re.compile(r"[\w']+")
 MAX_WORDS = 64
 
@@ -113,6 +112,25 @@ def spec_for(kind: str, classes: list[str], train_x: np.ndarray) -> dict[str, An
     return {"arch": "bag", "vocab": build_vocab(train_x), "classes": classes, "width": 64}
 
 
+def check_spec(spec: Any, where: str) -> None:
+    """A model folder's architecture spec, checked before anything is built from it."""
+    needs = {"resnet8": ("input_shape", "classes", "width"), "bag": ("vocab", "classes", "width")}
+    arch = spec.get("arch") if isinstance(spec, dict) else None
+    if arch not in needs:
+        raise ObliviateError(f"{where}: unknown classifier architecture {arch!r} ({', '.join(needs)})")
+    missing = [k for k in needs[arch] if k not in spec]
+    if missing:
+        raise ObliviateError(f"{where}: the {arch} spec has no '{missing[0]}'")
+    width, classes = spec["width"], spec["classes"]
+    if not isinstance(width, int) or width < 4 or width % 4 or not isinstance(classes, list) or len(classes) < 2:
+        raise ObliviateError(f"{where}: 'width' must be a positive multiple of 4 and 'classes' two or more names")
+    if arch == "resnet8" and not (isinstance(spec["input_shape"], list) and len(spec["input_shape"]) == 3
+                                  and all(isinstance(d, int) and d > 0 for d in spec["input_shape"])):
+        raise ObliviateError(f"{where}: 'input_shape' must be [channels, height, width]")
+    if arch == "bag" and not (isinstance(spec["vocab"], list) and len(spec["vocab"]) >= 2):
+        raise ObliviateError(f"{where}: 'vocab' must be a list of words")
+
+
 def build(spec: dict[str, Any], seed: int = 0) -> nn.Module:
     torch.manual_seed(seed)
     if spec["arch"] == "resnet8":
@@ -120,14 +138,6 @@ def build(spec: dict[str, Any], seed: int = 0) -> nn.Module:
     if spec["arch"] == "bag":
         return BagClassifier(len(spec["vocab"]), len(spec["classes"]), spec["width"])
     raise ObliviateError(f"unknown classifier architecture {spec['arch']!r}")
-
-
-def is_classifier_model(path: str | Path | None) -> bool:
-    p = Path(path) / PROVENANCE if path else None
-    if p is None or not p.is_file() or not (Path(path) / WEIGHTS).is_file():
-        return False
-    prov = read_json(p)
-    return isinstance(prov, dict) and prov.get("family") == "classifier"
 
 
 def save(model: nn.Module, spec: dict[str, Any], out: str | Path, provenance: dict[str, Any],
@@ -140,8 +150,7 @@ def save(model: nn.Module, spec: dict[str, Any], out: str | Path, provenance: di
                              "lower optim.lr")
     with atomic_dir(out) as tmp:
         save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, str(tmp / WEIGHTS))
-        doc = {"family": "classifier", "spec": spec, **provenance}
-        (tmp / PROVENANCE).write_text(json.dumps(doc, indent=1, sort_keys=True) + "\n")
+        write_json_sorted(tmp / PROVENANCE, {"family": "classifier", "spec": spec, **provenance})
     return Path(out)
 
 
@@ -153,12 +162,11 @@ def load(path: str | Path) -> tuple[nn.Module, dict[str, Any], dict[str, Any]]:
                              "with family 'classifier'); train one with obliviate finetune")
     doc = read_json(path / PROVENANCE)
     spec = doc.get("spec")
-    if not isinstance(spec, dict) or "arch" not in spec or "classes" not in spec:
-        raise ObliviateError(f"{path / PROVENANCE}: no architecture spec")
+    check_spec(spec, str(path / PROVENANCE))
     model = build(spec)
     try:
         model.load_state_dict(load_file(str(path / WEIGHTS)))
-    except (RuntimeError, OSError) as exc:
+    except (RuntimeError, OSError, SafetensorError) as exc:
         raise ObliviateError(f"{path / WEIGHTS}: weights do not fit the architecture "
                              f"({str(exc).splitlines()[0]})") from None
     model.eval()

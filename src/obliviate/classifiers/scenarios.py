@@ -39,7 +39,12 @@ class Scenario:
 
 
 def _scenario(split: str, kind: str, forget: np.ndarray, classes: list[int], n: int) -> Scenario:
-    return Scenario(split, kind, forget, classes, np.setdiff1d(np.arange(n), forget))
+    retain = np.setdiff1d(np.arange(n), forget)
+    if not len(forget):
+        raise ObliviateError(f"split '{split}': no training samples to forget")
+    if not len(retain):
+        raise ObliviateError(f"split '{split}': every training sample would be forgotten; nothing would remain")
+    return Scenario(split, kind, forget, classes, retain)
 
 
 def check_split(split: str) -> None:
@@ -78,8 +83,6 @@ def resolve(split: str, train: ClassData, classes: list[str], seed: int,
         raise ObliviateError(f"split '{split}': no samples of user '{name}'{suggest(name, users)}"
                              + (f"; users: {', '.join(users[:12])}{' ...' if len(users) > 12 else ''}" if users else
                                 "; this benchmark names no users"))
-    if len(idx) == len(train):
-        raise ObliviateError(f"split '{split}': every training sample is this user's; nothing would remain")
     return _scenario(split, "user", idx, [], len(train))
 
 

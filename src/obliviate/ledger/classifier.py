@@ -29,16 +29,15 @@ from ..classifiers import api as C
 from ..classifiers import nets
 from ..classifiers.audits import CLASSIFIER_AUDITS, ClassifierAuditConfig, audit
 from ..classifiers.data import Benchmark, load_benchmark
-from ..config import from_dict, parse_overrides, require, require_choice, to_dict
+from ..config import from_dict, merge, parse_overrides, require, require_choice, to_dict
 from ..data.files import read_text
 from ..errors import ObliviateError
 from ..evaluation.results import derive
 from ..io import ensure_not_inside, write_json_atomic, write_text_atomic
 from ..report.html import render
-from .paths import VERSIONS_DIR
-from .project import announce
+from . import workflow
 from .store import Ledger, Request, Version, weights_sha256
-from .workflow import _clean_versions_dir, _prepare_stage, _queue, _write_manifest
+from .workflow import _prepare_stage, _write_manifest
 
 FAMILY = "classifier"
 MODEL_LEVEL = 0  # as in measure.MODEL_LEVEL: the request id of model-level numbers
@@ -59,8 +58,25 @@ class ClassifierProject:
         require(bool(self.benchmark), "benchmark", "a classifier project needs --benchmark DIR")
         for name in self.audits:
             require_choice(name, tuple(CLASSIFIER_AUDITS.names()), "audits")
+        require(self.seed >= 0, "seed", f"must be 0 or more (got {self.seed})")
         C.ClassifierUnlearnConfig(model=self.base, benchmark=self.benchmark, method=self.method,
                                   params=self.params)  # method and its parameters checked now
+
+
+RESERVED = ("model", "benchmark", "method", "split", "split_seed")  # set by the ledger
+
+
+def request_config(settings: ClassifierProject, method: str, overrides: list[str],
+                   model: str) -> C.ClassifierUnlearnConfig:
+    """A request's unlearning config: the project's method parameters (when it uses the
+    project's method) and seed, under the request's own overrides (params.*, optim.*, seed)."""
+    given = parse_overrides(overrides)
+    reserved = [k for k in given if k in RESERVED]
+    if reserved:
+        raise ObliviateError(f"'{reserved[0]}' is set by the ledger, not by a request's overrides")
+    base = {"params": dict(settings.params) if method == settings.method else {}, "seed": settings.seed}
+    return from_dict(C.ClassifierUnlearnConfig, {**merge(base, given), "model": model,
+                                                 "benchmark": settings.benchmark, "method": method})
 
 
 def is_classifier_project(ledger: Ledger) -> bool:
@@ -117,9 +133,7 @@ def add(root: str | Path, subject: str, user: str | None, ids_file: str | None, 
     with Ledger.open(root) as ledger:
         settings = settings_of(ledger)
         method = method or settings.method
-        params = {**settings.params, **parse_overrides(overrides).get("params", {})} if method == settings.method \
-            else parse_overrides(overrides).get("params", {})
-        C.ClassifierUnlearnConfig(model=settings.base, benchmark=settings.benchmark, method=method, params=params)
+        request_config(settings, method, overrides, settings.base)  # a typo fails now, not at apply
         bench = load_benchmark(settings.benchmark)
         forget_path = f"user:{user}" if user else str(Path(ids_file).resolve())
         rows = request_rows(bench, forget_path)
@@ -128,35 +142,8 @@ def add(root: str | Path, subject: str, user: str | None, ids_file: str | None, 
 
 
 def apply(root: str | Path, rid: int | None = None, apply_all: bool = False, progress: bool = True) -> list[int]:
-    done: list[int] = []
-    with Ledger.open(root) as ledger, ledger.apply_lock():
-        ledger.hasher.check()
-        queue = _queue(ledger, rid, apply_all)
-        if not queue:
-            announce(progress, None, "no pending requests")
-        for req in queue:
-            done.append(_apply_one(ledger, req, progress))
-    return done
-
-
-def _apply_one(ledger: Ledger, req: Request, progress: bool) -> int:
-    parent = ledger.latest_version()
-    stage = ledger.root / VERSIONS_DIR / f"v{parent.id + 1:04d}"
-    _clean_versions_dir(ledger, keep=stage.name)
-    ledger.start_attempt(req.id)
-    say = functools.partial(announce, progress, req.id)
-    try:
-        sha, summary, rows = _build(ledger, req, parent, stage, say)
-        ledger.record_version(req.id, parent.id, f"versions/{stage.name}/model", sha, summary, rows)
-        say(f"recorded version {parent.id + 1}; evidence: {stage / 'evidence.html'}")
-        return parent.id + 1
-    except KeyboardInterrupt:
-        ledger.event(req.id, "interrupted", "the request stays pending; apply again to resume")
-        raise
-    except Exception as exc:
-        message = str(exc) if isinstance(exc, ObliviateError) else f"{type(exc).__name__}: {exc}"
-        ledger.set_status(req.id, "failed", message)
-        raise ObliviateError(f"request {req.id} failed: {message}") from exc
+    """The ledger's apply (order, lock, failure records) with a classifier version builder."""
+    return workflow.apply(root, rid, apply_all, progress, build=_build)
 
 
 def _checked_rows(ledger: Ledger, bench: Benchmark, req: Request) -> np.ndarray:
@@ -175,14 +162,12 @@ def _build(ledger: Ledger, req: Request, parent: Version, stage: Path, say) -> t
                              "since it was recorded; restore it before applying")
     bench = load_benchmark(settings.benchmark)
     forget = _checked_rows(ledger, bench, req)
-    earlier = {r.id: request_rows(bench, r.forget_path) for r in ledger.requests()
+    # earlier requests' samples, checked against their recorded hashes, stay out of every run
+    earlier = {r.id: _checked_rows(ledger, bench, r) for r in ledger.requests()
                if r.status == "done" and r.id != req.id}
     gone = np.union1d(forget, np.concatenate([np.zeros(0, np.int64), *earlier.values()]))
     retain = np.setdiff1d(np.arange(len(bench.train)), gone)
-    params = {**settings.params, **parse_overrides(req.overrides).get("params", {})} \
-        if req.method == settings.method else parse_overrides(req.overrides).get("params", {})
-    cfg = C.ClassifierUnlearnConfig(model=str(parent_dir), benchmark=settings.benchmark, method=req.method,
-                                    params=params, seed=settings.seed)
+    cfg = request_config(settings, req.method, req.overrides, str(parent_dir))
     _prepare_stage(stage, {"request": req.id, "parent": parent.id, "parent_sha256": parent.weights_sha256,
                            "forget_digest": req.forget_digest, "config": to_dict(cfg)})
     timings: dict[str, float] = {}
@@ -211,10 +196,13 @@ def _measure_and_write(ledger: Ledger, req: Request, parent: Version, stage: Pat
     rows = {(-1, req.id): _request_numbers(after), (parent.id, req.id): _request_numbers(before),
             (-1, MODEL_LEVEL): _model_numbers(after)}
     new_model, spec, _ = nets.load(stage / "model")
+    gone = np.union1d(C.rows_of(bench, after["datasets"]["forget"]["per_item"]["id"]),
+                      np.concatenate([np.zeros(0, np.int64), *earlier.values()]))
     for rid, past in earlier.items():  # is every earlier request still forgotten?
+        others = bench.train.ids[np.setdiff1d(gone, past)].tolist()
         past_res = C.evaluate(C.ClassifierEvalConfig(model=str(stage / "model"), benchmark=settings.benchmark),
                               model=new_model, spec=spec, bench=bench,
-                              prov={"forget_ids": bench.train.ids[past].tolist()})
+                              prov={"forget_ids": bench.train.ids[past].tolist(), "excluded_ids": others})
         rows[(-1, rid)] = _request_numbers(past_res)
     audit_res = audit(ClassifierAuditConfig(model=str(stage / "model"), target=str(ledger.model_path(parent)),
                                             oracle=str(oracle_dir or ""), benchmark=settings.benchmark,
@@ -276,7 +264,7 @@ def evidence_page(ledger: Ledger, req: Request, parent: Version, sha: str, befor
                                      ("ece", "ECE", "lower"))]
     kept = [[title, _num(agg(before, ds, k)), _num(agg(after, ds, k)), _num(agg(oracle, ds, k))]
             for ds, k, title in (("retain", "ra", "RA (retained training data)"), ("test", "ta", "TA (test data)"))]
-    audits = [[name, e["description"], _num(e["model"]["score"]), _num(e["target"]["score"]),
+    audits = [[name, e["description"], _num(e["model"].get("score")), _num((e.get("target") or {}).get("score")),
                _num((e.get("oracle") or {}).get("score")),
                e["residual"] if isinstance(e["residual"], str) else _num(e["residual"]["score"])]
               for name, e in audit_res["audits"].items()]

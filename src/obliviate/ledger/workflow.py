@@ -100,10 +100,15 @@ def _clean_versions_dir(ledger: Ledger, keep: str) -> None:
             remove(child, ignore_errors=True)
 
 
+# builds a version folder: (ledger, request, parent, stage, say) -> (weights sha, summary, rows)
+Builder = Callable[..., tuple[str, dict[str, Any], dict]]
+
+
 def apply(root: str | Path, rid: int | None = None, apply_all: bool = False,
-          progress: bool = True) -> list[int]:
+          progress: bool = True, build: Builder | None = None) -> list[int]:
     """Apply the next open request (or `rid`, or all of them in order); returns the new
-    version ids. A failed request is recorded as failed with its error, and stops the queue."""
+    version ids. A failed request is recorded as failed with its error, and stops the queue.
+    `build` makes a version folder (a classifier project's own, see ledger/classifier.py)."""
     done: list[int] = []
     with Ledger.open(root) as ledger, ledger.apply_lock():
         ledger.hasher.check()  # a keyed ledger whose key is gone cannot read its requests
@@ -111,7 +116,7 @@ def apply(root: str | Path, rid: int | None = None, apply_all: bool = False,
         if not queue:
             announce(progress, None, "no pending requests")
         for req in queue:
-            done.append(_apply_one(ledger, req, progress))
+            done.append(_apply_one(ledger, req, progress, build or _build_version))
     return done
 
 
@@ -122,7 +127,7 @@ def _stage_matches(stage: Path, plan: dict[str, Any]) -> bool:
         return False
 
 
-def _apply_one(ledger: Ledger, req: Request, progress: bool) -> int:
+def _apply_one(ledger: Ledger, req: Request, progress: bool, build: Builder) -> int:
     """Build the next version for `req` in its folder, then record it in one transaction.
     Any error marks the request failed (with the message); Ctrl-C leaves it pending."""
     parent = ledger.latest_version()
@@ -133,7 +138,7 @@ def _apply_one(ledger: Ledger, req: Request, progress: bool) -> int:
     say = functools.partial(announce, progress, req.id)
     try:
         say("checking inputs")
-        sha, summary, rows = _build_version(ledger, req, parent, stage, say)
+        sha, summary, rows = build(ledger, req, parent, stage, say)
         ledger.record_version(req.id, parent.id, f"versions/{stage.name}/model", sha, summary, rows)
         say(f"recorded version {vid}; evidence: {stage / 'evidence.html'}")
         return vid

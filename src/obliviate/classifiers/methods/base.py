@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ...errors import ObliviateError
 from ...registry import Registry
 
 CLASSIFIER_METHODS: Registry[type] = Registry("classifier method")
@@ -43,6 +44,8 @@ class Context:
 
 def batches(n: int, batch_size: int, rng: np.random.Generator, steps: int | None = None) -> Iterator[np.ndarray]:
     """Shuffled index batches over n samples: whole epochs, or exactly `steps` batches."""
+    if n == 0:  # an empty set would otherwise never yield nor end
+        raise ObliviateError("no samples to train on (an empty forget or retained set)")
     done = 0
     while True:
         order = rng.permutation(n)
@@ -95,6 +98,19 @@ def supervised(model: nn.Module, x: torch.Tensor, y: torch.Tensor, epochs: float
         return loss + penalty(step, steps) if penalty is not None else loss
 
     return optimise(model, loss_of, steps, lr, masks=masks)
+
+
+def top_fraction_masks(scores: dict[nn.Parameter, torch.Tensor], keep: float) -> dict[nn.Parameter, torch.Tensor]:
+    """1 for the `keep` fraction of entries with the highest score over all tensors together
+    (a global threshold, not one per layer), 0 elsewhere."""
+    flat = torch.cat([s.flatten() for s in scores.values()])
+    n_keep = round(keep * flat.numel())
+    if n_keep >= flat.numel():
+        return {p: torch.ones_like(s) for p, s in scores.items()}
+    if n_keep == 0:
+        return {p: torch.zeros_like(s) for p, s in scores.items()}
+    cut = flat.topk(n_keep).values[-1]
+    return {p: (s >= cut).float() for p, s in scores.items()}
 
 
 def random_other_labels(y: torch.Tensor, n_classes: int, rng: np.random.Generator) -> torch.Tensor:

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ...config import require
 from .base import CLASSIFIER_METHODS, Context, random_other_labels, supervised
 
 
@@ -35,6 +36,18 @@ def integrated_gradients_linear(scores: np.ndarray, baseline: np.ndarray, weight
     return (scores - baseline) * weights
 
 
+def class_weights(bottleneck) -> np.ndarray:
+    """[classes, k] linear weights of the bottleneck; a two-class model stores one row (the
+    second class's logit against the first's), which is (-w, w) as two logits."""
+    w = bottleneck.coef_
+    return np.concatenate([-w, w]) if w.shape[0] == 1 else w
+
+
+def class_logits(bottleneck, scores: np.ndarray) -> np.ndarray:
+    d = bottleneck.decision_function(scores)
+    return np.stack([-d, d], axis=1) if d.ndim == 1 else d
+
+
 def targeted_labels(scores: np.ndarray, y: np.ndarray, bottleneck, top: int) -> np.ndarray:
     """Each sample's bottleneck prediction with its own class's top concepts (by mean IG over
     the class's samples) reset to the baseline, its own class excluded."""
@@ -45,10 +58,10 @@ def targeted_labels(scores: np.ndarray, y: np.ndarray, bottleneck, top: int) -> 
         col = list(bottleneck.classes_).index(c) if c in bottleneck.classes_ else None
         edited = scores[rows].copy()
         if col is not None:
-            ig = integrated_gradients_linear(scores[rows], baseline, bottleneck.coef_[col]).mean(0)
+            ig = integrated_gradients_linear(scores[rows], baseline, class_weights(bottleneck)[col]).mean(0)
             concepts = np.argsort(-ig)[:top]
             edited[:, concepts] = baseline[concepts]
-        logits = bottleneck.decision_function(edited)
+        logits = class_logits(bottleneck, edited)
         if col is not None:
             logits[:, col] = -np.inf
         out[rows] = bottleneck.classes_[logits.argmax(1)]
@@ -65,6 +78,10 @@ class ConceptPoison:
     paper: ClassVar[str] = "Class Machine Unlearning for Complex Data via Concepts Inference and Data Poisoning (2024)"
     default_lr: ClassVar[float] = 1e-3
     default_epochs: ClassVar[float] = 2
+
+    def __post_init__(self) -> None:
+        require(self.concepts > 0, "params.concepts", f"must be positive (got {self.concepts})")
+        require(0 <= self.top <= self.concepts, "params.top", f"must be 0 to params.concepts (got {self.top})")
 
     def run(self, model: nn.Module, ctx: Context) -> nn.Module:
         from sklearn.linear_model import LogisticRegression

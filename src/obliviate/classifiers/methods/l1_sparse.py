@@ -11,6 +11,7 @@ from typing import ClassVar
 import torch
 from torch import nn
 
+from ...config import require
 from .base import CLASSIFIER_METHODS, Context, supervised
 
 
@@ -33,6 +34,9 @@ class L1Sparse:
     paper: ClassVar[str] = "Jia et al. 2023, Model Sparsity Can Simplify Machine Unlearning"
     default_lr: ClassVar[float] = 1e-3
     default_epochs: ClassVar[float] = 2
+
+    def __post_init__(self) -> None:
+        require(self.gamma >= 0, "params.gamma", f"must be 0 or more (got {self.gamma})")
 
     def run(self, model: nn.Module, ctx: Context) -> nn.Module:
         params = list(model.parameters())

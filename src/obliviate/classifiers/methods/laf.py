@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ...config import require
 from .base import CLASSIFIER_METHODS, Context, batches, optimise, steps_for, supervised
 
 
@@ -76,6 +77,12 @@ class LabelAgnosticForgetting:
     paper: ClassVar[str] = "Shen et al. 2024, Label-Agnostic Forgetting: A Supervision-Free Unlearning in Deep Models"
     default_lr: ClassVar[float] = 1e-3
     default_epochs: ClassVar[float] = 1  # the alignment pass over the retained data
+
+    def __post_init__(self) -> None:
+        require(self.vae_steps > 0, "params.vae_steps", f"must be positive (got {self.vae_steps})")
+        require(self.tau > 0, "params.tau", f"must be positive (got {self.tau})")
+        require(self.forget_epochs > 0, "params.forget_epochs", f"must be positive (got {self.forget_epochs})")
+        require(self.repair_epochs >= 0, "params.repair_epochs", f"must be 0 or more (got {self.repair_epochs})")
 
     def run(self, model: nn.Module, ctx: Context) -> nn.Module:
         original = copy.deepcopy(model)

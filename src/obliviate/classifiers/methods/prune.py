@@ -12,19 +12,14 @@ import torch
 from torch import nn
 
 from ...config import require
-from .base import CLASSIFIER_METHODS, Context, supervised
+from .base import CLASSIFIER_METHODS, Context, supervised, top_fraction_masks
 
 
 def magnitude_masks(model: nn.Module, sparsity: float) -> dict[nn.Parameter, torch.Tensor]:
     """1 for the weights kept, 0 for the `sparsity` fraction of smallest |w| over every conv
     and linear weight matrix together (global, not per layer)."""
     weights = [m.weight for m in model.modules() if isinstance(m, nn.Conv2d | nn.Linear)]
-    scores = torch.cat([w.detach().abs().flatten() for w in weights])
-    k = int(sparsity * scores.numel())
-    if k == 0:
-        return {w: torch.ones_like(w) for w in weights}
-    cut = scores.kthvalue(k).values
-    return {w: (w.detach().abs() > cut).float() for w in weights}
+    return top_fraction_masks({w: w.detach().abs() for w in weights}, 1.0 - sparsity)
 
 
 @CLASSIFIER_METHODS.register("prune")

@@ -19,7 +19,7 @@ class Retrain:
     default_lr: ClassVar[float] = 2e-3
     default_epochs: ClassVar[float] = 30  # the target's own training length
 
-    def run(self, model: nn.Module, ctx: Context) -> nn.Module:
+    def run(self, model: nn.Module | None, ctx: Context) -> nn.Module:
         fresh = ctx.fresh()  # the oracle never starts from, or sees, the trained model
         ctx.log["loss"] = supervised(fresh, ctx.x_retain, ctx.y_retain, ctx.epochs, ctx.lr,
                                      ctx.batch_size, ctx.rng())[-1]

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...config import require
-from .base import CLASSIFIER_METHODS, Context, supervised
+from .base import CLASSIFIER_METHODS, Context, supervised, top_fraction_masks
 from .random_labels import relabelled_union
 
 
@@ -21,11 +21,7 @@ def saliency_masks(model: nn.Module, x: torch.Tensor, y: torch.Tensor, ratio: fl
     """1 for the `ratio` fraction of weights with the largest |d CE(forget) / d w| (global)."""
     model.zero_grad(set_to_none=True)
     F.cross_entropy(model(x), y).backward()
-    params = [p for p in model.parameters() if p.grad is not None]
-    scores = torch.cat([p.grad.abs().flatten() for p in params])
-    keep = max(1, int(ratio * scores.numel()))
-    cut = scores.topk(keep).values[-1]
-    masks = {p: (p.grad.abs() >= cut).float() for p in params}
+    masks = top_fraction_masks({p: p.grad.abs() for p in model.parameters() if p.grad is not None}, ratio)
     model.zero_grad(set_to_none=True)
     return masks
 

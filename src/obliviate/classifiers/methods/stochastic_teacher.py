@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ...config import require
 from .base import CLASSIFIER_METHODS, Context, batches, optimise, predict_proba, steps_for
 
 
@@ -42,6 +43,9 @@ class StochasticTeacher:
     paper: ClassVar[str] = "Zhang et al. 2023, Machine Unlearning Methodology Based on Stochastic Teacher Network"
     default_lr: ClassVar[float] = 1e-3
     default_epochs: ClassVar[float] = 1  # the reconstruction pass over the retained data
+
+    def __post_init__(self) -> None:
+        require(self.erase_epochs > 0, "params.erase_epochs", f"must be positive (got {self.erase_epochs})")
 
     def run(self, model: nn.Module, ctx: Context) -> nn.Module:
         original = copy.deepcopy(model)  # the reconstruction teacher: the model before erasing

@@ -118,6 +118,8 @@ def calibration(view: ClassifierView) -> float:
 def avg_gap(res: dict[str, Any], reference: dict[str, Any] | None) -> float | str:
     if reference is None:
         return "not computed: needs the retrained model's results as reference"
+    if not _same_forget_set(res, reference):
+        return "not computed: the reference was measured on another forget set"
     mine, theirs = _flat(res), _flat(reference)
     missing = [k for k in GAP_KEYS if not isinstance(mine.get(k), float) or not isinstance(theirs.get(k), float)]
     if missing:
@@ -134,8 +136,19 @@ def run_time(res: dict[str, Any], reference: dict[str, Any] | None) -> dict[str,
     if not isinstance(mine, float):
         return "not computed: the model's provenance records no run time"
     theirs = (reference or {}).get("timing", {}).get("run_seconds")
-    ratio = mine / theirs if isinstance(theirs, float) and theirs > 0 else "not computed: needs a reference run time"
+    if reference is not None and not _same_forget_set(res, reference):
+        ratio = "not computed: the reference was measured on another forget set"
+    else:
+        ratio = mine / theirs if isinstance(theirs, float) and theirs > 0 else "not computed: needs a reference run time"
     return {"run_time": mine, "run_time_ratio": ratio}
+
+
+def _same_forget_set(res: dict[str, Any], reference: dict[str, Any]) -> bool:
+    """Both results measured the same forget samples (by id)."""
+    def ids(r: dict[str, Any]) -> list | None:
+        return r.get("datasets", {}).get("forget", {}).get("per_item", {}).get("id")
+
+    return ids(res) is not None and sorted(ids(res)) == sorted(ids(reference) or [])
 
 
 def _flat(res: dict[str, Any]) -> dict[str, Any]:
