@@ -362,6 +362,10 @@ def test_a_users_deletion_request_through_the_ledger(small, tmp_path, capsys):
     assert "Deletion request 1" in page and "user u02" in page and "UA" in page
     assert main(["request", "list", "--project", proj]) == 0
     assert "forget UA then" in capsys.readouterr().out
+    assert main(["request", "report", "--project", proj]) == 0
+    assert "UA r1" in (tmp_path / "proj" / "ledger.html").read_text()
+    assert main(["request", "verify", "1", "--project", proj]) == 2
+    assert "for language-model projects" in capsys.readouterr().err
     assert target.exists() and nets.is_classifier_model(target)  # the base is never modified
 
 

@@ -123,7 +123,8 @@ def test_report_columns_are_data():
 
 def test_a_missing_template_variable_raises():
     with pytest.raises(UndefinedError, match="versions"):
-        render("ledger.html", title="t", requests=[], done=[], plot=None)
+        render("ledger.html", title="t", requests=[], done=[], plot=None, utility_title="u",
+               forget_title="f")
 
 
 def test_figure_svg_is_inline_svg_with_escaped_labels():

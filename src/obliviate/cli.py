@@ -345,19 +345,7 @@ def _cmd_request(args) -> int | None:
         print(f"item hashes are keyed with {p(root / KEY_FILE)}: keep it private; "
               "without it requests can no longer be applied or verified")
     elif args.action == "add":
-        if not args.forget:
-            raise ObliviateError("request add needs --forget FILE (the items to forget)")
-        if args.user:
-            raise ObliviateError("--user names a classifier's samples; this is a language-model project")
-        args.method = args.method or "npo"
-        if args.target:  # the forget items are what the latest version says about the target
-            L.unlearn_config(args.method, args.overrides)  # a typo fails before minutes of generation
-            L.target_forget_file(project, args.target, args.forget, args.probes or "")
-            print(f"synthesised forget items written to {p(args.forget)}")
-        elif args.probes:
-            raise ObliviateError("--probes goes with --target")
-        rid = L.add_request(project, args.subject, args.forget, args.retain or "", args.method,
-                            args.overrides)
+        rid = _request_add(args)
         print(f"request {rid} added (pending); apply it with `obliviate request apply {rid}`")
     elif args.action == "apply":
         vids = L.apply(project, args.id, args.all)
@@ -389,6 +377,25 @@ def _cmd_request(args) -> int | None:
     return None
 
 
+def _request_add(args) -> int:
+    """Record a language-model request (its forget file, or one synthesised for --target)."""
+    from . import ledger as L
+    from .ledger.show import printable as p
+
+    if not args.forget:
+        raise ObliviateError("request add needs --forget FILE (the items to forget)")
+    if args.user:
+        raise ObliviateError("--user names a classifier's samples; this is a language-model project")
+    method = args.method or "npo"
+    if args.target:  # the forget items are what the latest version says about the target
+        L.unlearn_config(method, args.overrides)  # a typo fails before minutes of generation
+        L.target_forget_file(args.project, args.target, args.forget, args.probes or "")
+        print(f"synthesised forget items written to {p(args.forget)}")
+    elif args.probes:
+        raise ObliviateError("--probes goes with --target")
+    return L.add_request(args.project, args.subject, args.forget, args.retain or "", method, args.overrides)
+
+
 def _classifier_project(args) -> bool:
     """A classifier project: `init` with a classifier model, or a ledger that says so."""
     from .classifiers.family import is_classifier_model
@@ -406,6 +413,7 @@ def _classifier_project(args) -> bool:
 
 def _cmd_request_classifier(args) -> int | None:
     """Deletion requests of a classifier project (ledger/classifier.py)."""
+    from . import ledger as L
     from .ledger import classifier as LC
     from .ledger.show import printable as p
     from .ledger.show import show_list, show_request
@@ -427,13 +435,19 @@ def _cmd_request_classifier(args) -> int | None:
     elif args.action in ("list", "show"):
         print(show_list(args.project) if args.action == "list" else show_request(args.project, args.id))
     elif args.action == "cancel":
-        from . import ledger as L
-
         L.cancel_request(args.project, args.id)
         print(f"request {args.id} cancelled")
+    elif args.action == "report":
+        from .ledger.evidence import ledger_html
+
+        with L.Ledger.open(args.project) as ledger:
+            out = args.out or f"{args.project}/ledger.html"
+            check_output(out, _ledger_inputs(ledger))
+            out = write_text_atomic(out, ledger_html(ledger))
+        print(f"ledger report written to {p(out)}")
     else:
-        raise ObliviateError(f"request {args.action} is not available for classifier projects yet: "
-                             "each version's evidence.html, results.json and audit.json hold its numbers")
+        raise ObliviateError(f"request {args.action} is for language-model projects: a classifier "
+                             "version's evidence.html, results.json and audit.json hold its numbers")
     return None
 
 
@@ -572,6 +586,26 @@ def _model_parsers(sub) -> None:
     g.add_argument("--out", required=True)
     g.set_defaults(func=_cmd_generate)
 
+    _benchmark_parsers(sub)
+    _check_parser(sub)
+
+    for name, func, helptext in [
+        ("finetune", _cmd_finetune, "train a target or oracle model on a benchmark"),
+        ("unlearn", _cmd_unlearn, "apply an unlearning method to a model"),
+        ("eval", _cmd_eval, "evaluate a model (TOFU suite); writes a results JSON"),
+    ]:
+        s = sub.add_parser(name, help=helptext)
+        s.add_argument("--config", help="YAML config file")
+        s.add_argument("--out", required=True)
+        if name == "eval":
+            s.add_argument("--label", "--name", dest="label",
+                           help="this model's name in results and reports (default: its folder name)")
+        s.add_argument("overrides", nargs="*", help=_overrides_help())
+        s.set_defaults(func=func)
+
+
+def _benchmark_parsers(sub) -> None:
+    """benchmark create (language-model files) and benchmark classifier (labelled data)."""
     b = sub.add_parser("benchmark", help="make a benchmark folder from your own files")
     bs = b.add_subparsers(dest="action", required=True)
     c = bs.add_parser("create", help="validate forget/retain/holdout/utility files and write a "
@@ -594,6 +628,8 @@ def _model_parsers(sub) -> None:
     cc.add_argument("--out", required=True)
     cc.set_defaults(func=_cmd_benchmark_classifier)
 
+
+def _check_parser(sub) -> None:
     ck = sub.add_parser("check", help="check data before trusting a number (overlaps, too few "
                         "items, perturbed answers that measure wording), and results' sanity")
     ck.add_argument("--benchmark", help="a benchmark folder")
@@ -604,20 +640,6 @@ def _model_parsers(sub) -> None:
     ck.add_argument("--results", action="append", help="a results JSON (repeatable): sanity checks")
     ck.add_argument("--reference", help="the oracle's results, for the forget-quality check")
     ck.set_defaults(func=_cmd_check)
-
-    for name, func, helptext in [
-        ("finetune", _cmd_finetune, "train a target or oracle model on a benchmark"),
-        ("unlearn", _cmd_unlearn, "apply an unlearning method to a model"),
-        ("eval", _cmd_eval, "evaluate a model (TOFU suite); writes a results JSON"),
-    ]:
-        s = sub.add_parser(name, help=helptext)
-        s.add_argument("--config", help="YAML config file")
-        s.add_argument("--out", required=True)
-        if name == "eval":
-            s.add_argument("--label", "--name", dest="label",
-                           help="this model's name in results and reports (default: its folder name)")
-        s.add_argument("overrides", nargs="*", help=_overrides_help())
-        s.set_defaults(func=func)
 
 
 def _selection_parser(sub) -> None:

@@ -237,10 +237,15 @@ def ledger_html(ledger: Ledger) -> str:
     requests = [[str(r.id), r.status, r.subject, r.method, str(r.n_items),
                  str(r.version_id) if r.version_id is not None else "—", r.error or ""] for r in reqs]
     done = [r.id for r in reqs if r.status == "done"]
+    classifier = ledger.settings().get("family") == "classifier"
+    # a classifier project measures remaining accuracy and unlearning accuracy (points)
+    utility, forget = (("retain_ra", "RA"), ("forget_ua", "UA")) if classifier else \
+        (("model_utility", "model utility"), ("forget_prob", "forget prob"))
     grid = []
     for v in ledger.versions():
         m = rows.get((v.id, M.MODEL_LEVEL), {})
-        grid.append([str(v.id), fmt(m.get("model_utility"))]
-                    + [fmt(rows.get((v.id, rid), {}).get("forget_prob")) for rid in done])
+        grid.append([str(v.id), fmt(m.get(utility[0]))]
+                    + [fmt(rows.get((v.id, rid), {}).get(forget[0])) for rid in done])
     return render("ledger.html", title=f"Deletion ledger: {ledger.root.name}", requests=requests,
-                  done=done, versions=grid, plot=sustainability_svg(rows, done))
+                  done=done, versions=grid, utility_title=utility[1], forget_title=forget[1],
+                  plot=None if classifier else sustainability_svg(rows, done))
