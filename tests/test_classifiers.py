@@ -73,9 +73,14 @@ def test_image_folder_with_users_csv(tmp_path):
         for i in range(3):
             Image.fromarray(np.full((6, 6, 3), colour, dtype=np.uint8)).save(tmp_path / cls / f"{i}.png")
     (tmp_path / "users.csv").write_text("path,user\ncats/0.png,ann\ndogs/2.png,bob\n")
+    with pytest.raises(ObliviateError, match=r"no row for 'cats/1.png' \(4 images unlisted\)"):
+        read_source(tmp_path)  # an image without its user would survive a request naming that user
+    rows = {"cats/0.png": "ann", "dogs/2.png": "bob"}
+    (tmp_path / "users.csv").write_text("path,user\n" + "".join(
+        f"{c}/{i}.png,{rows.get(f'{c}/{i}.png', 'unknown')}\n" for c in ("cats", "dogs") for i in range(3)))
     data, classes = read_source(tmp_path)
     assert classes == ["cats", "dogs"] and data.x.shape == (6, 3, 6, 6)
-    assert data.users.tolist() == ["ann", "", "", "", "", "bob"]
+    assert data.users.tolist() == ["ann", "unknown", "unknown", "unknown", "unknown", "bob"]
     assert math.isclose(float(data.x[0].max()), 200 / 255, rel_tol=1e-6)
 
 
@@ -415,9 +420,12 @@ def test_empty_sets_are_refused_before_training(small):
 
 
 def test_hostile_user_files_get_one_clear_line(tmp_path):
-    (tmp_path / "trunc.npz").write_bytes(b"PK\x03\x04 truncated")
-    with pytest.raises(ObliviateError, match="not a readable .npz"):
-        read_source(tmp_path / "trunc.npz")
+    np.savez(tmp_path / "whole.npz", x=np.zeros((4, 5, 5), dtype=np.uint8), y=np.array([0, 1, 0, 1]))
+    (tmp_path / "trunc.npz").write_bytes((tmp_path / "whole.npz").read_bytes()[:200])
+    (tmp_path / "text.npz").write_text("x,y\n1,2\n")
+    for name in ("trunc.npz", "text.npz"):
+        with pytest.raises(ObliviateError, match="not an .npz file"):
+            read_source(tmp_path / name)
     np.savez(tmp_path / "obj.npz", x=np.array([object()] * 2, dtype=object), y=np.array([0, 1]))
     with pytest.raises(ObliviateError, match="without pickled objects"):
         read_source(tmp_path / "obj.npz")
@@ -427,6 +435,9 @@ def test_hostile_user_files_get_one_clear_line(tmp_path):
     (tmp_path / "b.jsonl").write_text("\n" + json.dumps({"text": "a", "label": True}) + "\n")
     with pytest.raises(ObliviateError, match=r"b.jsonl:2: each line needs"):
         read_source(tmp_path / "b.jsonl")
+    (tmp_path / "m.jsonl").write_text(json.dumps({"text": "a", "label": "x"}) + "\n" + json.dumps({"text": "b", "label": 3}) + "\n")
+    with pytest.raises(ObliviateError, match=r"m.jsonl:2: labels mix strings and integers"):
+        read_source(tmp_path / "m.jsonl")
     photos = tmp_path / "photos"
     for cls in ("a", "b"):
         (photos / cls).mkdir(parents=True)
@@ -483,3 +494,85 @@ def test_later_requests_keep_earlier_ones_out_and_a_single_sample_applies(small,
     assert sorted(oracle["excluded_ids"]) == u01  # the oracle never trains on request 1 either
     audit = json.loads((proj / "versions" / "v0002" / "audit.json").read_text())
     assert audit["audits"]["relearning"]["residual"].startswith("not applicable")
+
+
+def _tickets(path, rng_seed=0):
+    """Support tickets of three kinds by four users; kim's tickets carry her address."""
+    rng = np.random.default_rng(rng_seed)
+    words = {"billing": ["invoice", "refund", "charge", "card"], "bug": ["crash", "error", "freeze", "button"],
+             "account": ["login", "password", "email", "reset"]}
+    rows = []
+    for i in range(180):
+        label = list(words)[i % 3]
+        user = ["ann", "bo", "kim", "raj"][i % 4]
+        extra = " kim.secret@example.org 5550134" if user == "kim" else ""
+        rows.append({"text": " ".join(rng.choice(words[label], 4)) + extra, "label": label, "user": user})
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def test_a_text_request_takes_the_users_words_out_of_the_model(tmp_path):
+    """The vocabulary is data too: after a request the released version and its oracle hold
+    none of the words only the forgotten user wrote."""
+    _tickets(tmp_path / "t.jsonl")
+    b, m, proj = (str(tmp_path / n) for n in ("b", "m", "proj"))
+    assert main(["benchmark", "classifier", "--train", str(tmp_path / "t.jsonl"), "--out", b]) == 0
+    assert main(["finetune", f"benchmark={b}", "epochs=10", "--out", m]) == 0
+    assert "5550134" in (tmp_path / "m" / "obliviate.json").read_text()
+    assert main(["request", "init", "--project", proj, "--model", m, "--benchmark", b]) == 0
+    assert main(["request", "add", "--project", proj, "--subject", "kim", "--user", "kim"]) == 0
+    assert main(["request", "apply", "--project", proj]) == 0
+    for folder in ("model", "oracle"):
+        text = (tmp_path / "proj" / "versions" / "v0001" / folder / "obliviate.json").read_text()
+        assert "5550134" not in text and "secret" not in text and "invoice" in text
+    assert main(["eval", f"model={tmp_path / 'proj' / 'versions' / 'v0001' / 'model'}", f"benchmark={b}",
+                 "--out", str(tmp_path / "r.json")]) == 0  # the smaller vocabulary still reads the data
+
+
+def test_finetune_keys_match_the_language_model_ones(small, tmp_path, capsys):
+    _, bench_dir, _ = small
+    b = f"benchmark={bench_dir}"
+    assert main(["finetune", b, "role=oracle", "--out", str(tmp_path / "x")]) == 2
+    assert "role=oracle needs split=" in capsys.readouterr().err
+    assert main(["finetune", b, "role=oracle", "split=user:u01", "epochs=2", "--out", str(tmp_path / "o")]) == 0
+    prov = json.loads((tmp_path / "o" / "obliviate.json").read_text())
+    assert prov["role"] == "oracle" and prov["train_epochs"] == 2 and len(prov["forget_ids"]) == 20
+
+
+def test_audit_refuses_an_oracle_of_another_forget_set(small, tmp_path, capsys):
+    _, bench_dir, target = small
+    b, t = str(bench_dir), str(target)
+    assert main(["unlearn", f"model={t}", f"benchmark={b}", "split=user:u01", "method=finetune", "--out", str(tmp_path / "u")]) == 0
+    assert main(["unlearn", f"model={t}", f"benchmark={b}", "split=user:u02", "method=retrain", "--out", str(tmp_path / "o")]) == 0
+    assert main(["audit", str(tmp_path / "u"), "--target", t, "--oracle", str(tmp_path / "o"), "--benchmark", b,
+                 "--out", str(tmp_path / "a.json")]) == 2
+    assert "not retrained without the audited model's forget set" in capsys.readouterr().err
+    assert not (tmp_path / "a.json").exists()
+
+
+def test_a_report_warns_when_rows_measured_different_forget_sets(small, tmp_path):
+    _, bench_dir, target = small
+    b, t = str(bench_dir), str(target)
+    for split in ("user:u01", "user:u02"):
+        assert main(["eval", f"model={t}", f"benchmark={b}", f"split={split}", "--label", split,
+                     "--out", str(tmp_path / f"{split[-3:]}.json")]) == 0
+    assert main(["report", str(tmp_path / "u01.json"), str(tmp_path / "u02.json"), "--out", str(tmp_path / "rep")]) == 0
+    page = (tmp_path / "rep" / "report.md").read_text()
+    assert "measure different forget sets" in page and "Forget set: user:u01, 20 samples" in page
+
+
+def test_a_class_request_and_the_overshoot_warning(small, tmp_path):
+    from obliviate.ledger.classifier import farther_from_oracle
+
+    _, bench_dir, target = small
+    proj = str(tmp_path / "proj")
+    assert main(["request", "init", "--project", proj, "--model", str(target), "--benchmark", str(bench_dir)]) == 0
+    assert main(["request", "add", "--project", proj, "--subject", "no rings", "--class", "ring",
+                 "--method", "random_labels"]) == 0
+    assert main(["request", "apply", "--project", proj]) == 0
+    prov = json.loads((tmp_path / "proj" / "versions" / "v0001" / "model" / "obliviate.json").read_text())
+    bench = load_benchmark(bench_dir)
+    assert sorted(prov["forget_ids"]) == sorted(bench.train.ids[bench.train.y == 4].tolist())
+    # the gap to the oracle grew from 1.0 to 9.0 points: said; a change within 0.5 points is not
+    assert "farther from the retrained oracle" in farther_from_oracle(
+        {"metrics": {"avg_gap": 1.0}}, {"metrics": {"avg_gap": 9.0}}, 0)
+    assert farther_from_oracle({"metrics": {"avg_gap": 1.0}}, {"metrics": {"avg_gap": 1.4}}, 0) == ""

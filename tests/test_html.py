@@ -116,7 +116,7 @@ def test_report_columns_are_data():
     page = render("report.html", title="t", checks=[], columns=[("my_metric", "My metric", "↑")],
                   details=[], rows=[{"name": "m", "metrics": {"my_metric": 0.25}}],
                   reference=None, scatter=Markup(""), audits=None, sources=["m.json"],
-                  classifier=False)
+                  classifier=False, forget_sets={})
     assert "<th>My metric<br><small>↑</small></th>" in page and "<td>0.250</td>" in page
     assert "<th>Forget quality" not in page  # no column the caller did not ask for
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import sys
 from pathlib import Path
 from typing import NoReturn
@@ -169,6 +170,9 @@ def _cmd_check(args) -> int:
 
     if args.benchmark and (args.forget or args.retain or args.holdout):
         raise ObliviateError("give --benchmark or --forget/--retain/--holdout files, not both")
+    if args.benchmark and (Path(args.benchmark) / "classifier.json").is_file():
+        raise ObliviateError(f"{args.benchmark} is a classifier benchmark: its files were validated when "
+                             "it was made (obliviate benchmark classifier); check reads language-model data")
     sets: dict[str, tuple[str, list]] = {}
     if args.benchmark:
         sets = _bench_sets(Benchmark.load(args.benchmark))
@@ -346,7 +350,7 @@ def _cmd_request(args) -> int | None:
               "without it requests can no longer be applied or verified")
     elif args.action == "add":
         rid = _request_add(args)
-        print(f"request {rid} added (pending); apply it with `obliviate request apply {rid}`")
+        print(f"request {rid} added (pending); apply it with `obliviate request apply {rid}{_project_flag(args)}`")
     elif args.action == "apply":
         vids = L.apply(project, args.id, args.all)
         if vids:
@@ -377,6 +381,11 @@ def _cmd_request(args) -> int | None:
     return None
 
 
+def _project_flag(args) -> str:
+    """' --project DIR' for a message that gives a command to run, unless DIR is the default."""
+    return "" if args.project == "." else f" --project {shlex.quote(args.project)}"
+
+
 def _request_add(args) -> int:
     """Record a language-model request (its forget file, or one synthesised for --target)."""
     from . import ledger as L
@@ -384,8 +393,8 @@ def _request_add(args) -> int:
 
     if not args.forget:
         raise ObliviateError("request add needs --forget FILE (the items to forget)")
-    if args.user:
-        raise ObliviateError("--user names a classifier's samples; this is a language-model project")
+    if args.user or args.class_name:
+        raise ObliviateError("--user and --class name a classifier's samples; this is a language-model project")
     method = args.method or "npo"
     if args.target:  # the forget items are what the latest version says about the target
         L.unlearn_config(method, args.overrides)  # a typo fails before minutes of generation
@@ -426,8 +435,9 @@ def _cmd_request_classifier(args) -> int | None:
     elif args.action == "add":
         if args.target or args.probes or args.retain:
             raise ObliviateError("--target, --probes and --retain are for language-model projects")
-        rid = LC.add(args.project, args.subject, args.user, args.forget, args.method, args.overrides)
-        print(f"request {rid} added (pending); apply it with `obliviate request apply {rid}`")
+        rid = LC.add(args.project, args.subject, args.user, args.forget, args.method, args.overrides,
+                     args.class_name)
+        print(f"request {rid} added (pending); apply it with `obliviate request apply {rid}{_project_flag(args)}`")
     elif args.action == "apply":
         vids = LC.apply(args.project, args.id, args.all)
         if vids:
@@ -490,6 +500,8 @@ def _request_parser(sub) -> None:
     a.add_argument("--retain", help="this request's retain set (default: the project's)")
     a.add_argument("--user", help="classifier projects: forget every training sample of this user "
                    "(or give --forget, a file of sample ids, one per line)")
+    a.add_argument("--class", dest="class_name", help="classifier projects: forget every training "
+                   "sample of this class")
     a.add_argument("--method", help="unlearning method (obliviate ls methods; default npo, or the "
                    "classifier project's)")
     a.add_argument("overrides", nargs="*", help="unlearn config, e.g. optim.steps=40 params.beta=0.2")
@@ -716,9 +728,9 @@ def main(argv: list[str] | None = None) -> int:
         if not hasattr(args, "overrides") or any(e.startswith("-") or "=" not in e for e in extra):
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
         args.overrides = [*args.overrides, *extra]
-    if args.command in _COMPUTES:
-        configure_threads()  # before torch loads: see threads.py
     try:
+        if args.command in _COMPUTES:
+            configure_threads()  # before torch loads: see threads.py
         rc = args.func(args)
     except KeyboardInterrupt:
         print("\nobliviate: interrupted; finished outputs are kept, unfinished ones were "

@@ -5,6 +5,7 @@ seed, reference)."""
 
 from __future__ import annotations
 
+import hashlib
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,14 +48,24 @@ class ClassifierFinetuneConfig:
     (`split`: an oracle, the same as `unlearn method=retrain`)."""
 
     benchmark: str = ""
-    split: str = ""  # "": every training sample (the target)
+    role: str = ""  # target | oracle; "": oracle when a split is given, else target
+    split: str = ""  # the forget set an oracle never sees
     split_seed: int = 0
     seed: int = 0
+    epochs: float | None = None  # passes over the training data (the same key as a language model's)
     optim: ClassifierOptim = field(default_factory=lambda: ClassifierOptim(lr=2e-3, epochs=30))
 
     def __post_init__(self) -> None:
         require(bool(self.benchmark), "benchmark", "give benchmark=<classifier benchmark folder>")
         _seeds(self)
+        if self.role:
+            require_choice(self.role, ("target", "oracle"), "role")
+        require(self.role != "oracle" or bool(self.split), "role",
+                "role=oracle needs split= (the forget set the oracle never sees)")
+        require(self.role != "target" or not self.split, "role", "a target trains on every sample: drop split=")
+        require(self.epochs is None or 0 < self.epochs <= 1000, "epochs", f"must be in (0, 1000] (got {self.epochs})")
+        if self.epochs is not None:
+            self.optim.epochs = self.epochs
         if self.split:
             check_split(self.split)
 
@@ -114,7 +125,6 @@ def _check_model_fits(spec: dict[str, Any], bench: Benchmark) -> None:
 def finetune(cfg: ClassifierFinetuneConfig, out: str | Path) -> Path:
     """Train a fresh classifier (target, or oracle without `split`) and save it."""
     bench = load_benchmark(cfg.benchmark)
-    spec = nets.spec_for(bench.kind, bench.classes, bench.train.x)
     keep = np.arange(len(bench.train))
     forget_ids: list[str] = []
     classes: list[int] = []
@@ -124,6 +134,7 @@ def finetune(cfg: ClassifierFinetuneConfig, out: str | Path) -> Path:
                                  "with obliviate unlearn method=retrain model=<target> split=...")
         sc = resolve(cfg.split, bench.train, bench.classes, cfg.split_seed)
         keep, forget_ids, classes = sc.retain, bench.train.ids[sc.forget].tolist(), sc.classes
+    spec = nets.spec_for(bench.kind, bench.classes, bench.train.x[keep])  # an oracle's words are the kept data's
     x, y = _inputs(spec, bench.train.take(keep))
     start = time.perf_counter()
     ctx = _context(x[:0], y[:0], x, y, spec, cfg.optim.lr, cfg.optim.epochs, cfg.optim.batch_size, cfg.seed)
@@ -172,11 +183,14 @@ def unlearn_model(cfg: ClassifierUnlearnConfig, model=None, spec=None, prov=None
     same = cfg.method == "retrain"
     epochs = _first(cfg.optim.epochs, prov.get("train_epochs") if same else None, cls.default_epochs)
     lr = _first(cfg.optim.lr, prov.get("train_lr") if same else None, cls.default_lr)
+    if same:  # a fresh model's word list comes from the data it is trained on
+        spec = nets.spec_for(bench.kind, bench.classes, bench.train.x[retain])
     (xf, yf), (xr, yr) = _inputs(spec, bench.train.take(forget)), _inputs(spec, bench.train.take(retain))
     ctx = _context(xf, yf, xr, yr, spec, lr, epochs, cfg.optim.batch_size, cfg.seed)
     torch.manual_seed(cfg.seed)
     start = time.perf_counter()
     model = method.run(model, ctx)
+    spec = nets.restrict_vocab(model, spec, bench.train.x[retain])
     seconds = time.perf_counter() - start
     out_prov = {"produced_by": "obliviate unlearn", "method": cfg.method, "config": to_dict(cfg),
                 "split": cfg.split if rows is None else "", "forget_ids": bench.train.ids[forget].tolist(),
@@ -246,6 +260,10 @@ def evaluate(cfg: ClassifierEvalConfig, name: str | None = None, model=None, spe
                                **({"run_seconds": float(prov["run_seconds"])} if "run_seconds" in prov else {})},
                        suites=["classifier"])
     res["family"] = "classifier"
+    ids = sorted(bench.train.ids[forget].tolist())
+    res["forget_set"] = {"split": cfg.split or prov.get("split") or "the samples of a request", "n": len(ids),
+                         "benchmark": bench.root.name,
+                         "digest": hashlib.sha256("\n".join(ids).encode()).hexdigest()[:16]}
     res["metrics"] = derive(res, ref)
     if ref is not None:
         res["reference"] = ref["name"]

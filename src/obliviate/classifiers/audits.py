@@ -27,7 +27,7 @@ from ..errors import ObliviateError
 from ..evaluation.results import git_sha, versions
 from ..registry import Registry
 from . import nets
-from .data import load_benchmark
+from .data import ClassData, load_benchmark
 from .methods.base import batches, optimise, predict_proba
 
 CLASSIFIER_AUDITS: Registry[type] = Registry("classifier audit")
@@ -158,28 +158,49 @@ class ClassifierAuditConfig:
             from_dict(CLASSIFIER_AUDITS.get(name), p, prefix=f"params.{name}.")
 
 
-def audit_sets(model_dir: str, bench_dir: str, max_retain: int, seed: int) -> AuditSets:
+def audit_data(prov: dict[str, Any], bench_dir: str, max_retain: int, seed: int) -> tuple[ClassData, ClassData]:
     """The unlearned model's forget set (from its provenance) and a sample of the rest (never
-    samples an earlier request removed)."""
-    _, spec, prov = nets.load(model_dir)
+    samples an earlier request removed), as data: each model encodes them its own way (a text
+    model's vocabulary shrinks when it forgets)."""
     ids = prov.get("forget_ids")
     if not ids:
-        raise ObliviateError(f"{model_dir}: records no forget set (audit an unlearned model)")
+        raise ObliviateError("the audited model records no forget set (audit an unlearned model)")
     bench = load_benchmark(bench_dir)
     forget = np.isin(bench.train.ids, ids)
     kept = ~forget & ~np.isin(bench.train.ids, prov.get("excluded_ids", []))
     retain = np.random.default_rng(seed).permutation(np.flatnonzero(kept))[:max_retain]
-    f, r = bench.train.take(np.flatnonzero(forget)), bench.train.take(retain)
+    return bench.train.take(np.flatnonzero(forget)), bench.train.take(retain)
+
+
+def encoded(spec: dict[str, Any], data: tuple[ClassData, ClassData], seed: int) -> AuditSets:
+    f, r = data
     return AuditSets(nets.inputs(spec, f.x), torch.from_numpy(f.y), nets.inputs(spec, r.x), torch.from_numpy(r.y), seed)
 
 
-def _entry(obj, models: dict[str, nn.Module], sets: AuditSets, seed: int) -> dict[str, Any]:
+def check_ends(loaded: dict[str, tuple]) -> None:
+    """The target and oracle must read the model's inputs and classes, and an oracle must have
+    been retrained without the same forget set as the audited model (else its residual scale
+    would measure another request)."""
+    _, spec, prov = loaded["model"]
+    for end, (_, other, _) in loaded.items():
+        if other["arch"] != spec["arch"] or other["classes"] != spec["classes"] \
+                or other.get("input_shape") != spec.get("input_shape"):
+            raise ObliviateError(f"the {end} is not a model of the same kind (architecture, inputs and "
+                                 "classes) as the audited one")
+    if "oracle" in loaded:
+        theirs = sorted(loaded["oracle"][2].get("forget_ids") or [])
+        if theirs != sorted(prov.get("forget_ids") or []):
+            raise ObliviateError("the oracle was not retrained without the audited model's forget set "
+                                 "(its recorded forget samples differ); retrain it on the same split")
+
+
+def _entry(obj, models: dict[str, tuple[nn.Module, AuditSets]], seed: int) -> dict[str, Any]:
     """One audit's raw numbers on each model and its residual, or why it does not apply."""
     start = time.perf_counter()
     entry: dict[str, Any] = {"description": type(obj).description, "paper": type(obj).paper}
     try:
         raw = {}
-        for end, m in models.items():
+        for end, (m, sets) in models.items():
             torch.manual_seed(seed)
             raw[end] = obj.run(m, sets)
     except NotApplicable as exc:
@@ -196,12 +217,14 @@ def audit(cfg: ClassifierAuditConfig, progress: bool = True) -> dict[str, Any]:
     for key in ("model", "target", "benchmark"):
         if not getattr(cfg, key):
             raise ObliviateError(f"audit needs {key}=<folder>")
-    sets = audit_sets(cfg.model, cfg.benchmark, cfg.max_retain, cfg.seed)
-    models = {end: nets.load(getattr(cfg, end))[0] for end in ("model", "target", "oracle") if getattr(cfg, end)}
+    loaded = {end: nets.load(getattr(cfg, end)) for end in ("model", "target", "oracle") if getattr(cfg, end)}
+    check_ends(loaded)
+    data = audit_data(loaded["model"][2], cfg.benchmark, cfg.max_retain, cfg.seed)
+    models = {end: (m, encoded(spec, data, cfg.seed)) for end, (m, spec, _) in loaded.items()}
     out: dict[str, Any] = {}
     for name in cfg.audits:
         obj = from_dict(CLASSIFIER_AUDITS.get(name), cfg.params.get(name, {}), prefix=f"params.{name}.")
-        out[name] = entry = _entry(obj, models, sets, cfg.seed)
+        out[name] = entry = _entry(obj, models, cfg.seed)
         if progress:
             score = entry["residual"] if isinstance(entry["residual"], str) else entry["residual"]["score"]
             print(f"  {name:14s} residual {score if isinstance(score, str) else f'{score:.3f}'}", flush=True)

@@ -103,6 +103,8 @@ def as_images(x: np.ndarray, where: str) -> np.ndarray:
 def read_arrays(path: str | Path) -> tuple[ClassData, list[str]]:
     """An .npz of x (images), y (labels) and optionally users, ids and classes; no pickle."""
     path = Path(path)
+    if not zipfile.is_zipfile(path):
+        raise ObliviateError(f"{path}: not an .npz file (numpy.savez writes one)")
     try:
         with np.load(path, allow_pickle=False) as f:
             arrays = {k: f[k] for k in f.files}
@@ -183,6 +185,10 @@ def _users_csv(root: Path, ids: list[str]) -> dict[str, str]:
         if image in out:
             raise ObliviateError(f"{path}:{n}: {image!r} is listed twice")
         out[image] = user
+    unlisted = [i for i in ids if i not in out]
+    if unlisted:  # an image without its user would survive a request naming that user
+        raise ObliviateError(f"{path}: no row for {unlisted[0]!r} ({len(unlisted)} images unlisted); give "
+                             "every image a user (a placeholder such as 'unknown' is fine)")
     return out
 
 
@@ -207,6 +213,10 @@ def read_text_jsonl(path: str | Path, classes: list[str] | None = None) -> tuple
         lines.append(n)
     if not rows:
         raise ObliviateError(f"{path}: no samples")
+    kinds = {type(r["label"]) for r in rows}
+    if len(kinds) > 1:
+        n = next(n for r, n in zip(rows, lines, strict=True) if type(r["label"]) is not type(rows[0]["label"]))
+        raise ObliviateError(f"{path}:{n}: labels mix strings and integers; write every label one way")
     names = classes or sorted({str(r["label"]) for r in rows})
     index = {c: i for i, c in enumerate(names)}
     bad = next((n for r, n in zip(rows, lines, strict=True) if str(r["label"]) not in index), None)
@@ -262,6 +272,8 @@ def write_benchmark(out: str | Path, train: ClassData, test: ClassData, classes:
     if train.kind == "image" and train.x.shape[1:] != test.x.shape[1:]:
         raise ObliviateError(f"train images are {list(train.x.shape[1:])} but test images "
                              f"{list(test.x.shape[1:])}; give both one size")
+    if len(classes) < 2:
+        raise ObliviateError(f"the data has {len(classes)} class; a classifier needs two or more")
     _every_class_trained(train, classes, "the training data")
     clash = set(train.ids.tolist()) & set(test.ids.tolist())
     if clash:

@@ -90,6 +90,21 @@ def build_vocab(texts: np.ndarray, size: int = 4000) -> list[str]:
     return ["<pad>", "<unk>", *ranked]
 
 
+def restrict_vocab(model: nn.Module, spec: dict[str, Any], kept_texts: np.ndarray) -> dict[str, Any]:
+    """Cut a text model's vocabulary to the words of the data it keeps: a word seen only in
+    forgotten samples (a name, an e-mail address) would otherwise stay in the saved word list
+    and its embedding row. Returns the new spec; image models are left as they are."""
+    if spec["arch"] != "bag":
+        return spec
+    kept = {w for t in kept_texts.tolist() for w in _WORD.findall(t.lower())}
+    rows = [i for i, w in enumerate(spec["vocab"]) if i < 2 or w in kept]  # padding and unknown stay
+    old = model.embed
+    model.embed = nn.Embedding(len(rows), old.embedding_dim, padding_idx=0)
+    with torch.no_grad():
+        model.embed.weight.copy_(old.weight[torch.tensor(rows)])
+    return {**spec, "vocab": [spec["vocab"][i] for i in rows]}
+
+
 def inputs(spec: dict[str, Any], x: np.ndarray) -> torch.Tensor:
     """A data split's x as the model's input tensor (images as they are, texts as word ids)."""
     if spec["arch"] == "resnet8":

@@ -34,6 +34,7 @@ from ..data.files import read_text
 from ..errors import ObliviateError
 from ..evaluation.results import derive
 from ..io import ensure_not_inside, write_json_atomic, write_text_atomic
+from ..registry import suggest
 from ..report.html import render
 from . import workflow
 from .store import Ledger, Request, Version, weights_sha256
@@ -47,7 +48,10 @@ MODEL_LEVEL = 0  # as in measure.MODEL_LEVEL: the request id of model-level numb
 class ClassifierProject:
     base: str = ""
     benchmark: str = ""
-    method: str = "random_labels"
+    # a request removes data points (a user's samples), where fine-tuning on the rest stays
+    # closest to retraining across seeds (benchmarks/results/classifiers.md, user sets);
+    # random-label methods suit removing a whole class and overshoot on data points
+    method: str = "finetune"
     params: dict[str, Any] = field(default_factory=dict)
     retrain_oracle: bool = True
     audits: list[str] = field(default_factory=lambda: sorted(CLASSIFIER_AUDITS.names()))
@@ -111,7 +115,15 @@ def sample_hash(ledger: Ledger, bench: Benchmark, row: int) -> str:
 
 
 def request_rows(bench: Benchmark, forget_path: str) -> np.ndarray:
-    """The training rows a request names: `user:NAME`, or a file of sample ids."""
+    """The training rows a request names: `user:NAME`, `class:NAME`, or a file of sample ids."""
+    if forget_path.startswith("class:"):
+        name = forget_path.split(":", 1)[1]
+        if name not in bench.classes:
+            raise ObliviateError(f"no class '{name}' in the benchmark{suggest(name, bench.classes)}")
+        rows = np.flatnonzero(bench.train.y == bench.classes.index(name))
+        if len(rows) == len(bench.train):
+            raise ObliviateError(f"every training sample is of class '{name}'; nothing would remain")
+        return rows
     if forget_path.startswith("user:"):
         user = forget_path.split(":", 1)[1]
         rows = np.flatnonzero(bench.train.users == user)
@@ -127,15 +139,16 @@ def request_rows(bench: Benchmark, forget_path: str) -> np.ndarray:
 
 
 def add(root: str | Path, subject: str, user: str | None, ids_file: str | None, method: str | None,
-        overrides: list[str]) -> int:
-    if bool(user) == bool(ids_file):
-        raise ObliviateError("a classifier request names --user NAME or --forget FILE (sample ids), one of them")
+        overrides: list[str], class_name: str | None = None) -> int:
+    if sum(map(bool, (user, ids_file, class_name))) != 1:
+        raise ObliviateError("a classifier request names one of --user NAME, --class NAME or --forget FILE "
+                             "(sample ids, one per line)")
     with Ledger.open(root) as ledger:
         settings = settings_of(ledger)
         method = method or settings.method
         request_config(settings, method, overrides, settings.base)  # a typo fails now, not at apply
         bench = load_benchmark(settings.benchmark)
-        forget_path = f"user:{user}" if user else str(Path(ids_file).resolve())
+        forget_path = f"user:{user}" if user else f"class:{class_name}" if class_name else str(Path(ids_file).resolve())
         rows = request_rows(bench, forget_path)
         hashes = [sample_hash(ledger, bench, r) for r in rows]
         return ledger.add_request(subject, forget_path, hashes, None, None, method, list(overrides))
@@ -195,7 +208,9 @@ def _measure_and_write(ledger: Ledger, req: Request, parent: Version, stage: Pat
     before = ev(ledger.model_path(parent), stage / "model", f"version {parent.id}", reference=oracle)
     rows = {(-1, req.id): _request_numbers(after), (parent.id, req.id): _request_numbers(before),
             (-1, MODEL_LEVEL): _model_numbers(after)}
-    new_model, spec, _ = nets.load(stage / "model")
+    if (parent.id, MODEL_LEVEL) not in ledger.measurements():  # version 0's own numbers
+        rows[(parent.id, MODEL_LEVEL)] = _model_numbers(before)
+    new_model, spec, prov = nets.load(stage / "model")
     gone = np.union1d(C.rows_of(bench, after["datasets"]["forget"]["per_item"]["id"]),
                       np.concatenate([np.zeros(0, np.int64), *earlier.values()]))
     for rid, past in earlier.items():  # is every earlier request still forgotten?
@@ -211,11 +226,29 @@ def _measure_and_write(ledger: Ledger, req: Request, parent: Version, stage: Pat
     write_json_atomic(stage / "audit.json", audit_res)
     sha = weights_sha256(stage / "model")
     summary = {"request": req.id, "method": req.method, "timings": timings, "family": FAMILY,
-               "forgotten": int(after["datasets"]["forget"]["aggregate"]["n"])}
+               "forgotten": int(after["datasets"]["forget"]["aggregate"]["n"]),
+               "run": {k: prov.get(k) for k in ("method", "lr", "epochs", "config")}}
+    warning = farther_from_oracle(before, after, parent.id)
+    if warning:
+        summary["warning"] = warning
+        print(f"[request {req.id}] WARNING: {warning}", flush=True)
     write_text_atomic(stage / "evidence.html", evidence_page(ledger, req, parent, sha, before, after, oracle,
                                                             audit_res, rows, summary))
     _write_manifest(stage, req, parent, sha)
     return sha, summary, rows
+
+
+def farther_from_oracle(before: dict[str, Any], after: dict[str, Any], parent_id: int) -> str:
+    """A warning when unlearning moved the model away from the retrained oracle: the samples
+    were already at the level of a model that never saw them (common for one user's samples
+    of well-learnt classes), and the method overshot."""
+    b, a = before["metrics"].get("avg_gap"), after["metrics"].get("avg_gap")
+    if not isinstance(a, float) or not isinstance(b, float) or a <= b + 0.5:
+        return ""
+    return (f"the new version is farther from the retrained oracle than version {parent_id} was "
+            f"(average gap {a:.2f} vs {b:.2f} points): the samples were already near the oracle's "
+            "level; consider a gentler method (method=finetune, a lower optim.lr) or releasing the "
+            "oracle itself (method=retrain)")
 
 
 def _evaluate(model_dir: Path, forget_from: Path, name: str, bench: Benchmark,
@@ -257,7 +290,9 @@ def evidence_page(ledger: Ledger, req: Request, parent: Version, sha: str, befor
     vid = parent.id + 1
     facts = [["request", f"{req.id}: {req.subject}"], ["samples", f"{req.n_items} ({req.forget_path})"],
              ["method", req.method], ["versions", f"{parent.id} -> {vid}"], ["weights sha256", sha],
-             ["average gap to the oracle", _num(after["metrics"].get("avg_gap"))],
+             ["average gap to the oracle", f"{_num(after['metrics'].get('avg_gap'))} (before: "
+                                           f"{_num(before['metrics'].get('avg_gap'))})"],
+             *([["warning", summary["warning"]]] if summary.get("warning") else []),
              ["time", ", ".join(f"{k} {v:.1f} s" for k, v in summary["timings"].items()) or "resumed"]]
     forget = [[title, goal, _num(agg(before, "forget", k)), _num(agg(after, "forget", k)), _num(agg(oracle, "forget", k))]
               for k, title, goal in (("ua", "UA", "the oracle's"), ("mia_efficacy", "MIA efficacy", "the oracle's"),
@@ -273,4 +308,4 @@ def evidence_page(ledger: Ledger, req: Request, parent: Version, sha: str, befor
     return render("classifier_evidence.html", title=f"Deletion request {req.id}: evidence",
                   facts=facts, forget=forget, kept=kept, audits=audits, earlier=earlier,
                   hashes=[[h] for h in sorted(ledger.item_hashes(req.id))[:20]], n_items=req.n_items,
-                  config_json=json.dumps(after["config"], indent=1, sort_keys=True))
+                  config_json=json.dumps(summary["run"], indent=1, sort_keys=True))

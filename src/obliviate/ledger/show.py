@@ -52,12 +52,12 @@ def show_list(root: str | Path) -> str:
     notes = [LEGACY_NOTE] if legacy else []
     if not reqs:
         return "\n".join(["no requests yet (obliviate request add ...)", *notes])
-    lines = [f"{'id':>3}  {'status':9s} {'method':10s} {'items':>5}  {'version':>7}  "
+    lines = [f"{'id':>3}  {'status':9s} {'method':18s} {'items':>5}  {'version':>7}  "
              f"{title:>16}  {'now':>9}  subject"]
     for r in reqs:
         then = rows.get((r.version_id, r.id), {}).get(key)
         now = rows.get((latest.id, r.id), {}).get(key)
-        lines.append(f"{r.id:>3}  {r.status:9s} {printable(r.method):10s} {r.n_items:>5}  "
+        lines.append(f"{r.id:>3}  {r.status:9s} {printable(r.method):18s} {r.n_items:>5}  "
                      f"{r.version_id if r.version_id is not None else '—':>7}  "
                      f"{fmt(then) if isinstance(then, float) else '':>16}  "
                      f"{fmt(now) if isinstance(now, float) else '':>9}  {printable(r.subject)}"

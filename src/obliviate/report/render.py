@@ -38,10 +38,28 @@ def _with_reference_fq(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+def forget_sets(rows: list[dict[str, Any]]) -> dict[str, list[str]]:
+    """Classifier results by the forget set they measured ("split, n samples, benchmark" ->
+    row names): rows of different forget sets do not compare."""
+    out: dict[tuple, list[str]] = {}
+    for res in rows:
+        fs = res.get("forget_set")
+        if isinstance(fs, dict):
+            out.setdefault((fs.get("digest"), f"{fs.get('split')}, {fs.get('n')} samples of "
+                            f"{fs.get('benchmark')}"), []).append(res["name"])
+    return {label: names for (_, label), names in out.items()}
+
+
 def findings(rows: list[dict[str, Any]]) -> list[tuple[str, list[str], str]]:
     """(level, names of the rows it was found in, message) of every error and warning the rows'
     `checks` hold (data.checks.Finding.to_json()), errors first; a finding shared by several
-    rows (the same data evaluated under several models) is listed once."""
+    rows (the same data evaluated under several models) is listed once. Classifier rows that
+    measured different forget sets are a warning too."""
+    sets = forget_sets(rows)
+    if len(sets) > 1:
+        rows = [*rows, {"name": ", ".join(n for names in sets.values() for n in names), "checks": [
+            {"level": "warning", "message": "these results measure different forget sets ("
+             + "; ".join(sets) + "): compare rows of one forget set only"}]}]
     seen: dict[tuple[str, str], list[str]] = {}
     for res in rows:
         for f in res.get("checks") or []:
@@ -122,6 +140,7 @@ def render_markdown(rows: list[dict[str, Any]], title: str = "obliviate report")
     if ref:
         what = "The average gap is" if any(r.get("family") == "classifier" for r in rows) else "Forget quality is"
         lines += ["", f"{what} measured against {md_cell(ref)}."]
+    lines += [f"Forget set: {md_cell(label)} ({md_cell(', '.join(names))})." for label, names in forget_sets(rows).items()]
     return "\n".join(lines) + "\n"
 
 
@@ -135,7 +154,7 @@ def render_html(rows: list[dict[str, Any]], title: str = "obliviate report",
     rows = _with_reference_fq(rows)
     classifier = any(r.get("family") == "classifier" for r in rows)
     return render("report.html", title=title, checks=findings(rows), columns=headline_columns(rows),
-                  classifier=classifier,
+                  classifier=classifier, forget_sets=forget_sets(rows),
                   details=detail_tables(rows), rows=rows,
                   reference=_reference(rows), scatter=_scatter_svg(rows),
                   audits=audit_context(audits) if audits else None,
