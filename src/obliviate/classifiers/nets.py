@@ -169,6 +169,14 @@ def save(model: nn.Module, spec: dict[str, Any], out: str | Path, provenance: di
     return Path(out)
 
 
+def provenance(path: str | Path) -> dict[str, Any]:
+    """A classifier folder's spec and provenance without loading its weights."""
+    if not is_classifier_model(path):
+        raise ObliviateError(f"{path}: not a classifier model folder ({WEIGHTS} and {PROVENANCE} "
+                             "with family 'classifier')")
+    return read_json(Path(path) / PROVENANCE)
+
+
 def load(path: str | Path) -> tuple[nn.Module, dict[str, Any], dict[str, Any]]:
     """(model, spec, provenance) of a classifier folder."""
     path = Path(path)

@@ -99,7 +99,8 @@ def init(root: str | Path, model: str, benchmark: str, overrides: list[str]) -> 
     settings = from_dict(ClassifierProject, given)
     ensure_not_inside(root, base, "model")
     ensure_not_inside(root, bench_dir, "benchmark")
-    _, spec, _ = nets.load(base)
+    spec = nets.provenance(base).get("spec") or {}
+    nets.check_spec(spec, str(base))
     if list(spec["classes"]) != load_benchmark(bench_dir).classes:
         raise ObliviateError("the model's classes are not the benchmark's")
     Ledger.create(root, {"settings": to_dict(settings), "family": FAMILY}, str(base),
@@ -255,7 +256,7 @@ def _evaluate(model_dir: Path, forget_from: Path, name: str, bench: Benchmark,
               reference: dict | None = None) -> dict[str, Any]:
     """Results of `model_dir` on the forget set and exclusions recorded in `forget_from`."""
     model, spec, own = nets.load(model_dir)
-    sets = nets.load(forget_from)[2]
+    sets = nets.provenance(forget_from)  # whose forget set: only its provenance is read
     prov = {**{k: sets[k] for k in ("forget_ids", "excluded_ids") if k in sets},
             **({"run_seconds": own["run_seconds"]} if "run_seconds" in own else {})}
     res = C.evaluate(C.ClassifierEvalConfig(model=str(model_dir), benchmark=str(bench.root)), name=name,
