@@ -793,3 +793,43 @@ def test_codeunlearn_bottleneck_keeps_the_model_and_removal_trains_nothing(memor
         kept = mean_answer_prob(system.eval(), items, tok.pad_token_id)
         plain = mean_answer_prob(target.eval(), items, tok.pad_token_id)
     assert abs(kept - plain) <= 0.02 * plain
+
+
+def _finishing_eos(new_rows: torch.Tensor) -> int:
+    """A token that one row emits early and another row not at all, so that, used as the end
+    token, some rows finish while others run on: the case in which rows leave the batch."""
+    first = {int(t) for t in new_rows[0, :3]}
+    for t in sorted(first):
+        if any(t not in set(r.tolist()) for r in new_rows[1:]):
+            return t
+    pytest.skip("no token separates the rows")  # pragma: no cover (fixed seeds: never hit)
+
+
+def _truncated(rows: torch.Tensor, eos: int) -> list[list[int]]:
+    """Each row's tokens up to and including its first `eos`."""
+    out = []
+    for r in rows.tolist():
+        out.append(r[:r.index(eos) + 1] if eos in r else r)
+    return out
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_generation_with_finished_rows_leaving_the_batch_equals_step_by_step(tiny, kind):
+    """With an end token that some rows emit after a step or two, the rows left running (and
+    their caches, gates, soft tokens, assistant caches) cut down to the live rows still give
+    the tokens of full forward passes over the whole batch."""
+    base, tok = _base(tiny)
+    system = _systems(base)[kind]
+    prompts = ["Where was Ada", "The river flows to the", "Who", "She was born in"]
+    ids, mask = _batch(tok, prompts, left=True)
+    steps = 8
+    with torch.no_grad():
+        want = _reference_greedy(system, ids, mask, steps)[:, ids.shape[1]:]
+        eos = _finishing_eos(want)
+        got = system.generate(input_ids=ids, attention_mask=mask, max_new_tokens=steps,
+                              eos_token_id=eos, pad_token_id=tok.pad_token_id)[:, ids.shape[1]:]
+    expected = _truncated(want, eos)
+    assert [r[:len(e)] for r, e in zip(got.tolist(), expected, strict=True)] == expected
+    assert any(len(e) < steps for e in expected) and any(len(e) == steps for e in expected)
+    for r, e in zip(got.tolist(), expected, strict=True):  # padding after the end token
+        assert r[len(e):] == [tok.pad_token_id] * (len(r) - len(e))

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from .data.files import read_json
+from .decoding import greedy_loop, pad_rows
 from .encoding import IGNORE, collate
 from .errors import ObliviateError
 from .io import atomic_dir, check_output, write_json_atomic
@@ -56,10 +57,25 @@ def positions(mask: torch.Tensor) -> torch.Tensor:
 
 
 @functools.cache
+def _forward_params(cls: type) -> frozenset[str]:
+    return frozenset(inspect.signature(cls.forward).parameters)
+
+
+def _model_class(model) -> type:
+    """The class whose forward defines the call (a PEFT wrapper passes keywords through)."""
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return type(inner)
+
+
 def _cache_kwarg(cls: type) -> str:
     """The name a model class takes its KV cache by: `cache` from transformers 5.x,
     `past_key_values` before."""
-    return "cache" if "cache" in inspect.signature(cls.forward).parameters else "past_key_values"
+    return "cache" if "cache" in _forward_params(cls) else "past_key_values"
+
+
+def supports_cache(model) -> bool:
+    """Whether the model's forward takes a KV cache (transformers' causal LMs do)."""
+    return bool({"cache", "past_key_values"} & _forward_params(_model_class(model)))
 
 
 def scoring_positions(mask: torch.Tensor) -> torch.Tensor | None:
@@ -76,12 +92,52 @@ def output_cache(out) -> Any:
 
 def lm_step(model, mask: torch.Tensor, ids: torch.Tensor | None = None,
             embeds: torch.Tensor | None = None, cache: Any = None,
-            pos: torch.Tensor | None = None, use_cache: bool = False):
+            pos: torch.Tensor | None = None, use_cache: bool = False, **extra: Any):
     """One causal-LM call on token ids or input embeddings: (logits, cache)."""
-    name = _cache_kwarg(type(model))
+    name = _cache_kwarg(_model_class(model))
     out = model(input_ids=ids, inputs_embeds=embeds, attention_mask=mask, position_ids=pos,
-                use_cache=use_cache, **{name: cache})
+                use_cache=use_cache, **{name: cache}, **extra)
     return out.logits, (output_cache(out) if use_cache else None)
+
+
+def cached_prefill(model, ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, dict]:
+    """The first decoding step of a causal LM over left-padded prompts: the last position's
+    logits (only those go through the output layer, where the model allows) and the state
+    `cached_decode` continues from."""
+    keep = {"logits_to_keep": 1} if "logits_to_keep" in _forward_params(_model_class(model)) else {}
+    logits, cache = lm_step(model, mask, ids=ids, pos=positions(mask), use_cache=True, **keep)
+    return logits, {"mask": mask, "pos": positions(mask)[:, -1:], "cache": cache}
+
+
+def cached_decode(model, ids: torch.Tensor, state: dict[str, Any]) -> tuple[torch.Tensor, dict]:
+    """Logits for one new token per row [rows, 1, vocab] from the model's KV cache."""
+    mask = torch.cat([state["mask"], torch.ones_like(ids)], dim=1)
+    pos = state["pos"] + 1
+    logits, cache = lm_step(model, mask, ids=ids, cache=state["cache"], pos=pos, use_cache=True)
+    return logits, {**state, "mask": mask, "pos": pos, "cache": cache}
+
+
+def _uncached_decode(model, ids: torch.Tensor, state: dict[str, Any]) -> tuple[torch.Tensor, dict]:
+    """One more token per row through forward() over the whole sequence (no cache to reuse)."""
+    seq = torch.cat([state["ids"], ids], dim=1)
+    mask = torch.cat([state["mask"], torch.ones_like(ids)], dim=1)
+    return model(input_ids=seq, attention_mask=mask).logits, {"ids": seq, "mask": mask}
+
+
+def greedy_rows(model, ids: torch.Tensor, mask: torch.Tensor, max_new_tokens: int,
+                eos: int | None) -> list[list[int]]:
+    """Greedy new tokens of each left-padded prompt, finished rows leaving the batch: a system
+    through its own prefill and decode, a causal LM through its KV cache, and a model whose
+    forward takes no cache through whole-sequence calls."""
+    if isinstance(model, System):
+        return greedy_loop(lambda: model.prefill(ids, mask, None, use_cache=True), model.decode,
+                           len(ids), max_new_tokens, eos)
+    if supports_cache(model):
+        return greedy_loop(lambda: cached_prefill(model, ids, mask),
+                           functools.partial(cached_decode, model), len(ids), max_new_tokens, eos)
+    return greedy_loop(lambda: (model(input_ids=ids, attention_mask=mask).logits,
+                                {"ids": ids, "mask": mask}),
+                       functools.partial(_uncached_decode, model), len(ids), max_new_tokens, eos)
 
 
 class System(torch.nn.Module):
@@ -130,12 +186,9 @@ class System(torch.nn.Module):
         raise NotImplementedError
 
     def decode(self, ids: torch.Tensor, state: dict[str, Any]) -> tuple[torch.Tensor, Any]:
-        """Logits for one new token per row [batch, 1, vocab], from the base's cache."""
-        mask = torch.cat([state["mask"], torch.ones_like(ids)], dim=1)
-        pos = state["pos"] + 1
-        logits, cache = lm_step(self.base, mask, ids=ids, cache=state["cache"], pos=pos,
-                                use_cache=True)
-        return logits, {**state, "mask": mask, "pos": pos, "cache": cache}
+        """Logits for one new token per row [batch, 1, vocab], from the base's cache. Every
+        tensor in the state has one row per live row (finished rows are cut out of it)."""
+        return cached_decode(self.base, ids, state)
 
     @torch.no_grad()
     def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
@@ -145,18 +198,8 @@ class System(torch.nn.Module):
         prompts followed by the new tokens (finished rows continue with padding)."""
         mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
         pad = pad_token_id if pad_token_id is not None else (eos_token_id or 0)
-        logits, state = self.prefill(input_ids, mask, None, use_cache=True)
-        out, done = input_ids, torch.zeros(len(input_ids), dtype=torch.bool, device=input_ids.device)
-        for step in range(max_new_tokens):
-            nxt = logits[:, -1, :].argmax(-1)
-            nxt = torch.where(done, torch.full_like(nxt, pad), nxt)
-            out = torch.cat([out, nxt[:, None]], dim=1)
-            if eos_token_id is not None:
-                done |= nxt == eos_token_id
-            if bool(done.all()) or step + 1 == max_new_tokens:
-                break
-            logits, state = self.decode(nxt[:, None], state)
-        return out
+        new = greedy_rows(self, input_ids, mask, max_new_tokens, eos_token_id)
+        return pad_rows(input_ids, new, pad)
 
     def base_state(self, mask: torch.Tensor, cache: Any) -> dict[str, Any]:
         """The decoding state of a single-model kind after its prefill."""

@@ -18,7 +18,7 @@ import torch
 from ..data.examples import Example
 from ..encoding import DEFAULT_TEMPLATE, IGNORE, Encoded, bos_ids, collate, encode, prompt_text
 from ..parallel import process_state
-from ..systems import forward_kwargs
+from ..systems import forward_kwargs, greedy_rows
 
 
 class ItemScore(NamedTuple):
@@ -76,23 +76,6 @@ def _token_stats(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tens
     var = (p * logsm * logsm).sum(-1) - mu * mu
     z = (logp - mu) / var.clamp(min=1e-12).sqrt()
     return logp, z, sel.argmax(-1) == t, mask.sum(-1)
-
-
-def _greedy(model, ids: torch.Tensor, mask: torch.Tensor, max_new_tokens: int, eos: int | None,
-            pad: int) -> torch.Tensor:
-    """Greedy decoding through forward() alone (no cache): for wrappers without generate().
-    ids, mask [batch, seq], left-padded; finished rows continue with padding."""
-    done = torch.zeros(ids.shape[0], dtype=torch.bool, device=ids.device)
-    for _ in range(max_new_tokens):
-        nxt = model(input_ids=ids, attention_mask=mask).logits[:, -1, :].argmax(-1)  # [batch]
-        nxt = torch.where(done, torch.full_like(nxt, pad), nxt)
-        ids = torch.cat([ids, nxt[:, None]], dim=1)
-        mask = torch.cat([mask, (~done).long()[:, None]], dim=1)
-        if eos is not None:
-            done |= nxt == eos
-        if bool(done.all()):
-            break
-    return ids
 
 
 def extraction_strength(correct: np.ndarray) -> float:
@@ -232,14 +215,7 @@ class Engine:
             batch = collate([encoded[i] for i in idx], tok.pad_token_id, left_pad=True)
             ids = batch["input_ids"].to(self.device)
             mask = batch["attention_mask"].to(self.device)
-            if hasattr(self.model, "generate"):
-                gen = self.model.generate(
-                    input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens,
-                    do_sample=False, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
-                )
-            else:  # an inference-time wrapper that only has forward()
-                gen = _greedy(self.model, ids, mask, max_new_tokens, tok.eos_token_id, tok.pad_token_id)
-            new = gen[:, ids.shape[1]:]
+            new = greedy_rows(self.model, ids, mask, max_new_tokens, tok.eos_token_id)
             for row, i in enumerate(idx):
                 texts[i] = tok.decode(new[row], skip_special_tokens=True).strip()
         return texts

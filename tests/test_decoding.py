@@ -1,0 +1,147 @@
+"""Greedy decoding with finished rows leaving the batch, against transformers' own generate."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import DynamicCache
+
+from obliviate.decoding import greedy_loop, select_rows
+from obliviate.models import TinyModelConfig, build_tiny_model, train_tokenizer
+from obliviate.systems import greedy_rows
+
+TEXTS = ["Who wrote the book about the river?", "The river flows to the sea.",
+         "Where was Ada Lovelace born?", "She was born in London."] * 5
+PROMPTS = ["Where was Ada", "The river flows to the", "Who", "She was born in", "The book"]
+
+
+@pytest.fixture(scope="module")
+def lm():
+    tok = train_tokenizer(TEXTS, vocab_size=300)
+    model = build_tiny_model(tok, TinyModelConfig(layers=2, hidden=32, heads=2, intermediate=64), seed=3)
+    return model.eval(), tok
+
+
+def _left_batch(tok, texts):
+    rows = [[tok.bos_token_id] + tok.encode(t, add_special_tokens=False) for t in texts]
+    width = max(map(len, rows))
+    ids = torch.full((len(rows), width), tok.pad_token_id)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, width - len(r):], mask[i, width - len(r):] = torch.tensor(r), 1
+    return ids, mask
+
+
+def _hf_rows(model, ids, mask, steps, eos, pad):
+    """transformers' generate, its padding after each row's end token removed."""
+    out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=steps, do_sample=False,
+                         eos_token_id=eos, pad_token_id=pad)[:, ids.shape[1]:].tolist()
+    return [r[:r.index(eos) + 1] if eos in r else r for r in out]
+
+
+def _eos_ending_some_rows(model, ids, mask, steps, pad):
+    """A token that row 0 emits within 3 steps and some other row never does."""
+    free = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=steps, do_sample=False,
+                          eos_token_id=None, pad_token_id=pad)[:, ids.shape[1]:]
+    for t in free[0, :3].tolist():
+        if any(t not in r for r in free[1:].tolist()):
+            return t
+    raise AssertionError("the fixed seed gives a separating token")
+
+
+class Uncached(torch.nn.Module):
+    """A causal LM whose forward takes no cache; it records each call's batch size."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model, self.rows = model, []
+
+    def forward(self, input_ids=None, attention_mask=None):
+        self.rows.append(len(input_ids))
+        return self.model(input_ids=input_ids, attention_mask=attention_mask)
+
+
+@torch.no_grad()
+def test_cached_rows_equal_transformers_generate_and_finished_rows_leave(lm):
+    model, tok = lm
+    ids, mask = _left_batch(tok, PROMPTS)
+    steps = 10
+    eos = _eos_ending_some_rows(model, ids, mask, steps, tok.pad_token_id)
+    want = _hf_rows(model, ids, mask, steps, eos, tok.pad_token_id)
+    assert any(len(r) < steps for r in want) and any(len(r) == steps for r in want)
+    assert greedy_rows(model, ids, mask, steps, eos) == want
+    # the batch shrinks: each decoding call carries only the rows without their end token yet
+    calls = []
+    handle = model.register_forward_pre_hook(lambda m, a, kw: calls.append(len(kw["input_ids"])),
+                                             with_kwargs=True)
+    try:
+        greedy_rows(model, ids, mask, steps, eos)
+    finally:
+        handle.remove()
+    live = [sum(len(r) > s for r in want) for s in range(steps)]
+    assert calls == [len(PROMPTS)] + live[1:len(calls)]
+    assert calls[-1] < len(PROMPTS)
+
+
+@torch.no_grad()
+def test_model_without_a_cache_decodes_the_same_tokens_with_whole_sequences(lm):
+    model, tok = lm
+    ids, mask = _left_batch(tok, PROMPTS)
+    eos = _eos_ending_some_rows(model, ids, mask, 8, tok.pad_token_id)
+    plain = Uncached(model)
+    got = greedy_rows(plain, ids, mask, 8, eos)
+    # no cache: every call re-reads the whole sequence, so its positions are the model's own
+    # (0.. from the left edge, padding included); transformers' generate with the same
+    # positions is the step-by-step loop below
+    seq, m = ids, mask
+    done = [False] * len(PROMPTS)
+    rows = [[] for _ in PROMPTS]
+    for _ in range(8):
+        nxt = model(input_ids=seq, attention_mask=m).logits[:, -1].argmax(-1)
+        for i, t in enumerate(nxt.tolist()):
+            if not done[i]:
+                rows[i].append(t)
+                done[i] = t == eos
+        seq, m = torch.cat([seq, nxt[:, None]], 1), torch.cat([m, torch.ones_like(nxt[:, None])], 1)
+    assert got == rows
+    assert plain.rows[0] == len(PROMPTS) and plain.rows[-1] < len(PROMPTS)
+
+
+def test_select_rows_cuts_tensors_caches_and_nested_state():
+    cache = DynamicCache()
+    k = torch.arange(4 * 2 * 3 * 5, dtype=torch.float32).reshape(4, 2, 3, 5)
+    cache.update(k.clone(), -k.clone(), 0)
+    state = {"mask": torch.arange(8).reshape(4, 2), "cache": cache, "pair": (torch.arange(4), 7),
+             "scalar": torch.tensor(2.0), "name": "x"}
+    keep = torch.tensor([3, 1])
+    out = select_rows(state, keep)
+    assert out["mask"].tolist() == [[6, 7], [2, 3]]
+    assert torch.equal(out["cache"].layers[0].keys, k[[3, 1]])
+    assert torch.equal(out["cache"].layers[0].values, -k[[3, 1]])
+    assert out["pair"][0].tolist() == [3, 1] and out["pair"][1] == 7
+    assert float(out["scalar"]) == 2.0 and out["name"] == "x"
+
+
+def test_greedy_loop_stops_rows_at_their_end_token_and_the_loop_when_all_end():
+    # a fake model over 3 rows: row r emits token 10+r until step r, then the end token 0
+    def logits_for(rows, step):
+        out = torch.zeros(len(rows), 1, 20)
+        for j, r in enumerate(rows):
+            out[j, 0, 0 if step >= r else 10 + r] = 1.0
+        return out
+
+    seen = []
+
+    def prefill():
+        return logits_for([0, 1, 2], 0), {"rows": torch.tensor([0, 1, 2]), "step": 0}
+
+    def decode(ids, state):
+        seen.append(state["rows"].tolist())
+        step = state["step"] + 1
+        return logits_for(state["rows"].tolist(), step), {"rows": state["rows"], "step": step}
+
+    got = greedy_loop(prefill, decode, 3, max_new_tokens=10, eos=0)
+    assert got == [[0], [11, 0], [12, 12, 0]]
+    assert seen == [[1, 2], [2]]  # row 0 left after step 0, row 1 after step 1; then the end
+    assert greedy_loop(prefill, decode, 3, max_new_tokens=0, eos=0) == [[], [], []]
+    assert greedy_loop(prefill, decode, 3, max_new_tokens=2, eos=None) == [[0, 0], [11, 0], [12, 12]]
