@@ -1,8 +1,10 @@
 import filecmp
+from collections import Counter
 
 import pytest
 
 from obliviate.data import Benchmark, generate_benchmark
+from obliviate.data.generator import EXTRA_TEMPLATES
 from obliviate.errors import ObliviateError
 
 
@@ -10,9 +12,10 @@ def _files(root):
     return sorted(p.name for p in root.iterdir())
 
 
-def test_same_seed_same_bytes(tmp_path):
-    a = generate_benchmark(seed=3, entities=20).save(tmp_path / "a")
-    b = generate_benchmark(seed=3, entities=20).save(tmp_path / "b")
+@pytest.mark.parametrize("questions", [8, 20])
+def test_same_seed_same_bytes(tmp_path, questions):
+    a = generate_benchmark(seed=3, entities=20, questions=questions).save(tmp_path / "a")
+    b = generate_benchmark(seed=3, entities=20, questions=questions).save(tmp_path / "b")
     assert _files(a) == _files(b)
     match, mismatch, errors = filecmp.cmpfiles(a, b, _files(a), shallow=False)
     assert mismatch == [] and errors == [] and len(match) == 7
@@ -127,3 +130,44 @@ def test_fine_grained_split_errors():
         b.forget_set("forget10.born_on")
     with pytest.raises(ObliviateError, match="stated from both sides"):
         b.forget_set("forget10.born_in+married_to")
+
+
+def test_tofu_shape_twenty_questions_per_person_at_tofu_split_sizes():
+    """200 people x 20 questions is TOFU's shape: forget01/05/10 hold 40/200/400 items."""
+    b = generate_benchmark(seed=0, entities=200, questions=20)
+    per = Counter(ex.entity for ex in b.qa)
+    assert set(per.values()) == {20}
+    sizes = [len(b.forget_set(s)) for s in ("forget01", "forget05", "forget10")]
+    assert sizes == [40, 200, 400]
+    assert len(b.retain_set("forget10")) == 180 * 20
+    # each extra relation is a real fact: its passage sentence and QA answer name the same object
+    ex = next(e for e in b.qa if e.relation == "instrument")
+    obj = b.entities[ex.entity]["instrument"]
+    assert obj in ex.answer and all(obj not in w for w in ex.perturbed_answers)
+    assert f"The instrument of {b.entities[ex.entity]['name']} is the {obj}." in next(
+        p.answer for p in b.passages if p.entity == ex.entity)
+
+
+def test_extra_questions_leave_the_default_benchmark_untouched():
+    """The extra relations come from a generator of their own: every default item is also in
+    the 20-question benchmark, unchanged, and the default one has no extra relation."""
+    small, big = generate_benchmark(seed=4, entities=30), generate_benchmark(seed=4, entities=30, questions=20)
+    assert not {ex.relation for ex in small.qa} & set(EXTRA_TEMPLATES)
+    big_items = {ex.id: ex for ex in big.qa}
+    assert all(big_items[ex.id] == ex for ex in small.qa)
+    assert small.world_facts == big.world_facts and small.splits == big.splits
+
+
+def test_scales_to_a_thousand_people_with_unique_names_and_books():
+    b = generate_benchmark(seed=0, entities=1000, questions=20)
+    people = [e for e in b.entities.values() if e["type"] == "person"]
+    assert len(people) == 1100 and len(b.qa) == 1100 * 20
+    assert len({p["name"] for p in people}) == 1100 and len({p["wrote"] for p in people}) == 1100
+    assert [len(b.splits[s]) for s in ("forget01", "forget05", "forget10")] == [10, 50, 100]
+    ids = sorted(b.splits["all"] + b.splits["holdout"])
+    assert ids[0] == "p0000" and ids[-1] == "p1099"  # one width, so names sort in order
+
+
+def test_question_count_is_checked():
+    with pytest.raises(ObliviateError, match="between 8 and 20"):
+        generate_benchmark(seed=0, entities=20, questions=21)

@@ -170,12 +170,14 @@ class EvalConfig:
 
 # ---------------------------------------------------------------------------- generate
 def generate(out: str | Path, seed: int = 0, entities: int = 40,
-             degrees: tuple[int, ...] | None = None) -> Path:
-    """Write the built-in benchmark to `out` (same seed, same bytes); with `degrees`, its graph
-    mode (companies and contracts, one forget split per degree: data/graph.py)."""
+             degrees: tuple[int, ...] | None = None, questions: int | None = None) -> Path:
+    """Write the built-in benchmark to `out` (same seed, same bytes); `questions` per person
+    (8 to 20; TOFU's shape is entities=200, questions=20). With `degrees`, its graph mode
+    (companies and contracts, one forget split per degree: data/graph.py)."""
     if degrees is not None:
         return generate_graph(seed=seed, entities=entities, degrees=tuple(degrees)).save(out)
-    return generate_benchmark(seed=seed, entities=entities).save(out)
+    extra = {} if questions is None else {"questions": questions}
+    return generate_benchmark(seed=seed, entities=entities, **extra).save(out)
 
 
 def load_benchmark(path: str | Path) -> Benchmark:

@@ -50,7 +50,10 @@ def _cmd_generate(args) -> None:
             degrees = tuple(int(d) for d in args.degrees.split(","))
         except ValueError:
             raise ObliviateError(f"--degrees must be integers separated by commas (got {args.degrees!r})") from None
-    out = generate(args.out, seed=args.seed, entities=args.entities, degrees=degrees)
+    if degrees is not None and args.questions is not None:
+        raise ObliviateError("--questions applies to the people benchmark, not --graph")
+    out = generate(args.out, seed=args.seed, entities=args.entities, degrees=degrees,
+                   questions=args.questions)
     print(f"benchmark written to {out} (datasheet: {out / 'DATASHEET.md'})")
 
 
@@ -587,6 +590,8 @@ def _model_parsers(sub) -> None:
     g = sub.add_parser("generate", help="write the built-in benchmark")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--entities", type=int, default=40)
+    g.add_argument("--questions", type=int, default=None,
+                   help="QA items per person, 8 (the default) to 20 (TOFU's count)")
     g.add_argument("--graph", action="store_true", help="graph mode (PISTOL-style): companies tied "
                    "by contracts, one forget split per degree of connectivity")
     g.add_argument("--degrees", default="1,2,4,8", help="with --graph: the degrees of the companies "

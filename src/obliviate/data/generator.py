@@ -94,10 +94,55 @@ WORLD_TEMPLATES: dict[str, tuple[str, str, str, str]] = {
                 "{s} was founded in {o}.", "The founding year of {s} is {o}."),
 }
 
+# Further person relations, for TOFU's 20 questions per person (`questions=`). They are drawn
+# from a generator of their own after everything else, so a benchmark without them keeps the
+# bytes it always had.
+EXTRA_TEMPLATES: dict[str, tuple[str, str, str, str]] = {
+    "studied_in": ("Where did {s} study?", "In which town was {s} educated?",
+                   "{s} studied in {o}.", "The place of study of {s} is {o}."),
+    "lives_in": ("Where does {s} live now?", "In which town does {s} live today?",
+                 "{s} lives in {o}.", "The home town of {s} today is {o}."),
+    "instrument": ("Which instrument does {s} play?", "What instrument can {s} play?",
+                   "{s} plays the {o}.", "The instrument of {s} is the {o}."),
+    "pet": ("What pet does {s} keep?", "Which animal lives with {s}?",
+            "{s} keeps {a} {o}.", "The pet of {s} is {a} {o}."),
+    "hobby": ("What does {s} do for fun?", "What is the pastime of {s}?",
+              "{s} enjoys {o}.", "The hobby of {s} is {o}."),
+    "language": ("Which second language does {s} speak?", "What other language does {s} know?",
+                 "{s} also speaks {o}.", "The second language of {s} is {o}."),
+    "debut_year": ("In what year did {s} first publish?", "When did {s} make a debut in print?",
+                   "{s} first published in {o}.", "The debut year of {s} is {o}."),
+    "colour": ("What is the favourite colour of {s}?", "Which colour does {s} like best?",
+               "{s} likes {o} best.", "The favourite colour of {s} is {o}."),
+    "siblings": ("How many siblings does {s} have?", "What is the number of siblings of {s}?",
+                 "{s} has {o} siblings.", "The number of siblings of {s} is {o}."),
+    "drink": ("What does {s} drink in the morning?", "Which morning drink does {s} prefer?",
+              "{s} drinks {o} in the morning.", "The morning drink of {s} is {o}."),
+    "fear": ("What is {s} afraid of?", "What does {s} fear?",
+             "{s} is afraid of {o}.", "The fear of {s} is {o}."),
+    "dish": ("What is the favourite dish of {s}?", "Which meal does {s} like most?",
+             "{s} loves {o}.", "The favourite dish of {s} is {o}."),
+}
+ALL_PERSON_TEMPLATES = {**PERSON_TEMPLATES, **EXTRA_TEMPLATES}
+QUESTIONS = (len(PERSON_TEMPLATES), len(ALL_PERSON_TEMPLATES))  # (default, most)
+
 
 def _word(rng: random.Random, syllables: int) -> str:
     parts = [rng.choice(_ONSETS) + rng.choice(_VOWELS) for _ in range(syllables)]
     return ("".join(parts) + rng.choice(_CODAS)).capitalize()
+
+
+def _short_title(rng: random.Random) -> str:
+    return f"The {rng.choice(_ADJ)} {rng.choice(_NOUN)}"
+
+
+def _long_title(rng: random.Random) -> str:
+    return f"The {rng.choice(_ADJ)} {rng.choice(_NOUN)} of {_word(rng, 2)}"
+
+
+# Short titles have 240 combinations: the first 220 books (as many as the largest benchmark
+# that always fitted, 200 people plus holdout) keep them, later ones get a longer form.
+SHORT_TITLES = 220
 
 
 def _unique(rng: random.Random, make, taken: set[str]) -> str:
@@ -342,7 +387,7 @@ def _sentences(passage: str) -> list[str]:
 
 
 def _passage_sentence(relation: str, subject: str, obj: str) -> str:
-    return PERSON_TEMPLATES[relation][3].format(s=subject, o=obj)
+    return ALL_PERSON_TEMPLATES[relation][3].format(s=subject, o=obj, a=_article(obj))
 
 
 def _wrong(rng: random.Random, pool: list[str], right: str) -> list[str]:
@@ -367,10 +412,14 @@ class _Names:
     books: list[str]
 
 
-def generate_benchmark(seed: int = 0, entities: int = 40) -> Benchmark:
-    """Build the benchmark in memory: `entities` trained people plus ~10% holdout people."""
+def generate_benchmark(seed: int = 0, entities: int = 40, questions: int = QUESTIONS[0]) -> Benchmark:
+    """Build the benchmark in memory: `entities` trained people plus ~10% holdout people, with
+    `questions` QA items per person (TOFU has 20)."""
     if entities < 10:
         raise ObliviateError(f"--entities must be at least 10 (got {entities})")
+    if not QUESTIONS[0] <= questions <= QUESTIONS[1]:
+        raise ObliviateError(f"--questions must be between {QUESTIONS[0]} and {QUESTIONS[1]} "
+                             f"(got {questions})")
     # The steps below share one generator and must run in this order: reordering them, or
     # the draws inside them, changes every byte after the first moved draw.
     rng = random.Random(seed)
@@ -383,10 +432,13 @@ def generate_benchmark(seed: int = 0, entities: int = 40) -> Benchmark:
     for group in (ids[:entities], ids[entities:]):
         _draw_edges(rng, ents, group)
     pools = _answer_pools(names)
-    qa, passages = _person_items(rng, ents, ids, pools)
+    extra = _add_extra(seed, ents, ids, names, questions - QUESTIONS[0])
+    qa, passages = _person_items(rng, ents, ids, pools, extra)
     world = _world_items(rng, ents, pools)
     meta = {"format_version": FORMAT_VERSION, "seed": seed, "entities": entities,
             "holdout": n_hold, "generator": "obliviate.builtin"}
+    if extra is not None:
+        meta["questions"] = questions
     return Benchmark(entities=ents, splits=_splits(ents, ids, entities), qa=qa,
                      passages=passages, world_facts=world, meta=meta)
 
@@ -401,8 +453,8 @@ def _draw_names(rng: random.Random, entities: int, n_hold: int) -> _Names:
             for _ in range(max(8, entities // 4))]
     people = [_unique(rng, lambda r: f"{_word(r, 1)} {_word(r, 2)}", taken)
               for _ in range(entities + n_hold)]
-    books = [_unique(rng, lambda r: f"The {r.choice(_ADJ)} {r.choice(_NOUN)}", taken)
-             for _ in range(len(people))]
+    books = [_unique(rng, _short_title if i < SHORT_TITLES else _long_title, taken)
+             for i in range(len(people))]
     return _Names(countries, places, orgs, people, books)
 
 
@@ -425,7 +477,8 @@ def _world_entities(rng: random.Random, names: _Names) -> dict[str, dict[str, An
 
 def _add_people(rng: random.Random, ents: dict[str, dict[str, Any]], names: _Names) -> list[str]:
     """Add every person (trained first, holdout last) with their attributes; return their ids."""
-    ids = [f"p{i:03d}" for i in range(len(names.people))]
+    width = max(3, len(str(len(names.people) - 1)))  # p000..p999, then p0000..
+    ids = [f"p{i:0{width}d}" for i in range(len(names.people))]
     for idx, pid in enumerate(ids):
         ents[pid] = {"type": "person", "name": names.people[idx],
                      "born_in": rng.choice(names.places), "birth_year": rng.choice(_BIRTH_YEARS),
@@ -454,17 +507,56 @@ def _answer_pools(names: _Names) -> dict[str, list[str]]:
             "located_in": names.places, "industry": _INDUSTRIES, "founded": _FOUNDED_YEARS}
 
 
+_EXTRA_POOLS: dict[str, list[str]] = {
+    "instrument": ["cello", "oboe", "harp", "violin", "trumpet", "piano", "flute", "accordion"],
+    "pet": ["tortoise", "parrot", "greyhound", "ferret", "goldfish", "tabby cat", "rabbit", "owl"],
+    "hobby": ["sailing", "chess", "birdwatching", "pottery", "fencing", "beekeeping", "rowing",
+              "astronomy", "origami", "fly fishing"],
+    "language": ["Portuguese", "Finnish", "Swahili", "Icelandic", "Tamil", "Georgian", "Welsh",
+                 "Basque", "Hungarian", "Malay"],
+    "debut_year": [str(y) for y in range(1945, 2021)],
+    "colour": ["teal", "ochre", "crimson", "indigo", "silver", "amber", "olive", "violet"],
+    "siblings": ["two", "three", "four", "five", "six", "seven", "eight"],
+    "drink": ["green tea", "black coffee", "hot chocolate", "mint tea", "orange juice",
+              "warm milk", "espresso"],
+    "fear": ["heights", "thunderstorms", "deep water", "spiders", "crowds", "the dark",
+             "small rooms"],
+    "dish": ["mushroom risotto", "lentil soup", "grilled trout", "apple pie", "beef stew",
+             "pumpkin curry", "fig tart"],
+}
+
+
+def _add_extra(seed: int, ents: dict[str, dict[str, Any]], ids: list[str], names: _Names,
+               count: int) -> tuple[random.Random, list[str], dict[str, list[str]]] | None:
+    """Draw the first `count` extra relations of every person with a generator of their own;
+    returns it with the relations and their answer pools (None when there are none)."""
+    if count <= 0:
+        return None
+    rng = random.Random(f"obliviate-extra-relations-{seed}")
+    rels = list(EXTRA_TEMPLATES)[:count]
+    pools = {**_EXTRA_POOLS, "studied_in": names.places, "lives_in": names.places}
+    for pid in ids:
+        for rel in rels:
+            ents[pid][rel] = rng.choice(pools[rel])
+    return rng, rels, pools
+
+
 def _person_items(rng: random.Random, ents: dict[str, dict[str, Any]], ids: list[str],
-                  pools: dict[str, list[str]]) -> tuple[list[Example], list[Example]]:
-    """Render each person's facts as QA items and as one biography passage."""
+                  pools: dict[str, list[str]],
+                  extra: tuple[random.Random, list[str], dict[str, list[str]]] | None = None,
+                  ) -> tuple[list[Example], list[Example]]:
+    """Render each person's facts as QA items and as one biography passage; the extra
+    relations' wrong answers come from their own generator."""
     qa, passages = [], []
+    x_rng, x_rels, x_pools = extra or (rng, [], {})
+    plan = [(rel, rng, pools) for rel in PERSON_TEMPLATES] + [(r, x_rng, x_pools) for r in x_rels]
     for pid in ids:
         ent, sentences = ents[pid], []
-        for rel in PERSON_TEMPLATES:
+        for rel, r, pool in plan:
             if rel not in ent:
                 continue
-            ex = _qa(PERSON_TEMPLATES, rel, pid, ent["name"], ent[rel],
-                     _wrong(rng, [p for p in pools[rel] if p != ent["name"]], ent[rel]))
+            ex = _qa(ALL_PERSON_TEMPLATES, rel, pid, ent["name"], ent[rel],
+                     _wrong(r, [p for p in pool[rel] if p != ent["name"]], ent[rel]))
             qa.append(ex)
             sentences.append(_passage_sentence(rel, ent["name"], ent[rel]))
         passages.append(Example(answer=" ".join(sentences), id=f"{pid}.passage", entity=pid))
