@@ -441,8 +441,10 @@ def _load(run: _Run, forget: list[Example], retain: list[Example]) -> None:
     if "reference" in needs:
         for name in ("forget", "idk"):
             if name in run.ctx.items:
-                run.ctx.cache[f"seq_nll:{name}"] = cache_seq_nll(run.model, run.ctx.items[name],
-                                                                 run.ctx.pad_id)
+                # at the training batch size: a larger no-grad batch would set the run's peak
+                # memory with its logits alone, above what a training step needs
+                run.ctx.cache[f"seq_nll:{name}"] = cache_seq_nll(
+                    run.model, run.ctx.items[name], run.ctx.pad_id, run.optim.batch_size)
 
 
 def _check_system_input(run: _Run) -> None:
