@@ -74,12 +74,21 @@ def choose() -> int:
     return max(1, available_cores() - busy_cores())
 
 
+WAIT_POLICY = "OMP_WAIT_POLICY"
+
+
 def configure() -> int:
     """Set torch's thread count (before torch loads: through OMP_NUM_THREADS, which torch and
-    the BLAS libraries read at start; after: torch.set_num_threads). Returns the count."""
+    the BLAS libraries read at start; after: torch.set_num_threads). Returns the count.
+
+    Before torch loads it also makes OpenMP's idle threads sleep (OMP_WAIT_POLICY=PASSIVE)
+    unless the user set a policy: by default they spin between operations, and when a job
+    starts beside a run that already chose its threads the spinning threads take the cores
+    both need (benchmarks/threads.py measures it)."""
     n = choose()
     if "torch" in sys.modules:
         sys.modules["torch"].set_num_threads(n)
     else:
         os.environ.setdefault(ENV, str(n))
+        os.environ.setdefault(WAIT_POLICY, "PASSIVE")
     return n
