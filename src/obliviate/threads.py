@@ -7,6 +7,11 @@ operation: on a busy 2-core machine fine-tuning ran at 19 s/step with the defaul
 1 step/s with one thread. So the count starts from the cores available to this process (CPU
 affinity and a cgroup CPU quota, as containers set) and subtracts the machine's load at start
 (the 1-minute load average, which counts runnable processes).
+
+A long run re-checks (`Governor`): a job that starts beside it after it chose its threads
+would otherwise meet threads that spin while they wait for each other. Making idle OpenMP
+threads sleep instead (OMP_WAIT_POLICY=PASSIVE) was measured too and not taken: it cost a
+quiet machine 30-40% of a small model's training speed, every step (benchmarks/threads.py).
 """
 
 from __future__ import annotations
@@ -18,6 +23,8 @@ import time
 from pathlib import Path
 
 ENV = "OMP_NUM_THREADS"
+# set by the user before obliviate was imported (configure may set it itself later)
+USER_FIXED = os.environ.get(ENV, "").strip().isdigit()
 
 
 CGROUP_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")
@@ -74,21 +81,54 @@ def choose() -> int:
     return max(1, available_cores() - busy_cores())
 
 
-WAIT_POLICY = "OMP_WAIT_POLICY"
-
-
 def configure() -> int:
     """Set torch's thread count (before torch loads: through OMP_NUM_THREADS, which torch and
-    the BLAS libraries read at start; after: torch.set_num_threads). Returns the count.
-
-    Before torch loads it also makes OpenMP's idle threads sleep (OMP_WAIT_POLICY=PASSIVE)
-    unless the user set a policy: by default they spin between operations, and when a job
-    starts beside a run that already chose its threads the spinning threads take the cores
-    both need (benchmarks/threads.py measures it)."""
+    the BLAS libraries read at start; after: torch.set_num_threads). Returns the count."""
     n = choose()
     if "torch" in sys.modules:
         sys.modules["torch"].set_num_threads(n)
     else:
         os.environ.setdefault(ENV, str(n))
-        os.environ.setdefault(WAIT_POLICY, "PASSIVE")
     return n
+
+
+def _busy_seconds() -> float | None:
+    """CPU seconds all processes have used since boot (/proc/stat), or None off Linux."""
+    times = _cpu_times()
+    return None if times is None else times[0] / os.sysconf("SC_CLK_TCK")
+
+
+def _own_seconds() -> float:
+    t = os.times()
+    return t.user + t.system
+
+
+class Governor:
+    """Follows the machine's load during a long run: every `interval` seconds, the CPU time
+    other processes used since the last check (the machine's, less this process's own) sets
+    torch's threads to the cores they leave free, at least 1, up to the cores available.
+    Checking costs two small reads, no sleep. Off when the user fixed OMP_NUM_THREADS."""
+
+    def __init__(self, interval: float = 3.0) -> None:
+        self.interval, self.cores = interval, available_cores()
+        self.enabled = not USER_FIXED and _busy_seconds() is not None
+        self.changes: list[tuple[float, int]] = []  # (seconds since start, new thread count)
+        self._start = self._last = time.monotonic()
+        self._prev = (_busy_seconds(), _own_seconds()) if self.enabled else None
+
+    def tick(self) -> None:
+        """Call once per step; does something at most once per interval."""
+        if not self.enabled:
+            return
+        now = time.monotonic()
+        if now - self._last < self.interval:
+            return
+        busy, own = _busy_seconds(), _own_seconds()
+        others = max(0.0, (busy - self._prev[0]) - (own - self._prev[1])) / (now - self._last)
+        self._last, self._prev = now, (busy, own)
+        target = max(1, min(self.cores, self.cores - int(others + 0.5)))
+        import torch
+
+        if target != torch.get_num_threads():
+            torch.set_num_threads(target)
+            self.changes.append((round(now - self._start, 1), target))

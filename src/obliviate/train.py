@@ -32,6 +32,7 @@ from .config import require, require_choice
 from .encoding import Encoded, collate
 from .errors import ObliviateError
 from .optim import Sophia, gnb_loss
+from .threads import Governor
 
 
 @dataclass(frozen=True)
@@ -355,8 +356,10 @@ def train(model, loss_fn: LossFn, loaders: dict[str, DataLoader], cfg: OptimConf
     bar = tqdm(range(run.start, cfg.steps), desc=desc, initial=run.start, total=cfg.steps,
                disable=not progress or not run.accelerator.is_main_process, leave=False,
                dynamic_ncols=True)
+    governor = Governor()  # threads follow the machine's load as the run goes on
     try:
         for step in bar:
+            governor.tick()
             info = _step(run, loss_fn, cfg, step, desc, after_backward)
             run.logs.append(info)
             if step % 10 == 0:

@@ -19,6 +19,7 @@ from ..data.examples import Example
 from ..encoding import DEFAULT_TEMPLATE, IGNORE, Encoded, bos_ids, collate, encode, prompt_text
 from ..parallel import process_state
 from ..systems import forward_kwargs, greedy_rows
+from ..threads import Governor
 
 
 class ItemScore(NamedTuple):
@@ -119,6 +120,7 @@ class Engine:
         self._stats: dict[tuple[str, str], ItemStats] = {}
         self._gens: dict[tuple[str, int], list[str]] = {}
         self.forward_passes = 0  # counted so tests and benchmarks can check pass sharing
+        self.governor = Governor()  # threads follow the load through a long generation
 
     @property
     def device(self) -> torch.device:
@@ -211,6 +213,7 @@ class Engine:
         order = sorted(range(len(encoded)), key=lambda i: len(encoded[i].input_ids))
         texts: list[str] = [""] * len(encoded)
         for start in range(0, len(order), self.batch_size):
+            self.governor.tick()
             idx = order[start:start + self.batch_size]
             batch = collate([encoded[i] for i in idx], tok.pad_token_id, left_pad=True)
             ids = batch["input_ids"].to(self.device)
