@@ -302,8 +302,33 @@ def save_model(model, tokenizer, out: str | Path, provenance: dict[str, Any],
         model.save_pretrained(tmp, safe_serialization=True,
                               state_dict=getattr(model, "gathered_state_dict", None))
         tokenizer.save_pretrained(tmp)
+        legacy_keys(tmp)
         (tmp / PROVENANCE).write_text(json.dumps(provenance, indent=1, sort_keys=True) + "\n")
     return out
+
+
+def legacy_keys(folder: Path) -> None:
+    """Add the keys transformers 4.x reads beside the 5.x ones, so the folder loads with both
+    (4.x is what many deployments and other unlearning frameworks pin): the tokenizer class
+    under its 4.x name, `torch_dtype`, and `rope_theta` / `rope_scaling` from
+    `rope_parameters`. 5.x reads the folder as before."""
+    tok_cfg, cfg = folder / "tokenizer_config.json", folder / "config.json"
+    if tok_cfg.is_file() and (folder / "tokenizer.json").is_file():
+        data = json.loads(tok_cfg.read_text(encoding="utf-8"))
+        if data.get("tokenizer_class") == "TokenizersBackend":
+            data["tokenizer_class"] = "PreTrainedTokenizerFast"
+            tok_cfg.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    if not cfg.is_file():
+        return
+    data = json.loads(cfg.read_text(encoding="utf-8"))
+    rope = data.get("rope_parameters")
+    if "dtype" in data:
+        data.setdefault("torch_dtype", data["dtype"])
+    if isinstance(rope, dict) and "rope_theta" in rope:
+        data.setdefault("rope_theta", rope["rope_theta"])
+        if rope.get("rope_type", "default") != "default":
+            data.setdefault("rope_scaling", {k: v for k, v in rope.items() if k != "rope_theta"})
+    cfg.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
 def save_on_main(model, tokenizer, out: str | Path, provenance: dict[str, Any],
