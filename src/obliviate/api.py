@@ -151,21 +151,47 @@ class EvalConfig:
     mia_reference: str = ""  # a reference model (e.g. the base before fine-tuning): Reference attack
     mia_gradnorm: bool = False  # GradNorm attack (a backward pass per item)
     reference: str = ""  # results JSON of the oracle, for forget quality
-    max_retain: int = 200  # retain items scored (TOFU scores a fixed subset too)
+    max_retain: int = 200  # retain items scored, 0: all (a quick default; preset=tofu: all)
     max_new_tokens: int = 48
     batch_size: int = 64
     template: str = DEFAULT_TEMPLATE
     trust_remote_code: bool = False
     seed: int = 0
+    preset: str = ""  # "tofu": the published protocol (EVAL_PRESETS)
 
     def __post_init__(self) -> None:
         for suite in self.suites:
             require_choice(suite, SUITES, "suites")
         require(self.batch_size > 0, "batch_size", f"must be positive (got {self.batch_size})")
-        require(self.max_retain > 0, "max_retain", f"must be positive (got {self.max_retain})")
+        require(self.max_retain >= 0, "max_retain", f"must be 0 (all) or more (got {self.max_retain})")
+        if self.preset:
+            self._apply_preset()
         require(self.max_new_tokens >= 0, "max_new_tokens",
                 f"must be 0 or more (got {self.max_new_tokens})")
         require(0.0 < self.mia_k <= 1.0, "mia_k", f"must be in (0, 1] (got {self.mia_k})")
+
+
+    def _apply_preset(self) -> None:
+        """Fill in the preset's settings; a setting given with another value is an error (a
+        run that claims the published protocol must follow it)."""
+        require_choice(self.preset, tuple(EVAL_PRESETS), "preset")
+        defaults = {f.name: f.default for f in dataclasses.fields(EvalConfig)}
+        for key, value in EVAL_PRESETS[self.preset].items():
+            current = getattr(self, key)
+            if current not in (defaults[key], value):
+                raise ObliviateError(f"preset={self.preset} sets {key}={value}, and {key}={current} "
+                                     "was given: leave it out, or drop the preset")
+            setattr(self, key, value)
+        # TOFU's utility sets are real authors and world facts; a generated benchmark has its
+        # world facts, and the general-knowledge set shipped with the package stands in for
+        # real authors
+        if self.benchmark and not self.utility:
+            self.utility = [REAL_WORLD]
+
+
+# TOFU's published protocol (Maini et al. 2024, and OpenUnlearning's eval=tofu): greedy answers
+# of up to 200 new tokens, every item of the retain set given (TOFU's retain_perturbed: 400)
+EVAL_PRESETS: dict[str, dict[str, Any]] = {"tofu": {"max_new_tokens": 200, "max_retain": 0}}
 
 
 # ---------------------------------------------------------------------------- generate
@@ -255,7 +281,7 @@ def tofu_sets(benchmark: str | Path, forget_split: str = "", max_retain: int = 2
     sets = [EvalSet("forget", "forget", bench.forget_set(forget_split))]
     retain = bench.retain_set(forget_split)
     if retain:
-        sets.append(EvalSet("retain", "retain", retain[:max_retain]))
+        sets.append(EvalSet("retain", "retain", retain[:max_retain or None]))
     sets += [EvalSet(name, "utility", items) for name, items in bench.utility_sets().items()]
     return sets + [EvalSet(name, role, items, False)
                    for name, (role, items) in bench.side_sets(forget_split).items() if items]
@@ -268,7 +294,7 @@ def _eval_sets(cfg: EvalConfig) -> list[EvalSet]:
         forget, retain = resolve_data("", "", cfg.forget, cfg.retain)
         sets = [EvalSet("forget", "forget", forget)]
         if retain:
-            sets.append(EvalSet("retain", "retain", retain[:cfg.max_retain]))
+            sets.append(EvalSet("retain", "retain", retain[:cfg.max_retain or None]))
     for path in cfg.utility:
         if path == REAL_WORLD:  # the general-knowledge set shipped with the package
             sets.append(EvalSet(REAL_WORLD, "utility", real_world_examples()))

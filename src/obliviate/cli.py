@@ -211,7 +211,8 @@ def _cmd_eval(args) -> None:
     if clf := _classifier(args):
         clf.evaluate(args.config, args.overrides, args.out, args.label)
         return
-    cfg = load_config(EvalConfig, args.config, args.overrides)
+    overrides = [*args.overrides, *([f"preset={args.preset}"] if args.preset else [])]
+    cfg = load_config(EvalConfig, args.config, overrides)
     check_output(args.out, {"model": cfg.model, "MIA reference model": cfg.mia_reference,
                             "forget data": cfg.forget, "retain data": cfg.retain,
                             "holdout data": cfg.holdout, "utility data": cfg.utility,
@@ -262,6 +263,7 @@ def _cmd_import(args) -> None:
 
 
 def _cmd_score(args) -> None:
+    from .data.checks import protocol_findings
     from .evaluation import derive
     from .evaluation.interop import load_any_results
 
@@ -269,6 +271,9 @@ def _cmd_score(args) -> None:
         check_output(args.json, {"results": args.results, "reference results": args.reference})
     res = load_any_results(args.results)
     ref = load_any_results(args.reference) if args.reference else None
+    if ref is not None:
+        for f in protocol_findings(res, ref):
+            print(f"warning: {f.message}", file=sys.stderr)
     scores = derive(res, ref)
     head = ("model_utility", "forget_quality", "forget_quality_ks")
     for key in [*[k for k in head if k in scores], *sorted(k for k in scores if k not in head)]:
@@ -617,6 +622,9 @@ def _model_parsers(sub) -> None:
         if name == "eval":
             s.add_argument("--label", "--name", dest="label",
                            help="this model's name in results and reports (default: its folder name)")
+            s.add_argument("--preset", choices=["tofu"], default=None,
+                           help="tofu: the published protocol (200 new tokens, every retain item, "
+                           "real-authors and world-facts sets); same as preset=tofu")
         s.add_argument("overrides", nargs="*", help=_overrides_help())
         s.set_defaults(func=func)
 

@@ -308,8 +308,44 @@ def check_results(res: dict[str, Any], reference: dict[str, Any] | None = None,
              and d.get("aggregated", True) for f in _prefers_truth(name, d, role or "")]
     if role == "target" and reference is not None:
         found += _target_forget_quality(res, reference)
+    if reference is not None:
+        found += protocol_findings(res, reference)
     found += _zero_utility(res)
     return _errors_first(found)
+
+
+# TOFU's published logs and OpenUnlearning's eval=tofu answer with up to 200 new tokens
+PUBLISHED_NEW_TOKENS = 200
+
+
+def protocol(res: dict[str, Any]) -> dict[str, Any]:
+    """The settings behind a results file's numbers: new tokens per generated answer (None
+    when unknown) and the items of each aggregated forget / retain / utility set."""
+    cfg = res.get("config") or {}
+    tokens = PUBLISHED_NEW_TOKENS if "imported_from" in cfg else cfg.get("max_new_tokens")
+    items = {name: d.get("n") for name, d in res.get("datasets", {}).items()
+             if d.get("aggregated", True) and d.get("role") in ("forget", "retain", "utility")}
+    return {"max_new_tokens": tokens, "items": items}
+
+
+def protocol_findings(res: dict[str, Any], reference: dict[str, Any]) -> list[Finding]:
+    """A warning when results compared with a reference (a published or imported log, an
+    oracle) were measured under other settings: their ROUGE, utility and forget quality then
+    differ for that reason alone."""
+    a, b = protocol(res), protocol(reference)
+    diffs = []
+    if None not in (a["max_new_tokens"], b["max_new_tokens"]) and a["max_new_tokens"] != b["max_new_tokens"]:
+        diffs.append(f"{a['max_new_tokens']} new tokens per answer against {b['max_new_tokens']}")
+    for name in sorted(set(a["items"]) & set(b["items"])):
+        if a["items"][name] != b["items"][name]:
+            diffs.append(f"{a['items'][name]} {name} items against {b['items'][name]}")
+    if not diffs:
+        return []
+    return [Finding("warning", "protocol", (
+        f"'{res.get('name')}' and its reference '{reference.get('name')}' were measured differently: "
+        f"{'; '.join(diffs)}. Their numbers are not comparable; evaluate both the same way "
+        "(preset=tofu follows the published protocol: 200 new tokens, every retain item)"),
+        "/".join(sorted(set(a["items"]) & set(b["items"]))))]
 
 
 def _prefers_truth(name: str, d: dict[str, Any], role: str) -> list[Finding]:
