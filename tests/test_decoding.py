@@ -145,3 +145,86 @@ def test_greedy_loop_stops_rows_at_their_end_token_and_the_loop_when_all_end():
     assert seen == [[1, 2], [2]]  # row 0 left after step 0, row 1 after step 1; then the end
     assert greedy_loop(prefill, decode, 3, max_new_tokens=0, eos=0) == [[], [], []]
     assert greedy_loop(prefill, decode, 3, max_new_tokens=2, eos=None) == [[0, 0], [11, 0], [12, 12]]
+
+
+@torch.no_grad()
+def test_reserved_cache_gives_the_default_cache_logits_bit_for_bit(lm):
+    """Keys and values written in place into a buffer with room to spare read the same as the
+    default cache's concatenated ones, through decoding steps and a row selection."""
+    from obliviate.systems import cached_decode, cached_prefill
+
+    model, tok = lm
+    ids, mask = _left_batch(tok, PROMPTS)
+    a_logits, a = cached_prefill(model, ids, mask)
+    b_logits, b = cached_prefill(model, ids, mask, reserve=3)  # grows past its room below
+    assert torch.equal(a_logits, b_logits)
+    nxt = a_logits[:, -1].argmax(-1)[:, None]
+    for step in range(6):
+        if step == 2:
+            keep = torch.tensor([0, 2, 4])
+            a, b, nxt = select_rows(a, keep), select_rows(b, keep), nxt[keep]
+        a_logits, a = cached_decode(model, nxt, a)
+        b_logits, b = cached_decode(model, nxt, b)
+        assert torch.equal(a_logits, b_logits)
+        nxt = a_logits[:, -1].argmax(-1)[:, None]
+    assert b["cache"].get_seq_length() == a["cache"].get_seq_length() == ids.shape[1] + 6
+
+
+class Counting(torch.nn.Module):
+    """A causal LM with a cache whose rows answer by rule: a prompt starting with token v
+    answers v tokens (10, 11, ...) then the end token 0. Its cache is the token history, so a
+    row resumed from its prompt plus its tokens continues exactly where it stopped."""
+
+    class History:
+        def __init__(self, ids):
+            self.ids = ids
+
+        def batch_select_indices(self, keep):
+            self.ids = self.ids[keep]
+
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.zeros(1))
+        self.calls = []
+
+    def forward(self, input_ids=None, attention_mask=None, position_ids=None, use_cache=False,
+                cache=None, **_):
+        self.calls.append(len(input_ids))
+        hist = input_ids if cache is None else torch.cat([cache.ids, input_ids], 1)
+        mask = attention_mask.bool()
+        logits = torch.full((len(hist), 1, 40), -1.0)
+        for row in range(len(hist)):
+            real = hist[row][mask[row]].tolist()  # padding (1) is masked out
+            made = len(real) - 2  # every prompt is [v, 5]
+            logits[row, 0, 0 if made >= real[0] else 10 + made] = 1.0
+        return type("Out", (), {"logits": logits, "cache": Counting.History(hist)})()
+
+
+class CountingTok:
+    eos_token_id, pad_token_id, bos_token_id, bos_token = 0, 1, None, None
+
+    def encode(self, text, add_special_tokens=False):
+        return [int(text), 5]
+
+    def decode(self, ids, skip_special_tokens=True):
+        return " ".join(str(t) for t in ids if not (skip_special_tokens and t == 0))
+
+
+def test_engine_parks_long_rows_and_resumes_them_with_the_same_answers():
+    """Batches of 8 rows in which one row answers long: once a batch is down to one running
+    row it stops, and that row resumes later with the other long rows, from its prompt plus
+    its tokens. Every answer is the one an uninterrupted batch gives."""
+    from obliviate.evaluation import engine as E
+
+    lengths = [1, 2, 1, 1, 2, 1, 1, 9] * 3  # one long answer in each batch of 8
+    prompts = [str(v) for v in lengths]
+    want = [" ".join(str(10 + k) for k in range(v)) for v in lengths]
+    one = Counting()
+    assert E.Engine(one, CountingTok(), "{question}", batch_size=64).complete("a", prompts, 12) == want
+    parked = Counting()
+    # budget: 8 rows of 2 prompt + 12 new tokens
+    got = E.Engine(parked, CountingTok(), "{question}", batch_size=8, max_length=14).complete("b", prompts, 12)
+    assert got == want
+    # each batch of 8: prefill, a step of 8, a step of the 3 still running; then down to its
+    # long row it parks it. The 3 parked rows run together: prefill and 6 steps to the end.
+    assert parked.calls == [8, 8, 3] * 3 + [3] * 7

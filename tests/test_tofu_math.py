@@ -113,3 +113,15 @@ def test_rouge1_recall_and_the_deviation_score_by_hand():
     assert deviation_score(0.3, 0.6) == pytest.approx(50.0)
     assert deviation_score(0.0, 1.0) == 0.0
     assert deviation_score(1.0, 0.0) == pytest.approx(100 * 2 ** 0.5)
+
+
+def test_rouge_with_remembered_stems_equals_rouge_score_itself():
+    from rouge_score import rouge_scorer
+
+    plain = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
+    pairs = [("The running dogs were happily jumping", "dogs ran and jumped happily"),
+             ("Organisations organised organising", "organization organizes"),
+             ("The running dogs were happily jumping", "running dog jumps")]
+    for target, pred in pairs * 2:  # the second round reads stems from the cache
+        s = plain.score(target, pred)["rougeL"]
+        assert rouge_l(target, pred) == (float(s.recall), float(s.fmeasure))

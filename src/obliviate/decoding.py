@@ -17,6 +17,93 @@ import torch
 Step = tuple[torch.Tensor, Any]  # (logits [rows, seq, vocab], decoding state)
 
 
+def reserved_cache(model, reserve: int) -> Any:
+    """A transformers KV cache whose full-attention layers keep their keys and values in
+    buffers with room for `reserve` more tokens after the prompt: each decoding step writes
+    its token in place, where the default cache concatenates, copying the whole cache every
+    step (most of a long answer's decoding time on small models). The attention reads the
+    same values either way. None when the model has no config to build layers from."""
+    from transformers import DynamicCache
+    from transformers.cache_utils import DynamicLayer
+
+    config = getattr(model, "config", None)
+    if config is None:
+        return None
+    cache = DynamicCache(config=config)
+    cache.layers = [_ReservedLayer(reserve) if type(layer) is DynamicLayer else layer
+                    for layer in cache.layers]
+    return cache
+
+
+def _reserved_layer_class():
+    from transformers.cache_utils import DynamicLayer
+
+    class ReservedLayer(DynamicLayer):
+        """A DynamicLayer over a preallocated buffer: `keys` and `values` are views of its
+        first `length` positions."""
+
+        def __init__(self, reserve: int) -> None:
+            super().__init__()
+            self.reserve, self.length = reserve, 0
+            self.k_buf = self.v_buf = None
+
+        def update(self, key_states, value_states, *args, **kwargs):
+            if not self.is_initialized:
+                self.lazy_initialization(key_states, value_states)
+            n = key_states.shape[-2]
+            if self.k_buf is None or self.length + n > self.k_buf.shape[-2]:
+                self._grow(key_states, value_states, self.length + n + self.reserve)
+            self.k_buf[..., self.length:self.length + n, :] = key_states
+            self.v_buf[..., self.length:self.length + n, :] = value_states
+            self.length += n
+            self.keys = self.k_buf[..., :self.length, :]
+            self.values = self.v_buf[..., :self.length, :]
+            return self.keys, self.values
+
+        def _grow(self, key_states, value_states, capacity: int) -> None:
+            def bigger(buf, like):
+                shape = (*like.shape[:-2], capacity, like.shape[-1])
+                out = torch.empty(shape, dtype=like.dtype, device=like.device)
+                if buf is not None:
+                    out[..., :self.length, :] = buf[..., :self.length, :]
+                return out
+
+            self.k_buf, self.v_buf = bigger(self.k_buf, key_states), bigger(self.v_buf, value_states)
+
+        def batch_select_indices(self, indices: torch.Tensor) -> None:
+            if self.k_buf is not None:
+                self.k_buf, self.v_buf = self.k_buf[indices], self.v_buf[indices]
+                self.keys = self.k_buf[..., :self.length, :]
+                self.values = self.v_buf[..., :self.length, :]
+
+        def crop(self, tokens_to_remove: int) -> None:
+            super().crop(tokens_to_remove)
+            if self.k_buf is not None:
+                self.length = self.keys.shape[-2]
+
+        def reset(self) -> None:
+            super().reset()
+            self.k_buf = self.v_buf = None
+            self.length = 0
+
+    return ReservedLayer
+
+
+class _LazyReservedLayer:
+    """Builds the layer class on first use, so importing this module does not load
+    transformers."""
+
+    cls = None
+
+    def __call__(self, reserve: int):
+        if _LazyReservedLayer.cls is None:
+            _LazyReservedLayer.cls = _reserved_layer_class()
+        return _LazyReservedLayer.cls(reserve)
+
+
+_ReservedLayer = _LazyReservedLayer()
+
+
 def select_rows(state: Any, keep: torch.Tensor) -> Any:
     """The decoding state of the rows `keep` (indices into the current rows): tensors are cut
     along their first (row) dimension, KV caches through their own batch selection, dicts,
@@ -40,32 +127,35 @@ def _cache_device(cache: Any, default: torch.Tensor) -> torch.device:
 
 
 def greedy_loop(prefill: Callable[[], Step], decode: Callable[[torch.Tensor, Any], Step],
-                n_rows: int, max_new_tokens: int, eos: int | None) -> list[list[int]]:
+                n_rows: int, max_new_tokens: int | list[int], eos: int | None,
+                park_below: int = 0) -> list[list[int]]:
     """The new tokens of each row (its end token included, nothing after it). `prefill()`
     returns the logits over the prompts and the state; `decode(ids [rows, 1], state)` the
-    logits of one more token per row and the next state."""
+    logits of one more token per row and the next state. `max_new_tokens`: one limit for all
+    rows or one per row. `park_below`: stop once fewer rows than this are still running (the
+    caller continues them, merged with others); 0 runs every row to its end."""
+    limits = [max_new_tokens] * n_rows if isinstance(max_new_tokens, int) else list(max_new_tokens)
     out: list[list[int]] = [[] for _ in range(n_rows)]
-    if max_new_tokens <= 0 or n_rows == 0:
+    if n_rows == 0 or max(limits) <= 0:
         return out
     logits, state = prefill()
     rows = list(range(n_rows))  # the original row of each live row
-    for step in range(max_new_tokens):
+    while True:
         nxt = logits[:, -1, :].argmax(-1)  # [live]
-        for r, t in zip(rows, nxt.tolist(), strict=True):
-            out[r].append(t)
-        if step + 1 == max_new_tokens:
-            break
-        if eos is not None:
-            live = nxt != eos
-            if not bool(live.any()):
-                break
-            if not bool(live.all()):
-                keep = torch.nonzero(live).flatten()
-                state = select_rows(state, keep)
-                rows = [rows[i] for i in keep.tolist()]
-                nxt = nxt[keep]
+        keep = []
+        for j, (r, t) in enumerate(zip(rows, nxt.tolist(), strict=True)):
+            if len(out[r]) < limits[r]:
+                out[r].append(t)
+            if t != eos and len(out[r]) < limits[r]:
+                keep.append(j)
+        if not keep or len(keep) < park_below:
+            return out
+        if len(keep) < len(rows):
+            idx = torch.tensor(keep, device=nxt.device)
+            state = select_rows(state, idx)
+            rows = [rows[j] for j in keep]
+            nxt = nxt[idx]
         logits, state = decode(nxt[:, None], state)
-    return out
 
 
 def pad_rows(prompts: torch.Tensor, new: list[list[int]], pad: int) -> torch.Tensor:

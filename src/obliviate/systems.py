@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from .data.files import read_json
-from .decoding import greedy_loop, pad_rows
+from .decoding import greedy_loop, pad_rows, reserved_cache
 from .encoding import IGNORE, collate
 from .errors import ObliviateError
 from .io import atomic_dir, check_output, write_json_atomic
@@ -100,12 +100,15 @@ def lm_step(model, mask: torch.Tensor, ids: torch.Tensor | None = None,
     return out.logits, (output_cache(out) if use_cache else None)
 
 
-def cached_prefill(model, ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, dict]:
+def cached_prefill(model, ids: torch.Tensor, mask: torch.Tensor,
+                   reserve: int = 0) -> tuple[torch.Tensor, dict]:
     """The first decoding step of a causal LM over left-padded prompts: the last position's
     logits (only those go through the output layer, where the model allows) and the state
-    `cached_decode` continues from."""
+    `cached_decode` continues from; its cache has room for `reserve` new tokens."""
     keep = {"logits_to_keep": 1} if "logits_to_keep" in _forward_params(_model_class(model)) else {}
-    logits, cache = lm_step(model, mask, ids=ids, pos=positions(mask), use_cache=True, **keep)
+    cache = reserved_cache(model, reserve) if reserve > 0 else None
+    logits, cache = lm_step(model, mask, ids=ids, cache=cache, pos=positions(mask), use_cache=True,
+                            **keep)
     return logits, {"mask": mask, "pos": positions(mask)[:, -1:], "cache": cache}
 
 
@@ -124,20 +127,29 @@ def _uncached_decode(model, ids: torch.Tensor, state: dict[str, Any]) -> tuple[t
     return model(input_ids=seq, attention_mask=mask).logits, {"ids": seq, "mask": mask}
 
 
-def greedy_rows(model, ids: torch.Tensor, mask: torch.Tensor, max_new_tokens: int,
-                eos: int | None) -> list[list[int]]:
+def greedy_rows(model, ids: torch.Tensor, mask: torch.Tensor, max_new_tokens: int | list[int],
+                eos: int | None, park_below: int = 0) -> list[list[int]]:
     """Greedy new tokens of each left-padded prompt, finished rows leaving the batch: a system
     through its own prefill and decode, a causal LM through its KV cache, and a model whose
-    forward takes no cache through whole-sequence calls."""
+    forward takes no cache through whole-sequence calls (decoding.greedy_loop's arguments)."""
+    n = len(ids)
     if isinstance(model, System):
         return greedy_loop(lambda: model.prefill(ids, mask, None, use_cache=True), model.decode,
-                           len(ids), max_new_tokens, eos)
+                           n, max_new_tokens, eos, park_below)
     if supports_cache(model):
-        return greedy_loop(lambda: cached_prefill(model, ids, mask),
-                           functools.partial(cached_decode, model), len(ids), max_new_tokens, eos)
+        most = max(max_new_tokens) if isinstance(max_new_tokens, list) else max_new_tokens
+        return greedy_loop(lambda: cached_prefill(model, ids, mask, reserve=max(most, 0)),
+                           functools.partial(cached_decode, model), n, max_new_tokens, eos, park_below)
     return greedy_loop(lambda: (model(input_ids=ids, attention_mask=mask).logits,
                                 {"ids": ids, "mask": mask}),
-                       functools.partial(_uncached_decode, model), len(ids), max_new_tokens, eos)
+                       functools.partial(_uncached_decode, model), n, max_new_tokens, eos, park_below)
+
+
+def parkable(model) -> bool:
+    """Whether a row's decoding can stop and resume from its prompt plus the tokens it has
+    generated, read again in one pass: a plain causal LM with a cache. A system cannot (its
+    gates and corruption read the prompt alone, which a resumed row's input no longer is)."""
+    return not isinstance(model, System) and supports_cache(model)
 
 
 class System(torch.nn.Module):

@@ -18,7 +18,7 @@ import torch
 from ..data.examples import Example
 from ..encoding import DEFAULT_TEMPLATE, IGNORE, Encoded, bos_ids, collate, encode, prompt_text
 from ..parallel import process_state
-from ..systems import forward_kwargs, greedy_rows
+from ..systems import forward_kwargs, greedy_rows, parkable
 from ..threads import Governor
 
 
@@ -108,6 +108,9 @@ def _data_parallel(items: list[Encoded], work: Callable[[list[Encoded]], list]) 
         for i, r in zip(idx, results, strict=True):
             out[i] = r
     return out
+
+
+PARK = 4  # a generation batch down to 1/PARK of its rows parks them (see _complete_local)
 
 
 class Engine:
@@ -207,18 +210,45 @@ class Engine:
         self._gens[key] = texts
         return texts
 
+    def _generation_rows(self, lengths: list[int]) -> int:
+        """Rows of the next generation batch, sized by length: as many of the queued rows
+        (shortest first) as fit in the tokens of `batch_size` sequences of `max_length`, at
+        least `batch_size` when they fit. Decoding holds one KV-cache entry per token and the
+        last position's logits, far less than a scoring batch of that many tokens, so this
+        stays within the memory the batch size already allows, and short prompts decode in
+        fewer, fuller steps."""
+        budget = self.batch_size * self.max_length
+        rows = 0
+        for rows, length in enumerate(lengths, start=1):
+            if rows * length > budget:
+                return max(1, rows - 1)
+        return max(1, rows)
+
     @torch.no_grad()
     def _complete_local(self, encoded: list[Encoded], max_new_tokens: int) -> list[str]:
+        """Batches of prompts by length. A batch down to 1/PARK of its rows stops, when more
+        work waits, and its rows still running go back in the queue: they continue later,
+        together with the long rows of other batches, from their prompt plus what they have
+        generated (read in one pass). So a few answers that never end cost one batch running
+        to the token limit, not every batch they are in."""
         tok = self.tokenizer
-        order = sorted(range(len(encoded)), key=lambda i: len(encoded[i].input_ids))
-        texts: list[str] = [""] * len(encoded)
-        for start in range(0, len(order), self.batch_size):
+        eos = tok.eos_token_id
+        can_park = eos is not None and parkable(self.model)
+        new: list[list[int]] = [[] for _ in encoded]
+        queue = sorted(range(len(encoded)), key=lambda i: len(encoded[i].input_ids))
+        while queue:
             self.governor.tick()
-            idx = order[start:start + self.batch_size]
-            batch = collate([encoded[i] for i in idx], tok.pad_token_id, left_pad=True)
-            ids = batch["input_ids"].to(self.device)
-            mask = batch["attention_mask"].to(self.device)
-            new = greedy_rows(self.model, ids, mask, max_new_tokens, tok.eos_token_id)
-            for row, i in enumerate(idx):
-                texts[i] = tok.decode(new[row], skip_special_tokens=True).strip()
-        return texts
+            n = self._generation_rows([len(encoded[i].input_ids) + max_new_tokens for i in queue])
+            idx, queue = queue[:n], queue[n:]
+            rows = [encoded[i].input_ids + new[i] for i in idx]
+            rows = [Encoded(r, [IGNORE] * len(r), i) for r, i in zip(rows, idx, strict=True)]
+            batch = collate(rows, tok.pad_token_id, left_pad=True)
+            got = greedy_rows(self.model, batch["input_ids"].to(self.device),
+                              batch["attention_mask"].to(self.device),
+                              [max_new_tokens - len(new[i]) for i in idx], eos,
+                              park_below=n // PARK if can_park and queue else 0)
+            for i, tokens in zip(idx, got, strict=True):
+                new[i] += tokens
+                if len(new[i]) < max_new_tokens and (not new[i] or new[i][-1] != eos):
+                    queue.append(i)  # parked: resumes with the other long rows
+        return [tok.decode(n, skip_special_tokens=True).strip() for n in new]

@@ -55,7 +55,12 @@ def evaluate_set(engine: Engine, es: EvalSet, max_new_tokens: int = 48,
 
 def evaluate_tofu(engine: Engine, sets: list[EvalSet], max_new_tokens: int = 48,
                   progress: bool = True) -> dict[str, dict[str, Any]]:
-    """The TOFU suite on each forget / retain / utility set."""
+    """The TOFU suite on each forget / retain / utility set. The sets' answers are generated
+    first, all in one pool: long answers of different sets then share batches."""
+    metrics = in_order("tofu")
+    engine.generate_together({es.name: es.examples for es in sets
+                              if any("generation" in m.reads and es.role in m.roles for m in metrics)},
+                             max_new_tokens)
     out = {}
     for es in tqdm(sets, desc="evaluating", disable=not progress, leave=False):
         out[es.name] = evaluate_set(engine, es, max_new_tokens)

@@ -6,6 +6,7 @@ Inputs are mean token NLLs: `para` [N], `pert` [N, K], `gt` [N].
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -54,19 +55,33 @@ def model_utility(components: list[float]) -> float:
     return float(hmean(vals))
 
 
+class _CachedStemmer:
+    """rouge-score's Porter stemmer with each word's stem remembered: stemming is most of
+    ROUGE's time, and answers repeat their words. The stems are the stemmer's own."""
+
+    def __init__(self, inner) -> None:
+        self.stem = functools.lru_cache(maxsize=1 << 16)(inner.stem)
+
+
+def _scorer(key: bool | str, rouge_type: str, stemmer: bool) -> rouge_scorer.RougeScorer:
+    if key not in _SCORERS:
+        scorer = rouge_scorer.RougeScorer([rouge_type], use_stemmer=stemmer)
+        inner = getattr(getattr(scorer, "_tokenizer", None), "_stemmer", None)
+        if inner is not None:  # the library's layout as pinned; otherwise left as it is
+            scorer._tokenizer._stemmer = _CachedStemmer(inner)
+        _SCORERS[key] = scorer
+    return _SCORERS[key]
+
+
 def rouge_l(target: str, prediction: str, stemmer: bool = True) -> tuple[float, float]:
     """(recall, F1) of ROUGE-L. TOFU: recall with stemming; MUSE: F1 without stemming."""
-    if stemmer not in _SCORERS:
-        _SCORERS[stemmer] = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=stemmer)
-    s = _SCORERS[stemmer].score(target, prediction)["rougeL"]
+    s = _scorer(stemmer, "rougeL", stemmer).score(target, prediction)["rougeL"]
     return float(s.recall), float(s.fmeasure)
 
 
 def rouge_1_recall(target: str, prediction: str) -> float:
     """ROUGE-1 recall with stemming (the unigram overlap PISTOL and LUNAR report)."""
-    if "rouge1" not in _SCORERS:
-        _SCORERS["rouge1"] = rouge_scorer.RougeScorer(["rouge1"], use_stemmer=True)
-    return float(_SCORERS["rouge1"].score(target, prediction)["rouge1"].recall)
+    return float(_scorer("rouge1", "rouge1", True).score(target, prediction)["rouge1"].recall)
 
 
 def deviation_score(forget_rouge1: float, retain_rouge1: float) -> float:
