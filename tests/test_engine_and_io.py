@@ -1,3 +1,4 @@
+import dataclasses
 import types
 
 import numpy as np
@@ -65,6 +66,27 @@ def test_engine_stats_match_a_plain_forward_pass(tiny):
             assert stats[variant].n_tokens[i] == int(keep.sum())
             em = (logits[keep].argmax(-1) == labels[keep]).float().mean().item()
             assert stats[variant].em[i] == pytest.approx(em)
+
+
+def test_scoring_keeps_only_the_answer_logits_and_scores_a_recurring_sequence_once(tiny):
+    """The pass asks the model for logits from the first answer position on (the previous
+    test checks their values against full passes), and a variant that repeats another's
+    sequence (an answer given as its own paraphrase) is not scored again."""
+    model, tok = tiny
+    kept, rows = [], []
+    hook = model.register_forward_pre_hook(
+        lambda m, a, kw: kept.append(kw.get("logits_to_keep")) or rows.append(len(kw["input_ids"])),
+        with_kwargs=True)
+    same = [dataclasses.replace(ex, paraphrased_answer=ex.answer) for ex in EXAMPLES]
+    try:
+        stats = Engine(model, tok, batch_size=64).stats("d", same, ["answer", "paraphrase"])
+    finally:
+        hook.remove()
+    width = max(len(encode(tok, ex, i).input_ids) for i, ex in enumerate(same))
+    first = min(len(encode(tok, ex, i).input_ids) - len([t for t in encode(tok, ex, i).labels if t != -100])
+                for i, ex in enumerate(same))
+    assert kept == [width - first + 1] and rows == [len(same)]
+    assert np.array_equal(stats["answer"].nll_sum, stats["paraphrase"].nll_sum)
 
 
 @pytest.fixture(scope="module")

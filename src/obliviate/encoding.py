@@ -72,22 +72,33 @@ def target_of(ex: Example, variant: str) -> str:
 
 
 def encode(tokenizer, ex: Example, index: int, template: str = DEFAULT_TEMPLATE,
-           variant: str = "answer", max_length: int = 512, question: str | None = None) -> Encoded:
-    """One example -> ids and labels. `question` overrides the item's (rephrase probes)."""
+           variant: str = "answer", max_length: int = 512, question: str | None = None,
+           memo: dict[str, list[int]] | None = None) -> Encoded:
+    """One example -> ids and labels. `question` overrides the item's (rephrase probes).
+    `memo`: token ids of texts already encoded with this tokenizer (an item's prompt is the
+    same for each of its answer variants)."""
     eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
     target = target_of(ex, variant)
+
+    def ids_of(text: str) -> list[int]:
+        if memo is None:
+            return tokenizer.encode(text, add_special_tokens=False)
+        if text not in memo:
+            memo[text] = tokenizer.encode(text, add_special_tokens=False)
+        return memo[text]
+
     if ex.is_text:
         bos = bos_ids(tokenizer)
         prompt_ids: list[int] = []
-        target_ids = tokenizer.encode(target, add_special_tokens=False)
+        target_ids = ids_of(target)
     else:
         q = question if question is not None else ex.question
         prompt = prompt_text(q, template, tokenizer)
         bos = bos_ids(tokenizer, prompt)
-        prompt_ids = tokenizer.encode(prompt, add_special_tokens=False)
+        prompt_ids = ids_of(prompt)
         # A leading space would split differently after the prompt; the template ends the
         # prompt, so the answer is encoded on its own (TOFU does the same).
-        target_ids = tokenizer.encode(target, add_special_tokens=False)
+        target_ids = ids_of(target)
     ids = bos + prompt_ids + target_ids + eos
     labels = [IGNORE] * (len(bos) + len(prompt_ids)) + target_ids + eos
     if len(ids) > max_length:  # keep the start; the answer is what matters, so say so

@@ -73,6 +73,11 @@ def _cache_kwarg(cls: type) -> str:
     return "cache" if "cache" in _forward_params(cls) else "past_key_values"
 
 
+def forward_params(model) -> frozenset[str]:
+    """The keyword arguments the model's forward names (through a PEFT wrapper)."""
+    return _forward_params(_model_class(model))
+
+
 def supports_cache(model) -> bool:
     """Whether the model's forward takes a KV cache (transformers' causal LMs do)."""
     return bool({"cache", "past_key_values"} & _forward_params(_model_class(model)))

@@ -18,7 +18,7 @@ import torch
 from ..data.examples import Example
 from ..encoding import DEFAULT_TEMPLATE, IGNORE, Encoded, bos_ids, collate, encode, prompt_text
 from ..parallel import process_state
-from ..systems import forward_kwargs, greedy_rows, parkable
+from ..systems import System, forward_kwargs, forward_params, greedy_rows, parkable
 from ..threads import Governor
 
 
@@ -79,6 +79,18 @@ def _token_stats(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tens
     return logp, z, sel.argmax(-1) == t, mask.sum(-1)
 
 
+def _scored_suffix(labels: torch.Tensor, can_keep: bool) -> tuple[torch.Tensor, dict[str, int]]:
+    """The positions a scoring pass needs logits at: from the one predicting the batch's
+    first labelled token to the end (a right-padded batch's prompts come first). Returns the
+    labels from there on and the forward keyword that keeps only those logits: the output
+    layer and the vocabulary-wide statistics then skip most prompt positions."""
+    labelled = (labels != IGNORE).any(0).nonzero()
+    if not can_keep or len(labelled) == 0 or int(labelled[0]) < 2:
+        return labels, {}
+    start = int(labelled[0]) - 1  # this position predicts the first labelled token
+    return labels[:, start:], {"logits_to_keep": labels.shape[1] - start}
+
+
 def extraction_strength(correct: np.ndarray) -> float:
     """correct: bool per target token. ES = 1 - k/n, k the smallest index from which all
     remaining predictions are right (k = n when the last token is wrong)."""
@@ -129,16 +141,30 @@ class Engine:
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
+    @property
+    def _keeps_logits(self) -> bool:
+        """Whether the model computes logits for a suffix alone (transformers' logits_to_keep)."""
+        return not isinstance(self.model, System) and "logits_to_keep" in forward_params(self.model)
+
     def stats(self, name: str, examples: list[Example], variants: list[str]) -> dict[str, ItemStats]:
         """Stats for each variant; all missing (item, variant) sequences go through the model
         together, sorted by length so batches carry little padding."""
         missing = [v for v in variants if (name, v) not in self._stats]
         if missing:
+            memo: dict[str, list[int]] = {}
             encoded: list[tuple[str, Encoded]] = [
-                (v, encode(self.tokenizer, ex, i, self.template, v, self.max_length))
+                (v, encode(self.tokenizer, ex, i, self.template, v, self.max_length, memo=memo))
                 for v in missing for i, ex in enumerate(examples)
             ]
-            per = self._score([e for _, e in encoded])
+            # a sequence that recurs (a utility item's paraphrase is its answer) is scored once
+            first: dict[tuple[tuple[int, ...], tuple[int, ...]], int] = {}
+            slot = [first.setdefault((tuple(e.input_ids), tuple(e.labels)), len(first))
+                    for _, e in encoded]
+            unique = [None] * len(first)
+            for j, (_, e) in enumerate(encoded):
+                unique[slot[j]] = unique[slot[j]] or e
+            scored = self._score(unique)
+            per = [scored[k] for k in slot]
             for v in missing:
                 rows = [per[j] for j, (vv, _) in enumerate(encoded) if vv == v]
                 self._stats[(name, v)] = ItemStats.from_scores(rows)
@@ -156,10 +182,11 @@ class Engine:
             idx = order[start:start + self.batch_size]
             batch = collate([items[i] for i in idx], pad)
             batch = {k: v.to(self.device) for k, v in batch.items()}
+            labels, keep = _scored_suffix(batch["labels"], self._keeps_logits)
             logits = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                                **forward_kwargs(self.model, batch)).logits  # [batch, seq, vocab]
+                                **keep, **forward_kwargs(self.model, batch)).logits  # [batch, kept, vocab]
             self.forward_passes += 1
-            logp, z, correct, counts = _token_stats(logits, batch["labels"])
+            logp, z, correct, counts = _token_stats(logits, labels)
             # one device-to-host copy per batch, then split per row on the host
             cuts = np.cumsum(counts.cpu().numpy())[:-1]
             lps = np.split(logp.cpu().numpy().astype(np.float64), cuts)
