@@ -6,8 +6,9 @@ time and peak memory.
 
 The peer is OpenUnlearning at the commit in ../shared/peers/open-unlearning/ (its source
 archive). It runs from its own venv outside the repository (`--ou-venv`, default
-~/.cache/obliviate-bench/ou-venv, built on first use with the measured recipe: torch 2.13.0 CPU,
-transformers 4.51.3 and its pins) and never imports anything of ours; it reads the same files.
+~/.cache/obliviate-bench/ou-venv, built on first use: torch 2.13.0 CPU, then the peer's own
+transformers pin, 4.45.1, and the rest of its requirements) and never imports anything of ours;
+it reads the same files.
 
 Data: the built-in benchmark at TOFU's shape (80 people x 20 questions, seed 0), exported in
 TOFU's layout (a folder named `locuslab/TOFU` with one JSON-lines file per config, and a dataset
@@ -15,7 +16,8 @@ card listing them, which is what OpenUnlearning's `load_dataset` reads offline):
 holdout10 (160 items each), retain_perturbed (the first 400 retain items), retain90 (all, for
 unlearning), and TOFU's own real-authors (100) and world-facts (117) sets from
 ../shared/reference/tofu/. Model: a 0.79M-parameter Llama (obliviate's tiny model) fine-tuned on
-the benchmark, saved by obliviate (the folder loads in transformers 4.51 and 5.x alike).
+the benchmark, saved by obliviate (the folder loads in transformers 4.45 and 5.x alike: this run
+is the check that it does).
 
 Evaluation: OpenUnlearning's `eval=tofu` and `obliviate eval --preset tofu` with the same sets,
 template, batch 32 and 200 new tokens, float32 on the CPU, in alternating order (`--pairs`
@@ -56,7 +58,9 @@ SHARED = ROOT.parent / "shared"
 PEER = SHARED / "peers" / "open-unlearning" / "open-unlearning-d3d7cf9.tar.gz"
 WORK = HERE / ".work" / "vs_openunlearning"
 TEMPLATE = "Question: {question}\nAnswer:\n"  # ends in a newline: both tools tokenize it alike
-OU_PINS = ["transformers==4.51.3", "huggingface-hub>=0.30,<1.0", "numpy==2.2.3", "hydra-core==1.3",
+# the peer's own transformers pin (4.45.1): its trainers' compute_loss predates the keyword
+# newer releases pass; evaluation runs on it too
+OU_PINS = ["transformers==4.45.1", "huggingface-hub>=0.30,<1.0", "numpy==2.2.3", "hydra-core==1.3",
            "hydra_colorlog==1.2.0", "datasets==3.0.1", "accelerate==0.34.2", "rouge-score==0.1.2",
            "scipy==1.14.1", "scikit-learn==1.5.2"]
 OU_LATE = ["deepspeed==0.15.4", "lm-eval==0.4.8"]  # imported unconditionally by its trainer
@@ -238,13 +242,17 @@ def agreement(ours_path: str, peer_path: str) -> dict:
 
 
 # ------------------------------------------------------------------------------ unlearning
-def npo_peer(src: Path, py: Path, data: Path, model_cfg: Path, name: str, steps: int, tag: str) -> dict:
+def npo_peer(src: Path, py: Path, data: Path, model_cfg: Path, name: str, steps: int, tag: str,
+             folder: Path) -> dict:
     out = WORK / "npo_peer" / tag
     shutil.rmtree(out, ignore_errors=True)
     cache = WORK / "hf_cache" / f"npo-{tag}"
     shutil.rmtree(cache, ignore_errors=True)
     text, wall, rss = sh([str(py), str(src / "src" / "train.py"), "--config-name=unlearn.yaml",
                           "experiment=unlearn/tofu/default", "trainer=NPO", f"model={name}",
+                          # the experiment names a hub model: ours, as a path, instead
+                          f"model.model_args.pretrained_model_name_or_path={folder}",
+                          f"model.tokenizer_args.pretrained_model_name_or_path={folder}",
                           f"task_name={tag}", f"hydra.searchpath=[file://{model_cfg}]",
                           "forget_split=forget10", "retain_split=retain90", "holdout_split=holdout10",
                           "trainer.args.per_device_train_batch_size=8",
@@ -305,7 +313,7 @@ def run_npo(src, py, data, model, cfg, steps: tuple[int, int], pairs: int) -> di
         for side in (("peer", "ours") if i % 2 == 0 else ("ours", "peer")):
             pair = {}
             for n in (short, long):
-                pair[n] = (npo_peer(src, py, data, cfg, "obliviate_tiny", n, f"tiny{i}-{n}") if side == "peer"
+                pair[n] = (npo_peer(src, py, data, cfg, "obliviate_tiny", n, f"tiny{i}-{n}", model) if side == "peer"
                            else unlearn_ours(model, data, "npo", n, f"tiny{i}-{n}"))
             step = per_step(pair[short], pair[long], short, long)
             runs[side].append({"runs": pair, "step_s": step})
@@ -329,7 +337,7 @@ def run_memory(src, py, data, steps: int) -> dict:
     folder = smollm2_folder()
     bos = AutoTokenizer.from_pretrained(folder).bos_token or ""
     cfg = peer_model_config(folder, "obliviate_smollm2", bos)
-    rows = {"peer npo": npo_peer(src, py, data, cfg, "obliviate_smollm2", steps, "smollm2"),
+    rows = {"peer npo": npo_peer(src, py, data, cfg, "obliviate_smollm2", steps, "smollm2", folder),
             "ours npo": unlearn_ours(folder, data, "npo", steps, "smollm2-npo"),
             "ours ga": unlearn_ours(folder, data, "ga", steps, "smollm2-ga")}
     for k, v in rows.items():

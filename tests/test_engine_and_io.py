@@ -209,3 +209,22 @@ def test_engine_scores_a_logit_composition_with_another_model(answering, tiny):
     wrapped = Engine(_LogitComposition(target, assistant, 0.0), tok).generate("d", EXAMPLES, 12)
     assert wrapped == Engine(target, tok).generate("d", EXAMPLES, 12)
     assert all(f"town {i}" in text for i, text in enumerate(wrapped))
+
+
+def test_training_losses_from_answer_logits_equal_full_passes(tiny):
+    """batch_nll and batch_seq_nll ask for logits from the first answer position on; their
+    values and gradients are those of the full logits."""
+    from obliviate.encoding import collate
+    from obliviate.methods.base import batch_nll, batch_seq_nll
+    from obliviate.methods.objectives import mean_nll, sequence_nll
+
+    model, tok = tiny
+    batch = collate([encode(tok, ex, i) for i, ex in enumerate(EXAMPLES)], tok.pad_token_id)
+    full = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    want_mean, want_seq = mean_nll(full, batch["labels"]), sequence_nll(full, batch["labels"])[0]
+    (g_want,) = torch.autograd.grad(want_mean, [model.lm_head.weight])
+    got_mean, got_seq = batch_nll(model, batch), batch_seq_nll(model, batch)
+    (g_got,) = torch.autograd.grad(got_mean, [model.lm_head.weight])
+    assert torch.allclose(got_mean, want_mean, atol=1e-6)
+    assert torch.allclose(got_seq, want_seq, atol=1e-5)
+    assert torch.allclose(g_got, g_want, atol=1e-7)

@@ -123,3 +123,16 @@ def collate(items: list[Encoded], pad_id: int, left_pad: bool = False) -> dict[s
         mask[row, sl] = 1
     index = torch.tensor([it.index for it in items], dtype=torch.long)
     return {"input_ids": ids, "attention_mask": mask, "labels": labels, "index": index}
+
+
+def labelled_suffix(labels: torch.Tensor, can_keep: bool) -> tuple[torch.Tensor, dict[str, int]]:
+    """The positions a loss or score needs logits at: from the one predicting the batch's
+    first labelled token to the end (a right-padded batch's prompts come first). Returns the
+    labels from there on and the forward keyword that makes a transformers model compute only
+    those logits (`logits_to_keep`): the output layer and everything vocabulary-wide then skip
+    most prompt positions. `can_keep` False (a model without the keyword): all positions."""
+    labelled = (labels != IGNORE).any(0).nonzero()
+    if not can_keep or len(labelled) == 0 or int(labelled[0]) < 2:
+        return labels, {}
+    start = int(labelled[0]) - 1  # this position predicts the first labelled token
+    return labels[:, start:], {"logits_to_keep": labels.shape[1] - start}

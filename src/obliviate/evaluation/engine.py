@@ -16,7 +16,16 @@ import numpy as np
 import torch
 
 from ..data.examples import Example
-from ..encoding import DEFAULT_TEMPLATE, IGNORE, Encoded, bos_ids, collate, encode, prompt_text
+from ..encoding import (
+    DEFAULT_TEMPLATE,
+    IGNORE,
+    Encoded,
+    bos_ids,
+    collate,
+    encode,
+    labelled_suffix,
+    prompt_text,
+)
 from ..parallel import process_state
 from ..systems import System, forward_kwargs, forward_params, greedy_rows, parkable
 from ..threads import Governor
@@ -77,18 +86,6 @@ def _token_stats(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tens
     var = (p * logsm * logsm).sum(-1) - mu * mu
     z = (logp - mu) / var.clamp(min=1e-12).sqrt()
     return logp, z, sel.argmax(-1) == t, mask.sum(-1)
-
-
-def _scored_suffix(labels: torch.Tensor, can_keep: bool) -> tuple[torch.Tensor, dict[str, int]]:
-    """The positions a scoring pass needs logits at: from the one predicting the batch's
-    first labelled token to the end (a right-padded batch's prompts come first). Returns the
-    labels from there on and the forward keyword that keeps only those logits: the output
-    layer and the vocabulary-wide statistics then skip most prompt positions."""
-    labelled = (labels != IGNORE).any(0).nonzero()
-    if not can_keep or len(labelled) == 0 or int(labelled[0]) < 2:
-        return labels, {}
-    start = int(labelled[0]) - 1  # this position predicts the first labelled token
-    return labels[:, start:], {"logits_to_keep": labels.shape[1] - start}
 
 
 def extraction_strength(correct: np.ndarray) -> float:
@@ -182,7 +179,7 @@ class Engine:
             idx = order[start:start + self.batch_size]
             batch = collate([items[i] for i in idx], pad)
             batch = {k: v.to(self.device) for k, v in batch.items()}
-            labels, keep = _scored_suffix(batch["labels"], self._keeps_logits)
+            labels, keep = labelled_suffix(batch["labels"], self._keeps_logits)
             logits = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                                 **keep, **forward_kwargs(self.model, batch)).logits  # [batch, kept, vocab]
             self.forward_passes += 1

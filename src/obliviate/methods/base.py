@@ -23,10 +23,10 @@ import torch
 
 from ..config import from_dict
 from ..data.examples import Example
-from ..encoding import DEFAULT_TEMPLATE, Encoded, collate
+from ..encoding import DEFAULT_TEMPLATE, Encoded, collate, labelled_suffix
 from ..errors import ObliviateError
 from ..registry import Registry
-from ..systems import forward_kwargs
+from ..systems import System, forward_kwargs, forward_params
 from .objectives import answer_logits, kl_to_reference, mean_nll, sequence_nll, token_logprobs
 
 NEEDS = {
@@ -185,7 +185,7 @@ def layer_output(model, batch: dict[str, torch.Tensor], layer: int) -> torch.Ten
 
 def batch_nll(model, batch: dict[str, torch.Tensor], world: int = 1) -> torch.Tensor:
     """Token-averaged NLL of a batch (scalar); `world` data-parallel shards share the count."""
-    return mean_nll(forward(model, batch), batch["labels"], world)
+    return mean_nll(*answer_forward(model, batch), world)
 
 
 def nll_gradients(model, items: list[Encoded], pad_id: int, params: list[torch.Tensor],
@@ -214,9 +214,18 @@ def nll_gradients(model, items: list[Encoded], pad_id: int, params: list[torch.T
             p.requires_grad_(flag)
 
 
+def answer_forward(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(logits, labels) from the position predicting the batch's first answer token on: what
+    a loss on answer tokens reads, without the output layer's work on the prompts."""
+    can_keep = not isinstance(model, System) and "logits_to_keep" in forward_params(model)
+    labels, keep = labelled_suffix(batch["labels"], can_keep)
+    return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], **keep,
+                 **forward_kwargs(model, batch)).logits, labels
+
+
 def batch_seq_nll(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """Summed answer NLL per sequence [batch]."""
-    return sequence_nll(forward(model, batch), batch["labels"])[0]
+    return sequence_nll(*answer_forward(model, batch))[0]
 
 
 def answer_token_logprobs(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
