@@ -11,7 +11,7 @@ affinity and a cgroup CPU quota, as containers set) and subtracts the machine's 
 A long run re-checks (`Governor`): a job that starts beside it after it chose its threads
 would otherwise meet threads that spin while they wait for each other. Making idle OpenMP
 threads sleep instead (OMP_WAIT_POLICY=PASSIVE) was measured too and not taken: it cost a
-quiet machine 30-40% of a small model's training speed, every step (benchmarks/threads.py).
+quiet machine over 40% of a small model's training speed (benchmarks/threads.py).
 """
 
 from __future__ import annotations
