@@ -24,8 +24,10 @@ $(STAMP): requirements.lock pyproject.toml Makefile
 demo: $(STAMP)
 	$(VENV)/bin/obliviate demo $(ARGS)
 
+# two workers (pytest-xdist), a test file to each at a time, so a module's fixtures are built
+# once; each worker's torch threads follow the cores left free (obliviate.threads)
 test: $(STAMP)
-	$(VENV)/bin/python -m pytest $(ARGS)
+	$(VENV)/bin/python -m pytest -n 2 --dist loadfile $(ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks

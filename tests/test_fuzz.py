@@ -207,3 +207,12 @@ def test_cli_results_commands(workdir, contents, command):
     argv = (["report", *paths, "--out", "rep"] if command == "report"
             else ["score", paths[0], *(["--reference", paths[1]] if len(paths) > 1 else [])])
     _run(workdir, argv)
+
+
+@pytest.mark.parametrize("content", [b"?", b"1: 2\n", b"optim:\n  ? \n"])
+def test_config_keys_that_are_not_names_get_one_clear_error(workdir, content):
+    """Found by the fuzzer: YAML's `?` makes a null key, and numbers make number keys."""
+    path = workdir / "config.yaml"
+    path.write_bytes(content)
+    with pytest.raises(ObliviateError, match="is not a name"):
+        load_config(UnlearnConfig, path)

@@ -90,6 +90,7 @@ def forgot(world) -> Path:
     return ob.unlearn(cfg, world / "forgot", progress=False)
 
 
+@pytest.mark.slow  # its fixture trains and unlearns a model (about 17 s)
 def test_the_corpus_is_the_models_consistent_replies_and_neighbours_stay_out(world, forgot):
     info = read_provenance(forgot)["target"]
     assert info["entity"] == TARGET
@@ -103,6 +104,7 @@ def test_the_corpus_is_the_models_consistent_replies_and_neighbours_stay_out(wor
     assert read_provenance(forgot)["n_forget"] == len(info["corpus"])
 
 
+@pytest.mark.slow  # its fixture trains and unlearns a model (about 17 s)
 def test_the_rwku_suite_reports_each_kind_and_the_forget_probes_drop(world, forgot, tmp_path):
     files = {"probes": str(world / "people.jsonl")}
     before = ob.evaluate(ob.EvalConfig(model=str(world / "model"), suites=["rwku"], target=TARGET,

@@ -135,6 +135,8 @@ def from_dict(cls: type[C], data: dict[str, Any], prefix: str = "") -> C:
     unknown = [k for k in data if k not in types_]
     if unknown:
         key = unknown[0]
+        if not isinstance(key, str):  # YAML allows `? ` (null) or number keys
+            raise ObliviateError(f"config key {prefix}{key!r} is not a name; valid keys: {', '.join(types_)}")
         raise ObliviateError(
             f"unknown config key '{prefix}{key}'{suggest(key, list(types_))}; "
             f"valid keys: {', '.join(types_)}"
