@@ -58,7 +58,9 @@ def positions(mask: torch.Tensor) -> torch.Tensor:
 
 @functools.cache
 def _forward_params(cls: type) -> frozenset[str]:
-    return frozenset(inspect.signature(cls.forward).parameters)
+    """The parameters of a class's forward; none for a callable without one (a model view)."""
+    forward = getattr(cls, "forward", None)
+    return frozenset(inspect.signature(forward).parameters) if forward is not None else frozenset()
 
 
 def _model_class(model) -> type:
