@@ -802,7 +802,7 @@ def _finishing_eos(new_rows: torch.Tensor) -> int:
     for t in sorted(first):
         if any(t not in set(r.tolist()) for r in new_rows[1:]):
             return t
-    pytest.skip("no token separates the rows")  # pragma: no cover (fixed seeds: never hit)
+    raise AssertionError("the fixed seeds give a token that separates the rows")
 
 
 def _truncated(rows: torch.Tensor, eos: int) -> list[list[int]]:

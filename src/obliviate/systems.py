@@ -80,6 +80,12 @@ def forward_params(model) -> frozenset[str]:
     return _forward_params(_model_class(model))
 
 
+def keeps_logits(model) -> bool:
+    """Whether the model computes logits for a suffix of positions alone (transformers'
+    `logits_to_keep`); a system's forward computes them all."""
+    return not isinstance(model, System) and "logits_to_keep" in forward_params(model)
+
+
 def supports_cache(model) -> bool:
     """Whether the model's forward takes a KV cache (transformers' causal LMs do)."""
     return bool({"cache", "past_key_values"} & _forward_params(_model_class(model)))

@@ -27,7 +27,7 @@ from ..encoding import (
     prompt_text,
 )
 from ..parallel import process_state
-from ..systems import System, forward_kwargs, forward_params, greedy_rows, parkable
+from ..systems import forward_kwargs, greedy_rows, keeps_logits, parkable
 from ..threads import Governor
 
 
@@ -138,11 +138,6 @@ class Engine:
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
-    @property
-    def _keeps_logits(self) -> bool:
-        """Whether the model computes logits for a suffix alone (transformers' logits_to_keep)."""
-        return not isinstance(self.model, System) and "logits_to_keep" in forward_params(self.model)
-
     def stats(self, name: str, examples: list[Example], variants: list[str]) -> dict[str, ItemStats]:
         """Stats for each variant; all missing (item, variant) sequences go through the model
         together, sorted by length so batches carry little padding."""
@@ -179,7 +174,7 @@ class Engine:
             idx = order[start:start + self.batch_size]
             batch = collate([items[i] for i in idx], pad)
             batch = {k: v.to(self.device) for k, v in batch.items()}
-            labels, keep = labelled_suffix(batch["labels"], self._keeps_logits)
+            labels, keep = labelled_suffix(batch["labels"], keeps_logits(self.model))
             logits = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                                 **keep, **forward_kwargs(self.model, batch)).logits  # [batch, kept, vocab]
             self.forward_passes += 1

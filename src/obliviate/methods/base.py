@@ -26,7 +26,7 @@ from ..data.examples import Example
 from ..encoding import DEFAULT_TEMPLATE, Encoded, collate, labelled_suffix
 from ..errors import ObliviateError
 from ..registry import Registry
-from ..systems import System, forward_kwargs, forward_params
+from ..systems import forward_kwargs, keeps_logits
 from .objectives import answer_logits, kl_to_reference, mean_nll, sequence_nll, token_logprobs
 
 NEEDS = {
@@ -217,8 +217,7 @@ def nll_gradients(model, items: list[Encoded], pad_id: int, params: list[torch.T
 def answer_forward(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """(logits, labels) from the position predicting the batch's first answer token on: what
     a loss on answer tokens reads, without the output layer's work on the prompts."""
-    can_keep = not isinstance(model, System) and "logits_to_keep" in forward_params(model)
-    labels, keep = labelled_suffix(batch["labels"], can_keep)
+    labels, keep = labelled_suffix(batch["labels"], keeps_logits(model))
     return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], **keep,
                  **forward_kwargs(model, batch)).logits, labels
 
