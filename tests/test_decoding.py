@@ -6,7 +6,7 @@ import pytest
 import torch
 from transformers import DynamicCache
 
-from obliviate.decoding import greedy_loop, select_rows
+from obliviate.decoding import SLACK, greedy_loop, select_rows
 from obliviate.models import TinyModelConfig, build_tiny_model, train_tokenizer
 from obliviate.systems import greedy_rows
 
@@ -146,6 +146,33 @@ def test_greedy_loop_stops_rows_at_their_end_token_and_the_loop_when_all_end():
     assert greedy_loop(prefill, decode, 3, max_new_tokens=0, eos=0) == [[], [], []]
     assert greedy_loop(prefill, decode, 3, max_new_tokens=2, eos=None) == [[0, 0], [11, 0], [12, 12]]
 
+
+
+def test_ended_rows_stay_in_the_batch_until_they_are_an_eighth_of_it():
+    # 16 rows; row 0 ends at step 0, row 1 at step 2, the rest run to the limit of 4 tokens.
+    # Cutting a batch copies every live row's cache, so one ended row of 16 is carried along
+    # (its tokens ignored) until a second one ends: 2/16 is the 1/SLACK that triggers a cut.
+    assert SLACK == 8
+    ends = {0: 0, 1: 2}
+
+    def logits_for(rows, step):
+        out = torch.zeros(len(rows), 1, 20)
+        for j, r in enumerate(rows):
+            out[j, 0, 0 if ends.get(r, 99) <= step else 10] = 1.0
+        return out
+
+    seen = []
+
+    def decode(ids, state):
+        seen.append(state["rows"].tolist())
+        step = state["step"] + 1
+        return logits_for(state["rows"].tolist(), step), {"rows": state["rows"], "step": step}
+
+    rows = torch.arange(16)
+    got = greedy_loop(lambda: (logits_for(rows.tolist(), 0), {"rows": rows, "step": 0}), decode,
+                      16, max_new_tokens=4, eos=0)
+    assert got == [[0], [10, 10, 0]] + [[10] * 4] * 14
+    assert seen == [list(range(16)), list(range(16)), list(range(2, 16))]
 
 @torch.no_grad()
 def test_reserved_cache_gives_the_default_cache_logits_bit_for_bit(lm):

@@ -2,9 +2,10 @@
 
 A batch used to decode until its slowest row ended: rows that had emitted the end token went on
 decoding padding, through the whole model, for every remaining step (all 200 of TOFU's when one
-row never ends). Here each step keeps only the rows still running, in the logits, the token ids
-and every tensor and KV cache of the decoding state, so a step costs what its live rows cost.
-Greedy decoding is deterministic per row, so leaving a row out changes no other row's tokens.
+row never ends). Here ended rows leave the logits, the token ids and every tensor and KV cache of
+the decoding state, so a step costs about what its live rows cost. They leave in groups (1/SLACK
+of the batch at a time), since each cut copies the live rows' caches. Greedy decoding is
+deterministic per row, so leaving a row out changes no other row's tokens.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any
 import torch
 
 Step = tuple[torch.Tensor, Any]  # (logits [rows, seq, vocab], decoding state)
+SLACK = 8  # ended rows leave the batch once they are 1/SLACK of it (see greedy_loop)
 
 
 def reserved_cache(model, reserve: int) -> Any:
@@ -75,7 +77,13 @@ def _reserved_layer_class():
 
         def batch_select_indices(self, indices: torch.Tensor) -> None:
             if self.k_buf is not None:
-                self.k_buf, self.v_buf = self.k_buf[indices], self.v_buf[indices]
+                # copy the filled positions only: early in a long reserve most are empty
+                def keep(buf):
+                    out = buf.new_empty((len(indices), *buf.shape[1:]))
+                    out[..., :self.length, :] = buf[..., :self.length, :].index_select(0, indices)
+                    return out
+
+                self.k_buf, self.v_buf = keep(self.k_buf), keep(self.v_buf)
                 self.keys = self.k_buf[..., :self.length, :]
                 self.values = self.v_buf[..., :self.length, :]
 
@@ -127,18 +135,24 @@ def greedy_loop(prefill: Callable[[], Step], decode: Callable[[torch.Tensor, Any
     if n_rows == 0 or max(limits) <= 0:
         return out
     logits, state = prefill()
-    rows = list(range(n_rows))  # the original row of each live row
+    rows: list[int | None] = list(range(n_rows))  # each batch row's original row; None: ended
     while True:
-        nxt = logits[:, -1, :].argmax(-1)  # [live]
+        nxt = logits[:, -1, :].argmax(-1)  # [batch rows]
         keep = []
         for j, (r, t) in enumerate(zip(rows, nxt.tolist(), strict=True)):
+            if r is None:
+                continue
             if len(out[r]) < limits[r]:
                 out[r].append(t)
             if t != eos and len(out[r]) < limits[r]:
                 keep.append(j)
+            else:
+                rows[j] = None
         if not keep or len(keep) < park_below:
             return out
-        if len(keep) < len(rows):
+        # ended rows leave once they are 1/SLACK of the batch: cutting copies every live
+        # row's cache, which costs about what carrying a few idle rows for some steps does
+        if (len(rows) - len(keep)) * SLACK >= len(rows):
             idx = torch.tensor(keep, device=nxt.device)
             state = select_rows(state, idx)
             rows = [rows[j] for j in keep]
