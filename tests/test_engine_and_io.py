@@ -68,6 +68,66 @@ def test_engine_stats_match_a_plain_forward_pass(tiny):
             assert stats[variant].em[i] == pytest.approx(em)
 
 
+
+def test_answer_variants_continue_from_their_prompts_cache_with_a_whole_pass_s_statistics(tiny, monkeypatch):
+    """An item's answer variants share its prompt: the engine reads each distinct prompt once
+    (left-padded, into a KV cache) and continues every variant from it, from the prompt's last
+    token on. Every statistic is the one a whole-sequence pass gives (to float rounding), and
+    the prompt is read once per item instead of once per variant."""
+    import obliviate.evaluation.engine as engine_mod
+
+    model, tok = tiny
+    variants = ["answer", "paraphrase", "perturbed:0", "perturbed:1"]
+    calls = []
+    hook = model.register_forward_pre_hook(
+        lambda m, a, kw: calls.append(tuple(kw["input_ids"].shape)), with_kwargs=True)
+    try:
+        shared = Engine(model, tok, batch_size=64).stats("d", EXAMPLES, variants)
+    finally:
+        hook.remove()
+    monkeypatch.setattr(engine_mod, "parkable", lambda m: False)  # whole sequences only
+    whole = Engine(model, tok, batch_size=64).stats("d", EXAMPLES, variants)
+    seqs = [encode(tok, ex, i, variant=v) for v in variants for i, ex in enumerate(EXAMPLES)]
+    start = [next(j for j, t in enumerate(s.labels) if t != -100) - 1 for s in seqs]
+    # one call over the 5 prompts (up to the last prompt token), one over the 20 continuations
+    assert calls == [(len(EXAMPLES), max(start)),
+                     (len(seqs), max(len(s.input_ids) - c for s, c in zip(seqs, start, strict=True)))]
+    for v in variants:
+        a, b = shared[v], whole[v]
+        assert np.array_equal(a.n_tokens, b.n_tokens) and np.array_equal(a.em, b.em)
+        assert np.array_equal(a.es, b.es)
+        np.testing.assert_allclose(a.nll_sum, b.nll_sum, rtol=1e-5)
+        for x, y in zip(a.token_logprobs + a.token_z, b.token_logprobs + b.token_z, strict=True):
+            np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-5)
+
+
+def test_sequences_without_a_shared_prompt_and_models_without_a_cache_are_scored_whole(tiny):
+    """A lone variant (nothing shares its prompt) and a plain text (no prompt) are scored in a
+    whole pass; so is everything for a model whose forward takes no KV cache."""
+    model, tok = tiny
+    text = Example(question=None, answer="Town 3 lies by the river.")
+    items = [*EXAMPLES[:2], text]
+    calls = []
+    hook = model.register_forward_pre_hook(
+        lambda m, a, kw: calls.append(len(kw["input_ids"])), with_kwargs=True)
+    try:
+        Engine(model, tok, batch_size=64).stats("lone", items, ["answer"])
+        assert calls == [3]  # one whole pass, no prompt cache
+        calls.clear()
+
+        class NoCache(torch.nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.inner = model
+
+            def forward(self, input_ids=None, attention_mask=None):
+                return self.inner(input_ids=input_ids, attention_mask=attention_mask)
+
+        Engine(NoCache(), tok, batch_size=64).stats("d", EXAMPLES, ["answer", "paraphrase"])
+        assert calls == [2 * len(EXAMPLES)]
+    finally:
+        hook.remove()
+
 def test_scoring_keeps_only_the_answer_logits_and_scores_a_recurring_sequence_once(tiny):
     """The pass asks the model for logits from the first answer position on (the previous
     test checks their values against full passes), and a variant that repeats another's

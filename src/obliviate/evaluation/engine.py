@@ -2,7 +2,8 @@
 
 One forward pass per (dataset, target variant) yields every per-item likelihood statistic
 (summed / mean NLL, token log-probs, exact memorization, extraction strength); metrics read
-these and never run a model themselves. Works with anything exposing the causal-LM forward
+these and never run a model themselves. An item's answer variants share its prompt, which a
+causal LM with a KV cache reads once per batch (often most of each sequence's tokens). Works with anything exposing the causal-LM forward
 interface (`model(input_ids=, attention_mask=).logits`).
 """
 
@@ -16,6 +17,7 @@ import numpy as np
 import torch
 
 from ..data.examples import Example
+from ..decoding import select_rows
 from ..encoding import (
     DEFAULT_TEMPLATE,
     IGNORE,
@@ -27,7 +29,14 @@ from ..encoding import (
     prompt_text,
 )
 from ..parallel import process_state
-from ..systems import forward_kwargs, greedy_rows, keeps_logits, parkable
+from ..systems import (
+    cached_prefill,
+    forward_kwargs,
+    greedy_rows,
+    keeps_logits,
+    lm_step,
+    parkable,
+)
 from ..threads import Governor
 
 
@@ -119,6 +128,59 @@ def _data_parallel(items: list[Encoded], work: Callable[[list[Encoded]], list]) 
     return out
 
 
+def _item_scores(logits: torch.Tensor, labels: torch.Tensor) -> list[ItemScore]:
+    """One ItemScore per row of a scored batch (logits aligned with labels, as in a forward)."""
+    logp, z, correct, counts = _token_stats(logits, labels)
+    # one device-to-host copy per batch, then split per row on the host
+    cuts = np.cumsum(counts.cpu().numpy())[:-1]
+    lps = np.split(logp.cpu().numpy().astype(np.float64), cuts)
+    zs = np.split(z.cpu().numpy().astype(np.float64), cuts)
+    oks = np.split(correct.cpu().numpy(), cuts)
+    return [ItemScore(nll_sum=float(-lp.sum()), n_tokens=len(lp),
+                      em=float(ok.mean()) if len(lp) else 0.0, es=extraction_strength(ok),
+                      token_logprobs=lp, token_z=zr)
+            for lp, ok, zr in zip(lps, oks, zs, strict=True)]
+
+
+def _prompt_cut(item: Encoded) -> int:
+    """Where a sequence's shared part ends: before the token whose logits predict its first
+    label (the prompt's last token), which the continuation reads. 0: nothing to share."""
+    first = next((j for j, t in enumerate(item.labels) if t != IGNORE), 0)
+    return max(first - 1, 0)
+
+
+def _prompt_groups(items: list[Encoded]) -> tuple[list[int], list[int]]:
+    """(indices worth scoring from a shared prompt cache, the rest): a sequence is worth it
+    when another one starts with the same prompt."""
+    count: dict[tuple[int, ...], int] = {}
+    keys = []
+    for it in items:
+        cut = _prompt_cut(it)
+        keys.append(tuple(it.input_ids[:cut]) if cut else None)
+        if cut:
+            count[keys[-1]] = count.get(keys[-1], 0) + 1
+    shared = [i for i, k in enumerate(keys) if k is not None and count[k] > 1]
+    taken = set(shared)
+    return shared, [i for i in range(len(items)) if i not in taken]
+
+
+def _group_batches(items: list[Encoded], cuts: list[int], size: int) -> list[list[int]]:
+    """Batches of at most `size` rows, sorted by prompt length, then by the longest tail in the
+    prompt's group (so both paddings stay small), a group's rows together."""
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for i, it in enumerate(items):
+        groups.setdefault(tuple(it.input_ids[:cuts[i]]), []).append(i)
+    ordered = sorted(groups.values(), key=lambda g: (cuts[g[0]], max(len(items[i].input_ids) for i in g)))
+    rows = [i for g in ordered for i in sorted(g, key=lambda i: len(items[i].input_ids))]
+    return [rows[s:s + size] for s in range(0, len(rows), size)]
+
+
+def _distinct(keys: list[tuple[int, ...]]) -> tuple[list[tuple[int, ...]], list[int]]:
+    """The distinct keys in first-seen order, and each key's index among them."""
+    first: dict[tuple[int, ...], int] = {}
+    which = [first.setdefault(k, len(first)) for k in keys]
+    return list(first), which
+
 PARK = 4  # a generation batch down to 1/PARK of its rows parks them (see _complete_local)
 
 
@@ -131,7 +193,7 @@ class Engine:
         self.template, self.batch_size, self.max_length = template, batch_size, max_length
         self._stats: dict[tuple[str, str], ItemStats] = {}
         self._gens: dict[tuple[str, int], list[str]] = {}
-        self.forward_passes = 0  # counted so tests and benchmarks can check pass sharing
+        self.forward_passes = 0  # scoring batches, counted so tests and benchmarks see sharing
         self.governor = Governor()  # threads follow the load through a long generation
 
     @property
@@ -167,6 +229,21 @@ class Engine:
 
     @torch.no_grad()
     def _score_local(self, items: list[Encoded]) -> list[ItemScore]:
+        """Sequences that share their prompt with others (an item's answer variants) through
+        the prompt's KV cache, computed once per prompt; the rest in whole passes."""
+        shared, alone = [], []
+        if parkable(self.model):  # a plain causal LM with a KV cache
+            shared, alone = _prompt_groups(items)
+        else:
+            alone = list(range(len(items)))
+        out: list = [None] * len(items)
+        for part, score in ((alone, self._score_whole), (shared, self._score_shared)):
+            for i, result in zip(part, score([items[i] for i in part]), strict=True):
+                out[i] = result
+        return out
+
+    def _score_whole(self, items: list[Encoded]) -> list[ItemScore]:
+        """Whole sequences, sorted by length so batches carry little padding."""
         order = sorted(range(len(items)), key=lambda i: len(items[i].input_ids))
         out: list = [None] * len(items)
         pad = self.tokenizer.pad_token_id
@@ -178,18 +255,44 @@ class Engine:
             logits = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                                 **keep, **forward_kwargs(self.model, batch)).logits  # [batch, kept, vocab]
             self.forward_passes += 1
-            logp, z, correct, counts = _token_stats(logits, labels)
-            # one device-to-host copy per batch, then split per row on the host
-            cuts = np.cumsum(counts.cpu().numpy())[:-1]
-            lps = np.split(logp.cpu().numpy().astype(np.float64), cuts)
-            zs = np.split(z.cpu().numpy().astype(np.float64), cuts)
-            oks = np.split(correct.cpu().numpy(), cuts)
-            for row, i in enumerate(idx):
-                lp, ok, n = lps[row], oks[row], len(lps[row])
-                out[i] = ItemScore(nll_sum=float(-lp.sum()), n_tokens=n,
-                                   em=float(ok.mean()) if n else 0.0, es=extraction_strength(ok),
-                                   token_logprobs=lp, token_z=zs[row])
+            for i, score in zip(idx, _item_scores(logits, labels), strict=True):
+                out[i] = score
         return out
+
+    def _score_shared(self, items: list[Encoded]) -> list[ItemScore]:
+        """Batches of whole prompt groups (as _prompt_groups orders them). Each batch reads its
+        distinct prompts once, left-padded, into a KV cache; each row then continues from its
+        prompt's cache with the rest of its sequence (from the prompt's last token, whose logits
+        predict the first answer token), right-padded, at the positions it has in the whole
+        sequence. The statistics are a whole pass's, to float rounding."""
+        out: list = [None] * len(items)
+        cuts = [_prompt_cut(it) for it in items]
+        for idx in _group_batches(items, cuts, self.batch_size):
+            heads, row_head = _distinct([tuple(items[i].input_ids[:cuts[i]]) for i in idx])
+            tails = [Encoded(items[i].input_ids[cuts[i]:], items[i].labels[cuts[i]:], i) for i in idx]
+            logits, labels = self._continue(heads, row_head, tails)
+            self.forward_passes += 1
+            for i, score in zip(idx, _item_scores(logits, labels), strict=True):
+                out[i] = score
+        return out
+
+    def _continue(self, heads: list[tuple[int, ...]], row_head: list[int],
+                  tails: list[Encoded]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits [rows, tail, vocab] and labels of each tail read after its head's KV cache."""
+        pad = self.tokenizer.pad_token_id
+        head = collate([Encoded(list(h), [IGNORE] * len(h), 0) for h in heads], pad, left_pad=True)
+        tail = collate(tails, pad)
+        width = tail["input_ids"].shape[1]
+        head_mask = head["attention_mask"].to(self.device)
+        _, state = cached_prefill(self.model, head["input_ids"].to(self.device), head_mask, reserve=width)
+        pick = torch.tensor(row_head, device=self.device)
+        cache = select_rows(state["cache"], pick)
+        mask = torch.cat([head_mask[pick], tail["attention_mask"].to(self.device)], dim=1)
+        start = head_mask.sum(-1)[pick]  # each row's prompt length: its tail's first position
+        pos = start[:, None] + torch.arange(width, device=self.device)
+        logits, _ = lm_step(self.model, mask, ids=tail["input_ids"].to(self.device), cache=cache,
+                            pos=pos, use_cache=True)
+        return logits, tail["labels"].to(self.device)
 
     def generate(self, name: str, examples: list[Example], max_new_tokens: int = 48) -> list[str]:
         """Greedy, batched, left-padded continuations of each item's prompt (cached)."""
