@@ -48,6 +48,7 @@ from .models import (
     save_on_main,
     train_tokenizer,
 )
+from .parallel import process_state
 from .systems import load_any
 from .train import (
     Checkpointing,
@@ -333,6 +334,14 @@ def _holdout(cfg: EvalConfig) -> EvalSet:
     raise ObliviateError("the mia suite needs non-members: holdout=<file.jsonl> (or a benchmark)")
 
 
+def _on_device(model):
+    """The model on this process's accelerator when there is one (each process its own GPU
+    under `accelerate launch`); on a CPU-only machine it stays where it is."""
+    import torch
+
+    return model.to(process_state().device) if torch.cuda.is_available() else model
+
+
 def evaluate(cfg: EvalConfig, name: str | None = None, reference: dict[str, Any] | None = None,
              progress: bool = True) -> dict[str, Any]:
     """TOFU-suite Results for one model (per-item values, aggregates, derived metrics)."""
@@ -340,7 +349,7 @@ def evaluate(cfg: EvalConfig, name: str | None = None, reference: dict[str, Any]
     rwku = rwku_plan(cfg.target, cfg.probes, cfg.model, cfg.target_run) if "rwku" in cfg.suites else None
     set_seed(cfg.seed)
     model, tok = load_any(cfg.model, trust_remote_code=cfg.trust_remote_code)
-    model.eval()
+    model = _on_device(model).eval()
     engine = Engine(model, tok, cfg.template, batch_size=cfg.batch_size)
     start = time.perf_counter()
     datasets = (evaluate_tofu(engine, sets, cfg.max_new_tokens, progress=progress)
@@ -356,7 +365,7 @@ def evaluate(cfg: EvalConfig, name: str | None = None, reference: dict[str, Any]
         ref_engine = None
         if cfg.mia_reference:
             ref_model, ref_tok = load_any(cfg.mia_reference, trust_remote_code=cfg.trust_remote_code)
-            ref_engine = Engine(ref_model.eval(), ref_tok, cfg.template, batch_size=cfg.batch_size)
+            ref_engine = Engine(_on_device(ref_model).eval(), ref_tok, cfg.template, batch_size=cfg.batch_size)
         datasets["mia"] = evaluate_mia(engine, forget, _holdout(cfg), cfg.mia_k, ref_engine,
                                        cfg.mia_gradnorm)
     res = make_results(name or Path(cfg.model).name, str(cfg.model), datasets, to_dict(cfg),
