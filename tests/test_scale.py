@@ -239,3 +239,50 @@ def test_backward_now_gives_the_gradient_of_the_whole_loss():
     assert torch.allclose(w.grad, whole, atol=1e-6)
     outside = terms()[0]
     assert Context().backward_now(outside) is outside
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("lora", [False, True])
+def test_gradient_checkpointing_gives_the_same_model_and_leaves_the_saved_config_alone(
+        memorised, tmp_path, lora):
+    """Recomputing activations in the backward pass changes memory, not the result: NPO with
+    `optim.gradient_checkpointing` makes the weights the run without it makes (to float
+    rounding), and the saved model is a plain one (gradient checkpointing off, cache on)."""
+    from transformers import AutoConfig
+
+    from obliviate.methods.npo import NPO
+
+    seen = []
+    loss = NPO.loss
+
+    def spy(self, model, batches, ctx):
+        seen.append(bool(getattr(model, "is_activation_checkpointing", False)))
+        return loss(self, model, batches, ctx)
+
+    def run(out: Path, recompute: bool) -> Path:
+        return ob.unlearn(ob.UnlearnConfig(
+            model=str(memorised / "target"), method="npo", benchmark=str(memorised / "bench"),
+            lora=ob.LoraSettings(enabled=lora),
+            optim=OptimConfig(lr=None, steps=6, batch_size=16, warmup_ratio=0.0,
+                              gradient_checkpointing=recompute)), out, progress=False)
+
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(NPO, "loss", spy)
+        plain = run(tmp_path / "plain", False)
+        assert seen and not any(seen)
+        seen.clear()
+        recomputed = run(tmp_path / "recomputed", True)
+        assert seen and all(seen)  # every step ran with recomputation on
+    a, b = _weights(plain), _weights(recomputed)
+    before = _weights(memorised / "target")
+    moved = max(float((a[k] - before[k]).abs().max()) for k in a if k in before)
+    assert moved > 1e-4  # the run changed the weights
+    assert all(torch.allclose(a[k], b[k], rtol=1e-5, atol=1e-6) for k in a)
+    assert AutoConfig.from_pretrained(recomputed).use_cache is True
+
+
+def test_gradient_checkpointing_on_a_model_without_it_is_one_clear_error():
+    from obliviate.train import _recompute_activations
+
+    with pytest.raises(ObliviateError, match="gradient_checkpointing: this model does not support it"):
+        _recompute_activations(torch.nn.Linear(2, 2), True)
