@@ -44,42 +44,54 @@ ENV = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
 
 def child(kind: str, arg: str) -> dict:
     """One measurement in this process."""
+    return {"eval": eval_time, "step": step_time, "finetune": finetune_rate}[kind](arg)
+
+
+def eval_time(n: str) -> dict:
+    """The TOFU suite on the first `n` items of the shuffled benchmark."""
     import torch
 
     import obliviate as ob
+    from obliviate.evaluation import Engine, EvalSet, evaluate_tofu
+    from obliviate.models import load_model
+
+    model, tok = load_model(WORK / "target")
+    items = [ex for ex in ob.load_benchmark(WORK / "bench").training_set("", oracle=False)
+             if not ex.is_text]
+    random.Random(0).shuffle(items)  # every N draws from the same mix of people and relations
+    items = items[:int(n)]
+    engine = Engine(model.eval(), tok, batch_size=32)
+    start = time.perf_counter()
+    with torch.no_grad():
+        evaluate_tofu(engine, [EvalSet("forget", "forget", items)], 200, progress=False)
+    return {"items": len(items), "seconds": time.perf_counter() - start}
+
+
+def step_time(arg: str) -> dict:
+    """The training-loop time of an NPO run of `steps` steps on model `size` ("size:steps")."""
+    import obliviate as ob
     from obliviate.encoding import DEFAULT_TEMPLATE
-    from obliviate.models import TinyModelConfig
     from obliviate.train import OptimConfig
 
-    if kind == "eval":
-        from obliviate.evaluation import Engine, EvalSet, evaluate_tofu
-        from obliviate.models import load_model
+    size, steps = arg.split(":")
+    out = WORK / f"npo-{size}-{steps}"
+    shutil.rmtree(out, ignore_errors=True)
+    ob.unlearn(ob.UnlearnConfig(model=str(WORK / f"model-{size}"), method="npo",
+                                benchmark=str(WORK / "bench"),
+                                template="chat" if size == "135M" else DEFAULT_TEMPLATE,
+                                optim=OptimConfig(lr=1e-5, steps=int(steps), batch_size=8),
+                                guard=ob.GuardConfig(retain_floor=0, keep_last_good=False)),
+               out, progress=False)
+    prov = json.loads((out / "obliviate.json").read_text())
+    shutil.rmtree(out, ignore_errors=True)
+    return {"seconds": prov["train_seconds"]}
 
-        model, tok = load_model(WORK / "target")
-        items = ob.load_benchmark(WORK / "bench").training_set("", oracle=False)
-        items = [ex for ex in items if not ex.is_text]
-        random.Random(0).shuffle(items)  # every N draws from the same mix of people and relations
-        items = items[:int(arg)]
-        engine = Engine(model.eval(), tok, batch_size=32)
-        start = time.perf_counter()
-        with torch.no_grad():
-            evaluate_tofu(engine, [EvalSet("forget", "forget", items)], 200, progress=False)
-        return {"items": len(items), "seconds": time.perf_counter() - start}
-    if kind == "step":
-        size, steps = arg.split(":")
-        out = WORK / f"npo-{size}-{steps}"
-        shutil.rmtree(out, ignore_errors=True)
-        ob.unlearn(ob.UnlearnConfig(model=str(WORK / f"model-{size}"), method="npo",
-                                    benchmark=str(WORK / "bench"),
-                                    template="chat" if size == "135M" else DEFAULT_TEMPLATE,
-                                    optim=OptimConfig(lr=1e-5, steps=int(steps), batch_size=8),
-                                    guard=ob.GuardConfig(retain_floor=0, keep_last_good=False)),
-                   out, progress=False)
-        prov = json.loads((out / "obliviate.json").read_text())
-        shutil.rmtree(out, ignore_errors=True)
-        return {"seconds": prov["train_seconds"]}
-    # fine-tuning throughput at this process's thread count
+
+def finetune_rate(arg: str) -> dict:
+    """Fine-tuning tokens/s of model `size` at this process's thread count ("size:threads")."""
+    import obliviate as ob
     from obliviate.encoding import encode
+    from obliviate.models import TinyModelConfig, load_model
 
     size, threads = arg.split(":")
     out = WORK / f"ft-{size}-{threads}"
@@ -90,8 +102,6 @@ def child(kind: str, arg: str) -> dict:
                                                        intermediate=inter),
                                   optim=ob.FinetuneOptim(steps=40, batch_size=32)), out, progress=False)
     prov = json.loads((out / "obliviate.json").read_text())
-    from obliviate.models import load_model
-
     _, tok = load_model(out)
     items = ob.load_benchmark(WORK / "bench").training_set("", oracle=False)
     per_epoch = sum(len(encode(tok, ex, i).input_ids) for i, ex in enumerate(items))
