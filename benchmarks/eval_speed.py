@@ -6,7 +6,8 @@ On the leaderboard's target model and benchmark (trained here if missing), print
 benchmarks/results/eval_speed.md:
 (a) throughput of the likelihood part of the tofu + mia + memorization evaluation (every
     statistic those suites read) in tokens/s, divided by the throughput of bare forward passes
-    over the same token sequences in the same batches: the engine's overhead (target >= 0.7);
+    over the same whole token sequences, sorted and batched alike (target >= 0.9). The engine
+    reads the prompt an item's answer variants share once per batch, so it can exceed 1;
 (b) the speed-up of one shared pass per (dataset, variant) over computing each metric with its
     own pass, as a framework without a shared engine does.
 Both sides of each ratio run in the same process, interleaved, best of --repeats.
@@ -118,7 +119,7 @@ def main() -> None:
            f"(a) bare forward      {tokens / t_bare:12,.0f} tokens/s  ({t_bare:.2f} s)",
            f"    shared engine     {tokens / t_shared:12,.0f} tokens/s  ({t_shared:.2f} s, "
            f"{eng.forward_passes} forward passes)",
-           f"    throughput ratio engine / bare = {t_bare / t_shared:.2f}  (target >= 0.7)",
+           f"    throughput ratio engine / bare = {t_bare / t_shared:.2f}  (target >= 0.9)",
            f"(b) per-metric passes {t_per:.2f} s ({n_per} forward passes) vs shared {t_shared:.2f} s "
            f"({eng.forward_passes} passes): speed-up {t_per / t_shared:.2f}x"]
     print("\n".join(out))
