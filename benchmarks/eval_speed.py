@@ -44,22 +44,16 @@ def _variants(spec: str, k: int) -> list[str]:
     return out
 
 
-def main() -> None:
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--work", default=str(HERE / ".work" / "leaderboard"))
-    ap.add_argument("--repeats", type=int, default=3)
-    args = ap.parse_args()
+def _setup(work: Path):
+    """The leaderboard's target and benchmark (trained here if missing): model, tokenizer and
+    the evaluation's sets."""
     import transformers
 
     transformers.logging.set_verbosity_error()
     import obliviate as ob
     from obliviate.data import Benchmark
-    from obliviate.encoding import collate, encode
-    from obliviate.evaluation import Engine
     from obliviate.models import load_model
 
-    work = Path(args.work)
     if not (work / "target").exists():
         if not (work / "bench").exists():
             ob.generate(work / "bench", seed=0, entities=40)
@@ -68,8 +62,23 @@ def main() -> None:
     data = {"forget": bench.qa_of("forget10"), "retain": bench.qa_of("retain90")[:200],
             "world_facts": bench.world_facts, "holdout": bench.qa_of("holdout")}
     model, tok = load_model(work / "target")
-    model.eval()
-    torch.set_grad_enabled(False)
+    return model.eval(), tok, data
+
+
+def _best(fn, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return min(times)
+
+
+def _measure(model, tok, data: dict, repeats: int) -> list[str]:
+    """The three ways over the same sequences, interleaved; the report's lines."""
+    from obliviate.encoding import collate, encode
+    from obliviate.evaluation import Engine
+
     k = min(len(e.perturbed_answers) for e in data["forget"])
     shared_plan = {d: sorted({v for needs in METRIC_NEEDS.values() for dd, spec in needs
                               if dd == d for v in _variants(spec, k)}) for d in data}
@@ -101,27 +110,30 @@ def main() -> None:
         for b in batches:
             model(input_ids=b["input_ids"], attention_mask=b["attention_mask"])
 
-    def best(fn) -> float:
-        times = []
-        for _ in range(args.repeats):
-            t = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t)
-        return min(times)
-
-    t_bare, t_shared = best(bare), best(shared)
-    t_bare = min(t_bare, best(bare))  # interleave so neither side gets a warmer machine
-    t_per = best(per_metric)
+    t_bare, t_shared = _best(bare, repeats), _best(shared, repeats)
+    t_bare = min(t_bare, _best(bare, repeats))  # interleave so neither side gets a warmer machine
+    t_per = _best(per_metric, repeats)
     eng = shared()
     n_per = per_metric()
-    out = [f"model: {sum(p.numel() for p in model.parameters()):,} parameters; "
-           f"{len(seqs)} sequences, {tokens:,} tokens",
-           f"(a) bare forward      {tokens / t_bare:12,.0f} tokens/s  ({t_bare:.2f} s)",
-           f"    shared engine     {tokens / t_shared:12,.0f} tokens/s  ({t_shared:.2f} s, "
-           f"{eng.forward_passes} forward passes)",
-           f"    throughput ratio engine / bare = {t_bare / t_shared:.2f}  (target >= 0.9)",
-           f"(b) per-metric passes {t_per:.2f} s ({n_per} forward passes) vs shared {t_shared:.2f} s "
-           f"({eng.forward_passes} passes): speed-up {t_per / t_shared:.2f}x"]
+    return [f"model: {sum(p.numel() for p in model.parameters()):,} parameters; "
+            f"{len(seqs)} sequences, {tokens:,} tokens",
+            f"(a) bare forward      {tokens / t_bare:12,.0f} tokens/s  ({t_bare:.2f} s)",
+            f"    shared engine     {tokens / t_shared:12,.0f} tokens/s  ({t_shared:.2f} s, "
+            f"{eng.forward_passes} forward passes)",
+            f"    throughput ratio engine / bare = {t_bare / t_shared:.2f}  (target >= 0.9)",
+            f"(b) per-metric passes {t_per:.2f} s ({n_per} forward passes) vs shared {t_shared:.2f} s "
+            f"({eng.forward_passes} passes): speed-up {t_per / t_shared:.2f}x"]
+
+
+def main() -> None:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--work", default=str(HERE / ".work" / "leaderboard"))
+    ap.add_argument("--repeats", type=int, default=3)
+    args = ap.parse_args()
+    model, tok, data = _setup(Path(args.work))
+    torch.set_grad_enabled(False)
+    out = _measure(model, tok, data, args.repeats)
     print("\n".join(out))
     text = ["# Evaluation speed: shared engine vs bare forward passes and per-metric passes", "",
             "Measured by `python benchmarks/eval_speed.py` (best of "
