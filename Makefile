@@ -25,9 +25,10 @@ demo: $(STAMP)
 	$(VENV)/bin/obliviate demo $(ARGS)
 
 # two workers (pytest-xdist), a test file to each at a time, so a module's fixtures are built
-# once; each worker's torch threads follow the cores left free (obliviate.threads)
+# once; files in collection order (tests/conftest.py puts the longest first) rather than
+# xdist's most-tests-first; each worker gets its share of the cores as OMP_NUM_THREADS
 test: $(STAMP)
-	$(VENV)/bin/python -m pytest -n 2 --dist loadfile $(ARGS)
+	$(VENV)/bin/python -m pytest -n 2 --dist loadfile --no-loadscope-reorder $(ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks

@@ -6,6 +6,13 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+# Each pytest-xdist worker takes its share of the cores. Left to torch's default (a thread per
+# core in every worker), the workers' threads wait on each other: the fast suite took 84 s
+# instead of 51 s with two workers on two cores. A count the user set is kept.
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT", "").isdigit() and "OMP_NUM_THREADS" not in os.environ:
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    os.environ["OMP_NUM_THREADS"] = str(max(1, (cores or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
+
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
@@ -64,3 +71,16 @@ def memorised_moe(tmp_path_factory):
                                   epochs=100, optim=ob.FinetuneOptim(lr=3e-3, batch_size=32)),
                 root / "target", progress=False)
     return root
+
+
+# Files whose module fixtures train a model, started first: with a file to each worker at a
+# time, one of them started last would leave the other worker idle at the end of the run.
+LONGEST_FIRST = ("test_target.py", "test_classifiers.py", "test_quick.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    def rank(item) -> int:
+        name = item.path.name
+        return LONGEST_FIRST.index(name) if name in LONGEST_FIRST else len(LONGEST_FIRST)
+
+    items.sort(key=rank)  # stable: each file keeps its own order
