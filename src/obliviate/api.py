@@ -38,7 +38,7 @@ from .evaluation import Engine, EvalSet, derive, evaluate_tofu, load_results, ma
 from .evaluation.rwku import evaluate_rwku
 from .evaluation.rwku import plan as rwku_plan
 from .evaluation.suite import evaluate_memorization, evaluate_mia, evaluate_muse
-from .methods.base import batch_nll
+from .methods.base import split_batch_nll
 from .models import (
     TinyModelConfig,
     build_tiny_model,
@@ -260,7 +260,8 @@ def finetune(cfg: FinetuneConfig, out: str | Path, progress: bool = True) -> Pat
                           fingerprint(to_dict(cfg), [items]))
             if optim.checkpoint_every > 0 else None)
     start = time.perf_counter()
-    logs = train(model, lambda m, b, step: (batch_nll(m, b["train"], step.world_size), {}), {"train": loader}, optim,
+    logs = train(model, lambda m, b, step: (split_batch_nll(m, b["train"], step.world_size), {}),
+                 {"train": loader}, optim,
                  desc=f"finetune {_role(cfg)}", progress=progress, checkpoint=ckpt)
     check_finite(model, "fine-tuning", optim)
     prov = {"produced_by": "obliviate finetune", "config": to_dict(cfg), "steps": steps,

@@ -60,12 +60,17 @@ def sequence_nll(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tens
     return -logp.sum(-1), mask.sum(-1)
 
 
-def mean_nll(logits: torch.Tensor, labels: torch.Tensor, world: int = 1) -> torch.Tensor:
-    """Token-averaged NLL over the whole batch: the standard LM loss (scalar)."""
+def summed_nll(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(summed NLL, number of labelled tokens) of a batch."""
     target = labels[:, 1:]
     mask = target != IGNORE  # labelled positions only, as in token_logprobs
-    nll = F.cross_entropy(logits[:, :-1, :][mask].float(), target[mask], reduction="sum")
-    return nll / _count(mask.sum(), nll.device, world)
+    return F.cross_entropy(logits[:, :-1, :][mask].float(), target[mask], reduction="sum"), mask.sum()
+
+
+def mean_nll(logits: torch.Tensor, labels: torch.Tensor, world: int = 1) -> torch.Tensor:
+    """Token-averaged NLL over the whole batch: the standard LM loss (scalar)."""
+    nll, count = summed_nll(logits, labels)
+    return nll / _count(count, nll.device, world)
 
 
 def gradient_ascent(forget_nll: torch.Tensor) -> torch.Tensor:
