@@ -11,16 +11,16 @@ process; "whole" sets SPLIT_BELOW to 0, which turns the split off. Whole and spl
 alternate, so drift in the machine's speed reaches both. Reported per dataset: seconds of
 training, the tokens computed per real token (padding), the final training loss and the mean
 answer probability of the training items after training. Split and whole are the same math,
-so these differ only by float rounding carried through 260 steps; a control measures how much
-that is: the whole run again on one thread (another summation order, the same math), whose
-time is not comparable. Writes benchmarks/results/finetune_speed.md and .json.
+so these differ only by float rounding carried through the run's steps; a control measures how
+much that is: the whole run again with each batch's rows in reverse order (the same items and
+math, another summation order). (Another thread count was tried as the control first: its
+results were bit-identical, so it measured nothing.) Writes benchmarks/results/finetune_speed.md and .json.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -30,7 +30,7 @@ from provenance import line, provenance
 
 HERE = Path(__file__).resolve().parent
 WORK = HERE / ".work" / "finetune_speed"
-CONTROL = "whole, 1 thread"
+CONTROL = "whole, rows reversed"
 
 
 def child(dataset: str, mode: str, epochs: float) -> dict:
@@ -54,6 +54,8 @@ def child(dataset: str, mode: str, epochs: float) -> dict:
         widths = [(len(r), w) for r, w in groups] if groups else [tuple(batch["input_ids"].shape)]
         padded[0] += sum(n * w for n, w in widths)
         real[0] += int(batch["attention_mask"].sum())
+        if mode == CONTROL:
+            batch = {k: v.flip(0) for k, v in batch.items()}
         return split(model, batch, world)
 
     ob.api.split_batch_nll = counted
@@ -94,9 +96,8 @@ def prepare() -> None:
 
 
 def run(dataset: str, mode: str, epochs: float) -> dict:
-    env = {**os.environ, **({"OMP_NUM_THREADS": "1"} if mode == CONTROL else {})}
     res = subprocess.run([sys.executable, __file__, "--child", dataset, mode, str(epochs)],
-                         capture_output=True, text=True, check=True, env=env)
+                         capture_output=True, text=True, check=True)
     return json.loads(res.stdout.strip().splitlines()[-1])
 
 
