@@ -141,8 +141,10 @@ class GroupedSampler(Sampler):
 
 
 def make_loader(items: list[Encoded], batch_size: int, pad_id: int, seed: int) -> DataLoader:
-    """Shuffled batches of similar-length items (transformers' LengthGroupedSampler): short QA
-    items are not padded to the length of passages, which halves the tokens computed."""
+    """Shuffled batches of similar-length items (transformers' LengthGroupedSampler), which
+    sorts within megabatches of min(50, items // (4 * batch)) batches: data of fewer than 8
+    batches is drawn in random order (fine-tuning then splits each batch by length instead:
+    `split_batch_nll`)."""
     bs = min(batch_size, len(items))
     sampler = GroupedSampler([len(it.input_ids) for it in items], bs, seed)
     return DataLoader(items, batch_size=bs, sampler=sampler,
