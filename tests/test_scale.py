@@ -49,7 +49,7 @@ def test_finetune_resumes_from_its_checkpoint_with_the_same_result(memorised, tm
     assert not (tmp_path / "whole.ckpt").exists()  # removed once the output is saved
 
     with monkeypatch.context() as m:
-        _interrupt_after(m, api, "batch_nll", 13)  # Ctrl-C during step 13
+        _interrupt_after(m, api, "split_batch_nll", 13)  # Ctrl-C during step 13
         with pytest.raises(KeyboardInterrupt):
             ob.finetune(cfg, tmp_path / "resumed", progress=False)
     assert not (tmp_path / "resumed").exists()
@@ -124,6 +124,34 @@ def test_two_data_parallel_processes_match_one(memorised, tmp_path):
         if "generation" in d["per_item"]:
             assert d["per_item"]["generation"] == rb["datasets"][name]["per_item"]["generation"]
         assert d["per_item"].get("id") == rb["datasets"][name]["per_item"].get("id")
+
+
+@pytest.mark.slow
+def test_two_process_finetune_splits_batches_by_length_and_matches_one(memorised, tmp_path):
+    """Fine-tuning under torchrun with batches that split by length (one process may take two
+    forwards where the other takes one) gives the single process's model."""
+    from obliviate.encoding import DEFAULT_TEMPLATE, encode
+    from obliviate.methods.base import length_split
+    from obliviate.models import load_model
+    from obliviate.train import make_loader
+
+    common = [f"benchmark={memorised / 'bench'}", "tiny.layers=1", "tiny.hidden=32",
+              "tiny.intermediate=64", "optim.steps=6", "optim.batch_size=16"]
+    for n in (1, 2):
+        _cli("finetune", "--out", str(tmp_path / f"ft-{n}"), *common, processes=n)
+    # the run's own batches (same items, tokenizer and seed), as each process saw them
+    _, tok = load_model(tmp_path / "ft-1")
+    items = [encode(tok, ex, i, DEFAULT_TEMPLATE) for i, ex in
+             enumerate(ob.load_benchmark(memorised / "bench").training_set("", oracle=False))]
+    batches = [b for b, _ in zip(make_loader(items, 16, tok.pad_token_id, 0), range(6))]
+    halves = [[length_split(b["attention_mask"][rows]) is not None for rows in (slice(0, 8),
+                                                                                 slice(8, 16))]
+              for b in batches]
+    assert any(a != b for a, b in halves)  # one process split a batch the other did not
+    a, b = _weights(tmp_path / "ft-1"), _weights(tmp_path / "ft-2")
+    diff = sum(((a[k] - b[k]) ** 2).sum() for k in a).sqrt()
+    size = sum((a[k] ** 2).sum() for k in a).sqrt()
+    assert diff < 1e-4 * size, (float(diff), float(size))
 
 
 def test_batch_that_does_not_split_over_processes_is_refused():
