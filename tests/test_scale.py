@@ -88,12 +88,12 @@ def test_unlearn_resumes_with_the_same_result_and_refuses_another_runs_checkpoin
         assert pa[key] == pb[key], key
 
 
-def _cli(*args: str, processes: int = 1) -> None:
+def _cli(*args: str, processes: int = 1, timeout: int = 600) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     launcher = ([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes)]
                 if processes > 1 else [sys.executable])
     res = subprocess.run([*launcher, "-m", "obliviate.cli", *args], env=env, capture_output=True,
-                         text=True, timeout=600)
+                         text=True, timeout=timeout)
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-4000:]
 
 
@@ -127,9 +127,10 @@ def test_two_data_parallel_processes_match_one(memorised, tmp_path):
 
 
 @pytest.mark.slow
-def test_two_process_finetune_splits_batches_by_length_and_matches_one(memorised, tmp_path):
-    """Fine-tuning under torchrun with batches that split by length (one process may take two
-    forwards where the other takes one) gives the single process's model."""
+def test_two_process_finetune_takes_batches_whole_and_matches_one_that_splits(memorised, tmp_path):
+    """Under torchrun, fine-tuning takes each batch whole: DDP broadcasts buffers at every
+    forward, so one process splitting its shard by length while the other did not would hang
+    both. The model equals that of a single process, which splits some of the same batches."""
     from obliviate.encoding import DEFAULT_TEMPLATE, encode
     from obliviate.methods.base import length_split
     from obliviate.models import load_model
@@ -138,16 +139,13 @@ def test_two_process_finetune_splits_batches_by_length_and_matches_one(memorised
     common = [f"benchmark={memorised / 'bench'}", "tiny.layers=1", "tiny.hidden=32",
               "tiny.intermediate=64", "optim.steps=6", "optim.batch_size=16"]
     for n in (1, 2):
-        _cli("finetune", "--out", str(tmp_path / f"ft-{n}"), *common, processes=n)
-    # the run's own batches (same items, tokenizer and seed), as each process saw them
+        _cli("finetune", "--out", str(tmp_path / f"ft-{n}"), *common, processes=n, timeout=300)
+    # the run's own batches (same items, tokenizer and seed): the single process split some
     _, tok = load_model(tmp_path / "ft-1")
     items = [encode(tok, ex, i, DEFAULT_TEMPLATE) for i, ex in
              enumerate(ob.load_benchmark(memorised / "bench").training_set("", oracle=False))]
     batches = [b for b, _ in zip(make_loader(items, 16, tok.pad_token_id, 0), range(6))]
-    halves = [[length_split(b["attention_mask"][rows]) is not None for rows in (slice(0, 8),
-                                                                                 slice(8, 16))]
-              for b in batches]
-    assert any(a != b for a, b in halves)  # one process split a batch the other did not
+    assert any(length_split(b["attention_mask"]) is not None for b in batches)
     a, b = _weights(tmp_path / "ft-1"), _weights(tmp_path / "ft-2")
     diff = sum(((a[k] - b[k]) ** 2).sum() for k in a).sqrt()
     size = sum((a[k] ** 2).sum() for k in a).sqrt()

@@ -221,8 +221,10 @@ def length_split(mask: torch.Tensor) -> list[tuple[torch.Tensor, int]] | None:
 def split_batch_nll(model, batch: dict[str, torch.Tensor], world: int = 1) -> torch.Tensor:
     """batch_nll computed on length_split's groups (one forward each, trimmed to its own
     width): the same loss and gradient up to float rounding, with fewer padded tokens. Right
-    padding only: a causal model's logits at real positions do not see the pads after them."""
-    groups = length_split(batch["attention_mask"])
+    padding only: a causal model's logits at real positions do not see the pads after them.
+    One process only: under DDP every forward broadcasts buffers, so a process that split its
+    shard of a batch while another did not would wait forever."""
+    groups = length_split(batch["attention_mask"]) if world == 1 else None
     if groups is None or bool((batch["attention_mask"][:, 0] == 0).any()):  # left-padded
         return batch_nll(model, batch, world)
     total, count = None, 0
