@@ -21,6 +21,18 @@ def test_scores_are_higher_for_member_like_samples():
     assert mia.gradnorm_score(np.array([2.0])).tolist() == [-2.0]
 
 
+def test_reference_differences_within_float_rounding_are_ties():
+    """A model against itself, its items batched differently in the two passes: NLLs 0.25 and
+    0.25 + 1.5e-8 (the size measured) score 0, not a sign from rounding, so the AUC is 0.5;
+    1e-3 nats, a real difference, stays. Without ties, members at +1.5e-8 against non-members
+    at 0 would give AUC 1: a perfect attack made of rounding."""
+    score = mia.reference_score(np.array([0.25 + 1.5e-8, 0.25 - 1.5e-8, 0.5]),
+                                np.array([0.25, 0.25, 0.501]))
+    assert score.tolist() == [0.0, 0.0, pytest.approx(1e-3)]
+    assert mia.auc(mia.reference_score(np.full(2, 0.25 - 1.5e-8), np.full(2, 0.25)),
+                   np.zeros(2)) == 0.5
+
+
 def test_min_k_takes_the_lowest_fraction():
     """Log-probs (-1, -2, -3, -4, -5), k = 0.4: ceil(0.4 * 5) = 2 lowest, (-5 - 4)/2 = -4.5.
     k small still takes one token: -5. The same rule applies to Min-K%++'s z values."""

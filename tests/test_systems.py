@@ -701,9 +701,12 @@ def test_every_kind_through_eval_audit_report_and_the_ledger(memorised_oracle, t
     proj = init_project(tmp_path / "proj", ProjectSettings(
         base=str(memorised / "target"), retain=str(retain), holdout=str(holdout),
         audits=["rephrase"], samples=2))
+    # SPUL's soft prompt moves slowest: at 40 steps one person's forget probability fell to
+    # under 0.7x on one fine-tuned target and to 0.77x on another that differed by float rounding
+    steps = 80 if kind == "spul" else 40
     for p in requests:
         add_request(proj, p, str(_write(tmp_path / f"{p}.jsonl", [x for x in b.qa if x.entity == p])),
-                    method=kind, overrides=["optim.steps=40", "optim.batch_size=16"])
+                    method=kind, overrides=[f"optim.steps={steps}", "optim.batch_size=16"])
     assert apply(proj, apply_all=True, progress=False) == list(range(1, len(requests) + 1))
     with Ledger.open(proj) as ledger:
         assert ledger.check() == []

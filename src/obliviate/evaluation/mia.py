@@ -47,10 +47,19 @@ def min_k_pp_score(token_z: list[np.ndarray], k: float = 0.4) -> np.ndarray:
     return np.array([_lowest_mean(z, k) for z in token_z])
 
 
+# Mean token NLLs that differ by less than this are the same: float32 logits of 10-20 carry
+# rounding of about 1e-6 into each token's NLL, and two passes that batch an item differently
+# (its answer scored beside its perturbed variants, or alone) differ by about 1e-8. Without
+# ties, a model scored against itself would get an AUC from that noise instead of 0.5.
+REFERENCE_TIE = 1e-5
+
+
 def reference_score(nll_model: np.ndarray, nll_reference: np.ndarray) -> np.ndarray:
     """Reference attack (Carlini et al. 2021): NLL relative to a reference model's; members
-    are unusually likely under the model, so the score is -(nll_model - nll_reference)."""
-    return -(np.asarray(nll_model, dtype=float) - np.asarray(nll_reference, dtype=float))
+    are unusually likely under the model, so the score is -(nll_model - nll_reference),
+    0 within REFERENCE_TIE."""
+    score = -(np.asarray(nll_model, dtype=float) - np.asarray(nll_reference, dtype=float))
+    return np.where(np.abs(score) < REFERENCE_TIE, 0.0, score)
 
 
 def gradnorm_score(grad_norms: np.ndarray) -> np.ndarray:
