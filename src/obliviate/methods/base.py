@@ -28,7 +28,6 @@ from ..errors import ObliviateError
 from ..registry import Registry
 from ..systems import forward_kwargs, keeps_logits
 from .objectives import (
-    _count,
     answer_logits,
     kl_to_reference,
     mean_nll,
@@ -227,12 +226,10 @@ def split_batch_nll(model, batch: dict[str, torch.Tensor], world: int = 1) -> to
     groups = length_split(batch["attention_mask"]) if world == 1 else None
     if groups is None or bool((batch["attention_mask"][:, 0] == 0).any()):  # left-padded
         return batch_nll(model, batch, world)
-    total, count = None, 0
-    for rows, width in groups:
-        sub = {k: v[rows, :width] if v.dim() == 2 else v[rows] for k, v in batch.items()}
-        nll, n = summed_nll(*answer_forward(model, sub))
-        total, count = (nll if total is None else total + nll), count + n
-    return total / _count(count, total.device, world)
+    parts = [summed_nll(*answer_forward(model, {k: v[rows, :width] if v.dim() == 2 else v[rows]
+                                                 for k, v in batch.items()}))
+             for rows, width in groups]
+    return sum(nll for nll, _ in parts) / sum(n for _, n in parts).clamp(min=1)  # one process
 
 
 def nll_gradients(model, items: list[Encoded], pad_id: int, params: list[torch.Tensor],
