@@ -1,7 +1,9 @@
 """Peak memory of unlearning SmolLM2-135M: NPO with cached reference quantities (obliviate's
 way) vs NPO with a live reference copy (a frozen second model, as OpenUnlearning does) vs GA,
-with full weights and with LoRA, and GA and NPO with activations recomputed in the backward
-pass (`optim.gradient_checkpointing`).
+with full weights and with LoRA; NPO with its retain pass's activations kept
+(`optim.recompute_retain=false`) beside the default, which recomputes them when the forget
+pass's gradients leave no room (methods/passes.py); and GA and NPO with every activation
+recomputed in the backward pass (`optim.gradient_checkpointing`).
 
     python benchmarks/memory.py [--steps 3]
 
@@ -28,9 +30,11 @@ from provenance import line, provenance
 
 HERE = Path(__file__).resolve().parent
 WORK = HERE / ".work" / "memory"
-# (method, LoRA, activations recomputed in the backward pass: optim.gradient_checkpointing)
-CASES = [("ga", False, False), ("npo", False, False), ("npo_live", False, False), ("ga", True, False),
-         ("npo", True, False), ("npo_live", True, False), ("ga", False, True), ("npo", False, True)]
+# (method, LoRA, activations): "auto" the defaults (the retain pass recomputes when it must),
+# "kept" optim.recompute_retain=false, "recomputed" optim.gradient_checkpointing (every pass)
+CASES = [("ga", False, "auto"), ("npo", False, "auto"), ("npo", False, "kept"),
+         ("npo_live", False, "auto"), ("ga", True, "auto"), ("npo", True, "auto"),
+         ("npo_live", True, "auto"), ("ga", False, "recomputed"), ("npo", False, "recomputed")]
 
 
 def _rss_mb() -> float:
@@ -68,10 +72,11 @@ def _register_live_reference_npo() -> None:
             with torch.no_grad():
                 ref = batch_seq_nll(ctx.state["reference"], f)
             loss = npo(batch_seq_nll(model, f), ref, self.beta)
-            return loss + self.alpha * retain_term(model, batches["retain"], "nll", ctx), {}
+            retain, _ = retain_term(model, batches["retain"], "nll", ctx, self.alpha)
+            return loss + retain, {}
 
 
-def child(method: str, lora: bool, recompute: bool, steps: int) -> None:
+def child(method: str, lora: bool, activations: str, steps: int) -> None:
     """One case: unlearn while sampling RSS; prints a JSON line."""
     import obliviate as ob
     from obliviate.train import OptimConfig
@@ -95,15 +100,17 @@ def child(method: str, lora: bool, recompute: bool, steps: int) -> None:
     ob.unlearn(ob.UnlearnConfig(
         model=str(WORK / "smollm2"), method=method, benchmark=str(WORK / "bench"), template="chat",
         optim=OptimConfig(lr=1e-5, steps=steps, batch_size=8, warmup_ratio=0.0, schedule="constant",
-                          gradient_checkpointing=recompute),
+                          gradient_checkpointing=activations == "recomputed",
+                          recompute_retain=activations != "kept"),
         lora=ob.LoraSettings(enabled=lora)), out, progress=False)
     seconds = time.perf_counter() - start
     done.set()
     thread.join()
+    train = json.loads((out / "obliviate.json").read_text())["train_seconds"]
     shutil.rmtree(out, ignore_errors=True)
-    print(json.dumps({"method": method, "lora": lora, "recompute": recompute,
-                      "peak_rss_mb": round(peak["rss"]),
-                      "start_rss_mb": round(base), "seconds": round(seconds, 1)}))
+    print(json.dumps({"method": method, "lora": lora, "activations": activations,
+                      "peak_rss_mb": round(peak["rss"]), "start_rss_mb": round(base),
+                      "seconds": round(seconds, 1), "train_seconds": train}))
 
 
 def prepare() -> None:
@@ -123,40 +130,50 @@ def prepare() -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=3)
-    ap.add_argument("--child", nargs=3, metavar=("METHOD", "LORA", "RECOMPUTE"), help=argparse.SUPPRESS)
+    ap.add_argument("--child", nargs=3, metavar=("METHOD", "LORA", "ACTIVATIONS"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     if args.child:
-        child(args.child[0], args.child[1] == "1", args.child[2] == "1", args.steps)
+        child(args.child[0], args.child[1] == "1", args.child[2], args.steps)
         return
     prepare()
     rows = []
-    for method, lora, recompute in CASES:
+    for method, lora, activations in CASES:
         res = subprocess.run([sys.executable, __file__, "--steps", str(args.steps), "--child", method,
-                              "1" if lora else "0", "1" if recompute else "0"], capture_output=True, text=True)
+                              "1" if lora else "0", activations], capture_output=True, text=True)
         if res.returncode != 0:
             raise SystemExit(res.stderr[-3000:])
         rows.append(json.loads(res.stdout.strip().splitlines()[-1]))
         print(rows[-1], flush=True)
-    peak = {(r["method"], r["lora"], r["recompute"]): r["peak_rss_mb"] for r in rows}
+    peak = {(r["method"], r["lora"], r["activations"]): r["peak_rss_mb"] for r in rows}
+    step = {(r["method"], r["lora"], r["activations"]): r["train_seconds"] / args.steps for r in rows}
     lines = ["# Peak memory of unlearning SmolLM2-135M-Instruct", "",
              f"Peak resident memory of one `obliviate.unlearn` process ({args.steps} steps, batch 8, "
              "chat template, fp32 on CPU, default guard), sampled every 5 ms. `npo`: obliviate's NPO, "
              "the reference model's forget-set NLLs computed once before training; `npo_live`: a "
-             "frozen copy of the model computes them on every batch. Measured by "
-             "`python benchmarks/memory.py` on a 2-core CPU.", "",
-             "| method | weights | activations | peak RSS MB | vs GA |", "|---|---|---|---|---|"]
+             "frozen copy of the model computes them on every batch. Activations: `auto` the "
+             "defaults (the retain pass recomputes its activations when the forget pass's "
+             "gradients leave no room beside them), `kept` `optim.recompute_retain=false`, "
+             "`recomputed` `optim.gradient_checkpointing` (every pass). Time per step: the "
+             "training loop's time over the steps, the first step's optimiser set-up included. "
+             "Measured by `python benchmarks/memory.py` on a 2-core CPU.", "",
+             "| method | weights | activations | peak RSS MB | vs GA | s per step |",
+             "|---|---|---|---|---|---|"]
     for r in rows:
-        ratio = r["peak_rss_mb"] / peak[("ga", r["lora"], r["recompute"])]
-        lines.append(f"| {r['method']} | {'LoRA' if r['lora'] else 'full'} | "
-                     f"{'recomputed' if r['recompute'] else 'kept'} | {r['peak_rss_mb']} | {ratio:.2f}x |")
-    full, lora, recomputed = (peak[("npo", v, c)] / peak[("ga", v, c)]
-                              for v, c in ((False, False), (True, False), (False, True)))
-    lines += ["", f"NPO (cached reference) / GA: **{full:.2f}x** with full weights, **{lora:.2f}x** "
-              f"with LoRA, **{recomputed:.2f}x** with full weights and `optim.gradient_checkpointing` "
-              f"(target <= 1.05x). The live reference copy costs "
-              f"{peak[('npo_live', False, False)] / peak[('npo', False, False)]:.2f}x / "
-              f"{peak[('npo_live', True, False)] / peak[('npo', True, False)]:.2f}x of cached NPO."]
+        key = (r["method"], r["lora"], r["activations"])
+        base = ("ga", r["lora"], "recomputed" if r["activations"] == "recomputed" else "auto")
+        lines.append(f"| {r['method']} | {'LoRA' if r['lora'] else 'full'} | {r['activations']} | "
+                     f"{r['peak_rss_mb']} | {r['peak_rss_mb'] / peak[base]:.2f}x | {step[key]:.2f} |")
+    full, kept, lora, recomputed = (peak[("npo", v, c)] / peak[("ga", v, g)] for v, c, g in (
+        (False, "auto", "auto"), (False, "kept", "auto"), (True, "auto", "auto"),
+        (False, "recomputed", "recomputed")))
+    lines += ["", f"NPO (cached reference) / GA: **{full:.2f}x** with full weights (target <= 1.05x; "
+              f"{kept:.2f}x with the retain pass's activations kept, whose steps take "
+              f"{step[('npo', False, 'kept')] / step[('npo', False, 'auto')]:.2f}x the time of "
+              f"the default's), **{lora:.2f}x** with LoRA, **{recomputed:.2f}x** with "
+              f"`optim.gradient_checkpointing`. The live reference copy costs "
+              f"{peak[('npo_live', False, 'auto')] / peak[('npo', False, 'auto')]:.2f}x / "
+              f"{peak[('npo_live', True, 'auto')] / peak[('npo', True, 'auto')]:.2f}x of cached NPO."]
     prov = provenance()
     lines += ["", line(prov)]
     text = "\n".join(lines) + "\n"

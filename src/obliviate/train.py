@@ -79,6 +79,10 @@ class OptimConfig:
     # them: less memory (a two-batch objective's second batch then costs little beside the
     # first's gradients), about a third more compute; the same gradients
     gradient_checkpointing: bool = False
+    # a two-batch objective's retain pass recomputes its activations when, beside the
+    # gradients the forget pass left, they would raise the step's peak memory (methods/passes.py):
+    # about a sixth more step time there; false keeps them
+    recompute_retain: bool = True
 
     def __post_init__(self) -> None:
         # above 100 no optimiser here does anything useful, and past float32's range the

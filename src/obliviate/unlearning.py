@@ -9,6 +9,7 @@ train with the collapse guard -> the method's `finish` -> merge LoRA -> save ato
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import time
@@ -27,6 +28,7 @@ from .encoding import DEFAULT_TEMPLATE, Encoded, encode
 from .errors import ObliviateError
 from .methods import Context, MethodStack, build, typed_params
 from .methods.base import cache_seq_nll, eval_mode, mean_answer_prob
+from .methods.passes import PassMeter, worth_metering
 from .models import save_model, save_on_main
 from .stopping import HoldoutStop
 from .systems import System, load_any, save_system
@@ -514,13 +516,20 @@ def _on_step(run: _Run, step: int) -> bool:
 
 
 def _step_loss(run: _Run, model, batches, step: Step):
-    """The method's loss; the step's world size and early backward reach it through its Context."""
+    """The method's loss; the step's world size and early backward reach it through its Context,
+    and on one process the meter that sizes a second pass (methods/passes.py). Not under data
+    parallelism: every process must run the same forwards, and each sees only its shard."""
     ctx = run.ctx
     ctx.world_size, ctx.backward, ctx.mean_over_processes = step.world_size, step.backward, step.mean
+    meter = (PassMeter(model, run.optim.recompute_retain)
+             if step.world_size == 1 and step.backward is not None and worth_metering(model)
+             else None)
     try:
-        return run.method.loss(model, batches, ctx)
+        with meter if meter is not None else contextlib.nullcontext():
+            ctx.meter = meter
+            return run.method.loss(model, batches, ctx)
     finally:
-        ctx.backward = ctx.mean_over_processes = None
+        ctx.backward = ctx.mean_over_processes = ctx.meter = None
 
 
 def _checkpointing(run: _Run, out: Path) -> Checkpointing | None:

@@ -26,7 +26,7 @@ from ..data.examples import Example
 from ..encoding import DEFAULT_TEMPLATE, Encoded, collate, labelled_suffix
 from ..errors import ObliviateError
 from ..registry import Registry
-from ..systems import forward_kwargs, keeps_logits
+from ..systems import forward_kwargs, forward_params, keeps_logits
 from .objectives import (
     answer_logits,
     kl_to_reference,
@@ -35,6 +35,7 @@ from .objectives import (
     summed_nll,
     token_logprobs,
 )
+from .passes import PassMeter, recomputed
 
 NEEDS = {
     "forget": "forget set",
@@ -72,7 +73,8 @@ class Context:
     `reference_model()` gives the model as it was before unlearning, without holding a second
     model when that can be avoided. During a step the training loop sets `world_size` (pass it
     to the objectives, which divide by the whole batch's count), `backward`, which
-    `backward_now` uses, and `mean_over_processes`, which `global_value` uses.
+    `backward_now` uses, `mean_over_processes`, which `global_value` uses, and on one process
+    `meter`, which tells `retain_term` when to recompute (passes.py).
     """
 
     pad_id: int = 0
@@ -90,6 +92,7 @@ class Context:
     world_size: int = 1
     backward: Callable[[torch.Tensor], None] | None = None
     mean_over_processes: Callable[[torch.Tensor], torch.Tensor] | None = None
+    meter: PassMeter | None = None  # during a one-process step: what each pass holds
     _snapshot: list[tuple[torch.nn.Parameter, torch.Tensor]] | None = None
 
     def global_value(self, term: torch.Tensor) -> float:
@@ -109,6 +112,8 @@ class Context:
         if self.backward is None or not term.requires_grad:
             return term
         self.backward(term)
+        if self.meter is not None:
+            self.meter.end_pass()
         return term.detach()
 
     def encoded(self, name: str, template: str, limit: int | None = None) -> list[Encoded]:
@@ -262,6 +267,8 @@ def answer_forward(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor,
     """(logits, labels) from the position predicting the batch's first answer token on: what
     a loss on answer tokens reads, without the output layer's work on the prompts."""
     labels, keep = labelled_suffix(batch["labels"], keeps_logits(model))
+    if "use_cache" in forward_params(model):  # a loss reads no cache: none is built
+        keep["use_cache"] = False
     return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], **keep,
                  **forward_kwargs(model, batch)).logits, labels
 
@@ -282,18 +289,26 @@ def label_mask(batch: dict[str, torch.Tensor]) -> torch.Tensor:
     return batch["labels"][:, 1:] != -100
 
 
-def retain_term(model, batch: dict[str, torch.Tensor], kind: str, ctx: Context) -> torch.Tensor:
-    """The retain loss shared by GradDiff-style methods: 'nll' (descend on retain answers) or
-    'kl' (KL(p_ref || p_model) on retain answer positions; needs the reference model live,
-    because the retain batches change every step)."""
+def retain_term(model, batch: dict[str, torch.Tensor], kind: str, ctx: Context,
+                weight: float = 1.0) -> tuple[torch.Tensor, float]:
+    """`weight` x the retain loss shared by GradDiff-style methods, for the step's loss, and the
+    loss's own value. 'nll' descends on retain answers; after the forget term's early backward,
+    when `ctx.meter` finds the gradients left too big to hold beside the retain batch's
+    activations, its decoder layers recompute them in the backward (passes.py). 'kl':
+    KL(p_ref || p_model) on retain answer positions (needs the reference model live, because
+    the retain batches change every step)."""
     if kind == "nll":
-        return batch_nll(model, batch, ctx.world_size)
+        tight = ctx.meter is not None and ctx.backward is not None and ctx.meter.tight(batch)
+        with recomputed(model) if tight else contextlib.nullcontext():
+            term = batch_nll(model, batch, ctx.world_size)
+        return weight * term, float(term.detach())
     if kind == "kl":
         logits = forward(model, batch)
         with ctx.reference_model(model) as ref:
             ref_logits = forward(ref, batch)
         mask = label_mask(batch)
-        return kl_to_reference(logits[:, :-1], ref_logits[:, :-1], mask, ctx.world_size)
+        term = kl_to_reference(logits[:, :-1], ref_logits[:, :-1], mask, ctx.world_size)
+        return weight * term, float(term.detach())
     raise ValueError(f"unknown retain loss '{kind}' (nll or kl)")
 
 

@@ -35,6 +35,7 @@ class GradDiff:
         # the forget summand of grad_diff, backpropagated before the retain batch runs
         ascent = ctx.backward_now(grad_diff(forget, torch.zeros((), device=forget.device),
                                            self.alpha, self.gamma))
-        retain = retain_term(model, batches["retain"], self.retain_loss, ctx)
-        loss = ascent + self.alpha * retain
-        return loss, {"forget_nll": float(forget.detach()), "retain": float(retain.detach())}
+        retain, retain_value = retain_term(model, batches["retain"], self.retain_loss, ctx,
+                                           self.alpha)
+        loss = ascent + retain
+        return loss, {"forget_nll": float(forget.detach()), "retain": retain_value}

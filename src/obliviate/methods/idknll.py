@@ -26,6 +26,6 @@ class IdkNLL:
 
     def loss(self, model, batches, ctx: Context):
         idk = ctx.backward_now(batch_nll(model, ctx.pair("idk", batches["forget"]), ctx.world_size))
-        retain = retain_term(model, batches["retain"], self.retain_loss, ctx)
-        return idk + self.alpha * retain, {"idk_nll": float(idk.detach()),
-                                           "retain": float(retain.detach())}
+        retain, retain_value = retain_term(model, batches["retain"], self.retain_loss, ctx,
+                                           self.alpha)
+        return idk + retain, {"idk_nll": float(idk.detach()), "retain": retain_value}

@@ -43,6 +43,6 @@ def preferred_over_forget(method, model, batches, ctx: Context, stream: str):
     ref_win = ctx.cached(f"seq_nll:{stream}").to(idx.device)[idx]
     ref_lose = ctx.cached("seq_nll:forget").to(idx.device)[idx]
     forget_loss = ctx.backward_now(dpo(win, lose, ref_win, ref_lose, method.beta, ctx.world_size))
-    retain = retain_term(model, batches["retain"], method.retain_loss, ctx)
-    return forget_loss + method.alpha * retain, {"dpo": float(forget_loss.detach()),
-                                                 "retain": float(retain.detach())}
+    retain, retain_value = retain_term(model, batches["retain"], method.retain_loss, ctx,
+                                       method.alpha)
+    return forget_loss + retain, {"dpo": float(forget_loss.detach()), "retain": retain_value}

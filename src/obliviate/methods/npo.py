@@ -37,6 +37,7 @@ class NPO:
         if self.alpha == 0:
             return forget_loss, info
         forget_loss = ctx.backward_now(forget_loss)  # one batch's activations at a time
-        retain = retain_term(model, batches["retain"], self.retain_loss, ctx)
-        info["retain"] = float(retain.detach())
-        return forget_loss + self.alpha * retain, info
+        retain, retain_value = retain_term(model, batches["retain"], self.retain_loss, ctx,
+                                           self.alpha)
+        info["retain"] = retain_value
+        return forget_loss + retain, info

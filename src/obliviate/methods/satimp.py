@@ -33,6 +33,6 @@ class SatImp:
         forget = weighted_ascent(logp, satimp_weights(logp, self.beta1, self.beta2),
                                  ctx.world_size)
         forget_term = ctx.backward_now(self.gamma * forget)
-        retain = retain_term(model, batches["retain"], self.retain_loss, ctx)
-        return forget_term + self.alpha * retain, {"satimp": float(forget.detach()),
-                                                           "retain": float(retain.detach())}
+        retain, retain_value = retain_term(model, batches["retain"], self.retain_loss, ctx,
+                                           self.alpha)
+        return forget_term + retain, {"satimp": float(forget.detach()), "retain": retain_value}

@@ -31,6 +31,6 @@ class SimNPO:
         f = batches["forget"]
         seq, n = sequence_nll(forward(model, f), f["labels"])
         forget_loss = ctx.backward_now(simnpo(seq, n, self.beta, self.gamma, ctx.world_size))
-        retain = retain_term(model, batches["retain"], self.retain_loss, ctx)
-        return forget_loss + self.alpha * retain, {"simnpo": float(forget_loss.detach()),
-                                                   "retain": float(retain.detach())}
+        retain, retain_value = retain_term(model, batches["retain"], self.retain_loss, ctx,
+                                           self.alpha)
+        return forget_loss + retain, {"simnpo": float(forget_loss.detach()), "retain": retain_value}

@@ -40,6 +40,6 @@ class UNDIAL:
         cached = ctx.cached("logits:forget")
         ref = torch.cat([cached[i] for i in f["index"].tolist()]).to(logits.device)
         forget = ctx.backward_now(undial(logits, ref, targets, self.strength, ctx.world_size))
-        retain = retain_term(model, batches["retain"], self.retain_loss, ctx)
-        return forget + self.alpha * retain, {"undial": float(forget.detach()),
-                                              "retain": float(retain.detach())}
+        retain, retain_value = retain_term(model, batches["retain"], self.retain_loss, ctx,
+                                           self.alpha)
+        return forget + retain, {"undial": float(forget.detach()), "retain": retain_value}

@@ -92,5 +92,6 @@ class UnSTAR:
                                              ctx.world_size)
             forget = forget + ctx.backward_now(near)
             info["siblings"] = float(near.detach()) / self.siblings
-        retain = retain_term(model, batches["retain"], self.retain_loss, ctx)
-        return forget + self.alpha * retain, {**info, "retain": float(retain.detach())}
+        retain, retain_value = retain_term(model, batches["retain"], self.retain_loss, ctx,
+                                           self.alpha)
+        return forget + retain, {**info, "retain": retain_value}

@@ -31,6 +31,6 @@ class WGA:
         logp = answer_token_logprobs(model, batches["forget"])
         forget = weighted_ascent(logp, wga_weights(logp, self.beta), ctx.world_size)
         forget_term = ctx.backward_now(self.gamma * forget)
-        retain = retain_term(model, batches["retain"], self.retain_loss, ctx)
-        return forget_term + self.alpha * retain, {"wga": float(forget.detach()),
-                                                           "retain": float(retain.detach())}
+        retain, retain_value = retain_term(model, batches["retain"], self.retain_loss, ctx,
+                                           self.alpha)
+        return forget_term + retain, {"wga": float(forget.detach()), "retain": retain_value}
