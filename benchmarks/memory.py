@@ -127,28 +127,12 @@ def prepare() -> None:
         ob.generate(WORK / "bench", seed=0, entities=20)
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--steps", type=int, default=3)
-    ap.add_argument("--child", nargs=3, metavar=("METHOD", "LORA", "ACTIVATIONS"), help=argparse.SUPPRESS)
-    args = ap.parse_args()
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    if args.child:
-        child(args.child[0], args.child[1] == "1", args.child[2], args.steps)
-        return
-    prepare()
-    rows = []
-    for method, lora, activations in CASES:
-        res = subprocess.run([sys.executable, __file__, "--steps", str(args.steps), "--child", method,
-                              "1" if lora else "0", activations], capture_output=True, text=True)
-        if res.returncode != 0:
-            raise SystemExit(res.stderr[-3000:])
-        rows.append(json.loads(res.stdout.strip().splitlines()[-1]))
-        print(rows[-1], flush=True)
+def _report(rows: list[dict], steps: int) -> list[str]:
+    """The results table and summary, in Markdown lines."""
     peak = {(r["method"], r["lora"], r["activations"]): r["peak_rss_mb"] for r in rows}
-    step = {(r["method"], r["lora"], r["activations"]): r["train_seconds"] / args.steps for r in rows}
+    step = {(r["method"], r["lora"], r["activations"]): r["train_seconds"] / steps for r in rows}
     lines = ["# Peak memory of unlearning SmolLM2-135M-Instruct", "",
-             f"Peak resident memory of one `obliviate.unlearn` process ({args.steps} steps, batch 8, "
+             f"Peak resident memory of one `obliviate.unlearn` process ({steps} steps, batch 8, "
              "chat template, fp32 on CPU, default guard), sampled every 5 ms. `npo`: obliviate's NPO, "
              "the reference model's forget-set NLLs computed once before training; `npo_live`: a "
              "frozen copy of the model computes them on every batch. Activations: `auto` the "
@@ -174,6 +158,28 @@ def main() -> None:
               f"`optim.gradient_checkpointing`. The live reference copy costs "
               f"{peak[('npo_live', False, 'auto')] / peak[('npo', False, 'auto')]:.2f}x / "
               f"{peak[('npo_live', True, 'auto')] / peak[('npo', True, 'auto')]:.2f}x of cached NPO."]
+    return lines
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--steps", type=int, default=3)
+    ap.add_argument("--child", nargs=3, metavar=("METHOD", "LORA", "ACTIVATIONS"), help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if args.child:
+        child(args.child[0], args.child[1] == "1", args.child[2], args.steps)
+        return
+    prepare()
+    rows = []
+    for method, lora, activations in CASES:
+        res = subprocess.run([sys.executable, __file__, "--steps", str(args.steps), "--child", method,
+                              "1" if lora else "0", activations], capture_output=True, text=True)
+        if res.returncode != 0:
+            raise SystemExit(res.stderr[-3000:])
+        rows.append(json.loads(res.stdout.strip().splitlines()[-1]))
+        print(rows[-1], flush=True)
+    lines = _report(rows, args.steps)
     prov = provenance()
     lines += ["", line(prov)]
     text = "\n".join(lines) + "\n"
