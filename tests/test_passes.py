@@ -43,7 +43,7 @@ def test_the_retain_pass_recomputes_when_the_gradients_would_not_fit(monkeypatch
     """tight() <=> grads + first x (second tokens / first tokens) - first > share x peak."""
     lin = torch.nn.Linear(10, 10, bias=False)  # 100 floats of gradient: 400 bytes
     lin.weight.grad = torch.zeros(10, 10)
-    monkeypatch.setattr(passes, "peak_rss_bytes", lambda: 10_000)  # 5%: 500 bytes
+    monkeypatch.setattr(passes, "peak_bytes", lambda device: 10_000)  # 5%: 500 bytes
     meter = PassMeter(lin)
     meter.last = (1_000, 10)  # the forget pass: 1000 bytes over 10 tokens
     batch = {"input_ids": torch.zeros(2, 7)}  # 14 tokens: 1400 bytes expected
@@ -58,8 +58,21 @@ def test_the_retain_pass_recomputes_when_the_gradients_would_not_fit(monkeypatch
     assert not fresh.tight(batch)
     # the meter runs only where gradients could matter: 400 bytes against 5% of the peak
     assert passes.worth_metering(lin) == (400 > passes.RECOMPUTE_ABOVE * 10_000)
-    monkeypatch.setattr(passes, "peak_rss_bytes", lambda: 1_000)
+    monkeypatch.setattr(passes, "peak_bytes", lambda device: 1_000)
     assert passes.worth_metering(lin)
+
+
+def test_the_peak_is_read_where_the_weights_live(monkeypatch):
+    """On a CUDA device the allocator's peak; on the CPU the process's resident peak."""
+    seen = []
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda d: seen.append(d) or 123)
+    assert passes.peak_bytes(torch.device("cuda", 0)) == 123 and seen == [torch.device("cuda", 0)]
+    import resource
+
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    # bytes, not KiB (it may grow a little between the two reads)
+    assert own * 1024 <= passes.peak_bytes(torch.device("cpu")) <= (own + 65_536) * 1024
+    assert seen == [torch.device("cuda", 0)]  # the CPU never asks CUDA
 
 
 def _tiny():

@@ -33,12 +33,15 @@ import torch
 RECOMPUTE_ABOVE = 0.05
 
 
-def peak_rss_bytes() -> int:
-    """The process's peak resident memory so far (ru_maxrss: KiB on Linux, bytes on macOS);
-    0 where the platform does not report it (Windows)."""
+def peak_bytes(device: torch.device) -> int:
+    """The peak memory so far where the weights live: a CUDA device's peak allocation, or the
+    process's peak resident memory (ru_maxrss: KiB on Linux, bytes on macOS; 0 where the
+    platform does not report it)."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device)
     try:
         import resource
-    except ImportError:
+    except ImportError:  # Windows
         return 0
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak if sys.platform == "darwin" else peak * 1024
@@ -64,8 +67,9 @@ def worth_metering(model) -> bool:
     """Whether recomputing a second pass could ever pay: the gradients it would run beside
     (the trainable weights' bytes) exceed RECOMPUTE_ABOVE of the peak memory. Not for a tiny model or
     a LoRA adapter, which then pay nothing for the meter's hook on every saved tensor."""
-    grads = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
-    return grads > RECOMPUTE_ABOVE * peak_rss_bytes()
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    grads = sum(p.numel() * p.element_size() for p in trainable)
+    return bool(trainable) and grads > RECOMPUTE_ABOVE * peak_bytes(trainable[0].device)
 
 
 class PassMeter:
@@ -125,13 +129,14 @@ class PassMeter:
         """Whether a second pass over `batch`, after the first pass's backward, should recompute
         its activations: its estimated activations (the first pass's bytes per token x its
         tokens) on top of the gradients now held would exceed the first pass's activations by
-        more than RECOMPUTE_ABOVE of the peak memory so far."""
+        more than RECOMPUTE_ABOVE of the peak memory so far
+        (on the device that holds the weights)."""
         first, tokens = self.last
-        if not self.recompute or first == 0 or tokens == 0:
+        if not self.recompute or not self.params or first == 0 or tokens == 0:
             return False
         grads = sum(p.grad.nbytes for p in self.params if p.grad is not None)
         second = first * batch["input_ids"].numel() / tokens
-        return grads + second - first > RECOMPUTE_ABOVE * peak_rss_bytes()
+        return grads + second - first > RECOMPUTE_ABOVE * peak_bytes(self.params[0].device)
 
 
 @contextlib.contextmanager
