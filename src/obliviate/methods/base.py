@@ -298,7 +298,7 @@ def retain_term(model, batch: dict[str, torch.Tensor], kind: str, ctx: Context,
     KL(p_ref || p_model) on retain answer positions (needs the reference model live, because
     the retain batches change every step)."""
     if kind == "nll":
-        tight = ctx.meter is not None and ctx.backward is not None and ctx.meter.tight(batch)
+        tight = ctx.meter is not None and ctx.meter.tight(batch)  # set only in a step
         with recomputed(model) if tight else contextlib.nullcontext():
             term = batch_nll(model, batch, ctx.world_size)
         return weight * term, float(term.detach())

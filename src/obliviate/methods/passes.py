@@ -12,9 +12,9 @@ that pass alone): one more forward of the retain batch, about a sixth of the ste
 gradients (`optim.recompute_retain=false` turns it off). The decision comes from what the forget
 pass of the same step measured: the bytes autograd saved for its backward (weights excluded)
 and the tokens it read. Between the passes the freed pages go back to the system: glibc keeps
-freed heap memory otherwise, and the retain pass's allocations then land on top of it. Row chunks were
-measured too and lose: the gradients of SmolLM2-135M outweigh a batch of 8's activations, so
-only one-row chunks reach the bound, at twice the step time.
+freed heap memory otherwise, and the retain pass's allocations then land on top of it. Row
+chunks were measured too and lose: the gradients of SmolLM2-135M outweigh a batch of 8's
+activations, so only one-row chunks reach the bound, at twice the step time.
 """
 
 from __future__ import annotations
@@ -65,8 +65,8 @@ def release_freed() -> None:
 
 def worth_metering(model) -> bool:
     """Whether recomputing a second pass could ever pay: the gradients it would run beside
-    (the trainable weights' bytes) exceed RECOMPUTE_ABOVE of the peak memory. Not for a tiny model or
-    a LoRA adapter, which then pay nothing for the meter's hook on every saved tensor."""
+    (the trainable weights' bytes) exceed RECOMPUTE_ABOVE of the peak memory. Not for a tiny
+    model or a LoRA adapter, which then pay nothing for the meter's hook on every saved tensor."""
     trainable = [p for p in model.parameters() if p.requires_grad]
     grads = sum(p.numel() * p.element_size() for p in trainable)
     return bool(trainable) and grads > RECOMPUTE_ABOVE * peak_bytes(trainable[0].device)
@@ -114,16 +114,15 @@ class PassMeter:
         self.bytes = self.tokens = 0
 
     def __enter__(self) -> PassMeter:
-        self.end_pass()
-        self.last = (0, 0)
         self._handle = self.model.register_forward_pre_hook(self._count_tokens, with_kwargs=True)
         self._hooks.__enter__()
         return self
 
     def __exit__(self, *exc) -> None:
+        # the step's last pass is backpropagated after the block, by the training loop
         self._hooks.__exit__(*exc)
         self._handle.remove()
-        self.end_pass()
+        self.saved.clear()
 
     def tight(self, batch: dict[str, torch.Tensor]) -> bool:
         """Whether a second pass over `batch`, after the first pass's backward, should recompute
