@@ -79,6 +79,8 @@ def test_answer_variants_continue_from_their_prompts_cache_with_a_whole_pass_s_s
     model, tok = tiny
     variants = ["answer", "paraphrase", "perturbed:0", "perturbed:1"]
     calls = []
+    # the path of model families that cannot score prefix trees (tests/test_trees.py)
+    monkeypatch.setattr(engine_mod, "tree_capable", lambda m: False)
     hook = model.register_forward_pre_hook(
         lambda m, a, kw: calls.append(tuple(kw["input_ids"].shape)), with_kwargs=True)
     try:

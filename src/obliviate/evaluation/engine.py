@@ -2,9 +2,10 @@
 
 One forward pass per (dataset, target variant) yields every per-item likelihood statistic
 (summed / mean NLL, token log-probs, exact memorization, extraction strength); metrics read
-these and never run a model themselves. An item's answer variants share its prompt, which a
-causal LM with a KV cache reads once per batch (often most of each sequence's tokens). Works with anything exposing the causal-LM forward
-interface (`model(input_ids=, attention_mask=).logits`).
+these and never run a model themselves. An item's answer variants share its prompt (often most
+of each sequence's tokens) and often the start of the answer: they are scored as one prefix tree
+(trees.py) where the model family allows, else continue from the prompt's KV cache. Works with
+anything exposing the causal-LM forward interface (`model(input_ids=, attention_mask=).logits`).
 """
 
 from __future__ import annotations
@@ -38,6 +39,8 @@ from ..systems import (
     parkable,
 )
 from ..threads import Governor
+from . import trees
+from .trees import tree_capable
 
 
 class ItemScore(NamedTuple):
@@ -131,8 +134,15 @@ def _data_parallel(items: list[Encoded], work: Callable[[list[Encoded]], list]) 
 def _item_scores(logits: torch.Tensor, labels: torch.Tensor) -> list[ItemScore]:
     """One ItemScore per row of a scored batch (logits aligned with labels, as in a forward)."""
     logp, z, correct, counts = _token_stats(logits, labels)
+    return _split_scores(logp, z, correct, counts.cpu().numpy())
+
+
+def _split_scores(logp: torch.Tensor, z: torch.Tensor, correct: torch.Tensor,
+                  counts) -> list[ItemScore]:
+    """ItemScores from the labelled tokens' statistics of several sequences, in order, and
+    each sequence's count of them."""
     # one device-to-host copy per batch, then split per row on the host
-    cuts = np.cumsum(counts.cpu().numpy())[:-1]
+    cuts = np.cumsum(counts)[:-1]
     lps = np.split(logp.cpu().numpy().astype(np.float64), cuts)
     zs = np.split(z.cpu().numpy().astype(np.float64), cuts)
     oks = np.split(correct.cpu().numpy(), cuts)
@@ -236,8 +246,9 @@ class Engine:
             shared, alone = _prompt_groups(items)
         else:
             alone = list(range(len(items)))
+        grouped = self._score_trees if tree_capable(self.model) else self._score_shared
         out: list = [None] * len(items)
-        for part, score in ((alone, self._score_whole), (shared, self._score_shared)):
+        for part, score in ((alone, self._score_whole), (shared, grouped)):
             for i, result in zip(part, score([items[i] for i in part]), strict=True):
                 out[i] = result
         return out
@@ -256,6 +267,33 @@ class Engine:
                                 **keep, **forward_kwargs(self.model, batch)).logits  # [batch, kept, vocab]
             self.forward_passes += 1
             for i, score in zip(idx, _item_scores(logits, labels), strict=True):
+                out[i] = score
+        return out
+
+    def _score_trees(self, items: list[Encoded]) -> list[ItemScore]:
+        """Each prompt group as one prefix tree (trees.py), one forward pass per batch of
+        trees; a batch holds no more positions than a whole pass's batch of `batch_size` of
+        its longest sequences."""
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for i, it in enumerate(items):
+            groups.setdefault(tuple(it.input_ids[:_prompt_cut(it)]), []).append(i)
+        forest = [trees.build([items[i] for i in g]) for g in groups.values()]
+        members = list(groups.values())
+        out: list = [None] * len(items)
+        dtype = next(self.model.parameters()).dtype
+        for batch in trees.batches(forest, [max(len(items[i].input_ids) for i in g) for g in members],
+                                   self.batch_size):
+            part = [forest[b] for b in batch]
+            rows = {k: v.to(self.device) for k, v in
+                    trees.collate_trees(part, self.tokenizer.pad_token_id, dtype).items()}
+            width = rows["input_ids"].shape[1]
+            start = trees.first_read(part) if keeps_logits(self.model) else 0
+            keep = {"logits_to_keep": width - start} if start else {}
+            logits, _ = lm_step(self.model, rows["attention_mask"], ids=rows["input_ids"],
+                                pos=rows["position_ids"], **keep)
+            self.forward_passes += 1
+            scores = _split_scores(*trees.tree_token_stats(logits, part, start))
+            for i, score in zip((i for b in batch for i in members[b]), scores, strict=True):
                 out[i] = score
         return out
 

@@ -1,0 +1,154 @@
+"""Prefix trees: the sequences that share a prompt (an item's answer, paraphrase and perturbed
+answers) scored together in one row.
+
+A group's sequences become one trie: each distinct prefix is one position, so the prompt is
+read once and so is every answer token several variants share up to it ("X was born in"
+before five different places: about two fifths of the answer tokens of TOFU-style sets). A
+position attends to its ancestors alone (a 4D attention mask) at its depth as position id, so
+its logits are those of any sequence through it, to float rounding, and one forward pass per
+batch scores what a prompt cache took two passes and a cache copy per row to score. The
+vocabulary-wide statistics are computed once per position and read by every sequence through it.
+
+Only for decoder families whose attention takes a custom 4D mask and whose positions come from
+the position ids (rotary or learned), without sliding windows (TREE_FAMILIES).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..encoding import IGNORE, Encoded
+
+# families whose attention honours a custom 4D mask and whose positions are the position ids:
+# ALiBi families (bloom, mpt, falcon) derive positions from a 2D mask, sliding windows and
+# attention sinks would be overridden by a full mask, so those take the prompt-cache path
+TREE_FAMILIES = frozenset({"llama", "mistral", "qwen2", "qwen3", "gemma", "phi3", "olmo", "olmo2",
+                           "granite", "gpt2", "gpt_neox", "mixtral"})
+
+
+def tree_capable(model) -> bool:
+    """Whether a plain transformers causal LM can score prefix trees (see TREE_FAMILIES)."""
+    config = getattr(model, "config", None)
+    if config is None or getattr(config, "model_type", None) not in TREE_FAMILIES:
+        return False
+    if getattr(config, "_attn_implementation", None) not in ("sdpa", "eager"):
+        return False
+    window = getattr(config, "sliding_window", None)
+    return window is None or getattr(config, "use_sliding_window", True) is False
+
+
+@dataclass(frozen=True)
+class Tree:
+    """One trie over a group's sequences; nodes in creation order (a parent before its children)."""
+
+    ids: list[int]  # each node's token
+    parent: list[int]  # each node's parent node, -1 for a root
+    depth: list[int]  # each node's position in the sequences through it
+    # per sequence: (node whose logits predict it, label) for each labelled token
+    reads: list[list[tuple[int, int]]]
+
+    def ancestors(self) -> np.ndarray:
+        """[nodes, nodes] bool: row i marks i and its ancestors, the positions i attends to."""
+        n = len(self.ids)
+        out = np.zeros((n, n), dtype=bool)
+        for i, p in enumerate(self.parent):
+            if p >= 0:
+                out[i] = out[p]
+            out[i, i] = True
+        return out
+
+
+def build(items: list[Encoded]) -> Tree:
+    """The trie of `items`' token ids. Labels are read as the whole pass reads them: the
+    logits at position t-1 predict the label at t (a label at position 0 has no predictor)."""
+    child: dict[tuple[int, int], int] = {}
+    ids: list[int] = []
+    parent: list[int] = []
+    depth: list[int] = []
+    reads = []
+    for it in items:
+        node, path = -1, []
+        for tok in it.input_ids:
+            nxt = child.get((node, tok))
+            if nxt is None:
+                nxt = child[(node, tok)] = len(ids)
+                ids.append(tok)
+                parent.append(node)
+                depth.append(depth[node] + 1 if node >= 0 else 0)
+            node = nxt
+            path.append(node)
+        reads.append([(path[t - 1], lab) for t, lab in enumerate(it.labels) if t and lab != IGNORE])
+    return Tree(ids, parent, depth, reads)
+
+
+def collate_trees(trees: list[Tree], pad_id: int, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """Right-padded rows of trees: input_ids and position_ids [rows, width] and the additive
+    attention mask [rows, 1, width, width] (0 where a node sees an ancestor or itself, the
+    dtype's lowest value elsewhere; padding sees itself alone, so no row of the softmax is empty)."""
+    width = max(len(t.ids) for t in trees)
+    ids = torch.full((len(trees), width), pad_id, dtype=torch.long)
+    pos = torch.zeros((len(trees), width), dtype=torch.long)
+    seen = np.zeros((len(trees), width, width), dtype=bool)
+    seen[:, np.arange(width), np.arange(width)] = True
+    for r, t in enumerate(trees):
+        n = len(t.ids)
+        ids[r, :n] = torch.tensor(t.ids)
+        pos[r, :n] = torch.tensor(t.depth)
+        seen[r, :n, :n] = t.ancestors()
+    mask = torch.zeros(seen.shape, dtype=dtype)
+    mask.masked_fill_(~torch.from_numpy(seen), torch.finfo(dtype).min)
+    return {"input_ids": ids, "position_ids": pos, "attention_mask": mask[:, None]}
+
+
+def batches(forest: list[Tree], longest: list[int], size: int) -> list[list[int]]:
+    """Batches of trees (their indices), smallest first: each pads to no more positions
+    (rows x widest tree) than `size` rows of its longest sequence would, so a batch holds
+    what a whole pass's batch may; a tree wider than that goes alone."""
+    out: list[list[int]] = []
+    rows = seq = 0
+    for i in sorted(range(len(forest)), key=lambda i: len(forest[i].ids)):
+        n = len(forest[i].ids)  # sorted: the widest tree so far
+        if not out or (rows + 1) * n > size * max(seq, longest[i]):
+            out.append([])
+            rows = seq = 0
+        out[-1].append(i)
+        rows, seq = rows + 1, max(seq, longest[i])
+    return out
+
+
+def first_read(trees: list[Tree]) -> int:
+    """The first position any sequence's label is predicted from: logits start there."""
+    return min((node for t in trees for reads in t.reads for node, _ in reads), default=0)
+
+
+def tree_token_stats(logits: torch.Tensor, trees: list[Tree],
+                     start: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[int]]:
+    """What engine._token_stats returns for a whole pass, for every sequence of every tree in
+    order: (log p(label), Min-K%++ z, argmax correct) per labelled token, and the labelled
+    tokens per sequence. `logits` [rows, width - start, vocab] start at position `start`.
+    Each predicting position's vocabulary-wide numbers are computed once, however many
+    sequences read it."""
+    slot: dict[tuple[int, int], int] = {}
+    where, labels, counts = [], [], []
+    for r, t in enumerate(trees):
+        for reads in t.reads:
+            counts.append(len(reads))
+            for node, lab in reads:
+                where.append(slot.setdefault((r, node), len(slot)))
+                labels.append(lab)
+    rows = torch.tensor([r for r, _ in slot], dtype=torch.long, device=logits.device)
+    cols = torch.tensor([n - start for _, n in slot], dtype=torch.long, device=logits.device)
+    sel = logits[rows, cols].float()  # [positions, vocab]
+    logsm = torch.log_softmax(sel, dim=-1)
+    p = logsm.exp()
+    mu = (p * logsm).sum(-1)
+    var = (p * logsm * logsm).sum(-1) - mu * mu
+    best = sel.argmax(-1)
+    at = torch.tensor(where, dtype=torch.long, device=logits.device)
+    lab = torch.tensor(labels, dtype=torch.long, device=logits.device)
+    logp = logsm[at, lab]
+    z = (logp - mu[at]) / var[at].clamp(min=1e-12).sqrt()
+    return logp, z, best[at] == lab, counts
