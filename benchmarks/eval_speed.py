@@ -10,6 +10,12 @@ benchmarks/results/eval_speed.md:
     reads the prompt an item's answer variants share once per batch, so it can exceed 1;
 (b) the speed-up of one shared pass per (dataset, variant) over computing each metric with its
     own pass, as a framework without a shared engine does.
+(c) prefix-tree scoring (each item's answer variants in one tree) against the prompt-cache
+    path it replaced, on every variant of three sets in different styles: the built-in
+    benchmark's retain set, a shipwreck set (benchmarks/domain_data.py: numbers with units,
+    lists, long explanations, perturbed answers in the paraphrase's words) and TOFU's own
+    real-authors + world-facts sets (short answers), with the largest difference in any
+    item's mean NLL between the two.
 Both sides of each ratio run in the same process, interleaved, best of --repeats.
 """
 
@@ -125,6 +131,49 @@ def _measure(model, tok, data: dict, repeats: int) -> list[str]:
             f"({eng.forward_passes} passes): speed-up {t_per / t_shared:.2f}x"]
 
 
+def _style_sets(work: Path, data: dict) -> dict:
+    """(c)'s sets: the built-in retain set, the shipwrecks' retain set, TOFU's real sets."""
+    from domain_data import write_dataset
+
+    from obliviate.data.formats import load_examples
+
+    wrecks = work / "wrecks"
+    if not (wrecks / "retain.jsonl").exists():
+        write_dataset(wrecks, seed=0, entities=30)
+    tofu = HERE.parent.parent / "shared" / "reference" / "tofu"
+    return {"built-in retain": data["retain"], "shipwrecks retain": load_examples(wrecks / "retain.jsonl"),
+            "TOFU real authors + world facts": load_examples(tofu / "real_authors_perturbed.json")
+            + load_examples(tofu / "world_facts_perturbed.json")}
+
+
+def _trees_vs_cache(model, tok, sets: dict, repeats: int) -> list[str]:
+    """(c): each set's every variant scored as prefix trees and through the prompt cache."""
+    import numpy as np
+
+    import obliviate.evaluation.engine as engine_mod
+    from obliviate.evaluation import Engine
+    from obliviate.evaluation.trees import tree_capable
+    from obliviate.evaluation.views import perturbed_variants
+
+    lines = ["(c) prefix trees vs prompt cache (every variant of each set, batch 32):"]
+    for name, exs in sets.items():
+        variants = ["answer", "paraphrase", *perturbed_variants(exs)]
+
+        def run(trees: bool, exs=exs, variants=variants):
+            engine_mod.tree_capable = tree_capable if trees else (lambda m: False)
+            return Engine(model, tok, batch_size=32).stats("s", exs, variants)
+
+        t_cache, t_tree = _best(lambda: run(False), repeats), _best(lambda: run(True), repeats)
+        t_cache = min(t_cache, _best(lambda: run(False), repeats))
+        a, b = run(True), run(False)
+        engine_mod.tree_capable = tree_capable
+        diff = max(float(np.abs(a[v].nll_mean - b[v].nll_mean).max()) for v in variants)
+        lines.append(f"    {name:32s} {len(exs):4d} items x {len(variants)} variants: "
+                     f"cache {t_cache:.2f} s, trees {t_tree:.2f} s: {t_cache / t_tree:.2f}x  "
+                     f"(largest mean-NLL difference {diff:.1e})")
+    return lines
+
+
 def main() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -134,6 +183,7 @@ def main() -> None:
     model, tok, data = _setup(Path(args.work))
     torch.set_grad_enabled(False)
     out = _measure(model, tok, data, args.repeats)
+    out += _trees_vs_cache(model, tok, _style_sets(Path(args.work), data), args.repeats)
     print("\n".join(out))
     text = ["# Evaluation speed: shared engine vs bare forward passes and per-metric passes", "",
             "Measured by `python benchmarks/eval_speed.py` (best of "
