@@ -12,6 +12,7 @@ from obliviate.evaluation import Engine
 from obliviate.evaluation.engine import extraction_strength
 from obliviate.io import atomic_dir, ensure_not_inside
 from obliviate.models import TinyModelConfig, build_tiny_model, train_tokenizer
+from scoring import assert_same_statistics
 from tinyfit import fit
 
 # Questions of different lengths: batches of their prompts need padding, so padding bugs show.
@@ -94,13 +95,7 @@ def test_answer_variants_continue_from_their_prompts_cache_with_a_whole_pass_s_s
     # one call over the 5 prompts (up to the last prompt token), one over the 20 continuations
     assert calls == [(len(EXAMPLES), max(start)),
                      (len(seqs), max(len(s.input_ids) - c for s, c in zip(seqs, start, strict=True)))]
-    for v in variants:
-        a, b = shared[v], whole[v]
-        assert np.array_equal(a.n_tokens, b.n_tokens) and np.array_equal(a.em, b.em)
-        assert np.array_equal(a.es, b.es)
-        np.testing.assert_allclose(a.nll_sum, b.nll_sum, rtol=1e-5)
-        for x, y in zip(a.token_logprobs + a.token_z, b.token_logprobs + b.token_z, strict=True):
-            np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-5)
+    assert_same_statistics(shared, whole, variants)
 
 
 def test_sequences_without_a_shared_prompt_and_models_without_a_cache_are_scored_whole(tiny):

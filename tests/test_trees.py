@@ -9,6 +9,7 @@ from obliviate.data import Example
 from obliviate.encoding import IGNORE, Encoded
 from obliviate.evaluation import Engine, trees
 from obliviate.models import train_tokenizer
+from scoring import assert_same_statistics
 
 N = IGNORE
 
@@ -119,13 +120,7 @@ def test_tree_statistics_are_a_whole_pass_s(family, tok, monkeypatch):
     assert calls == [4]  # one pass, with the trees' 4D mask
     monkeypatch.setattr(engine_mod, "parkable", lambda m: False)  # whole sequences only
     whole = Engine(model, tok, batch_size=64).stats("d", ITEMS, VARIANTS)
-    for v in VARIANTS:
-        a, b = got[v], whole[v]
-        assert np.array_equal(a.n_tokens, b.n_tokens) and np.array_equal(a.em, b.em)
-        assert np.array_equal(a.es, b.es)
-        np.testing.assert_allclose(a.nll_sum, b.nll_sum, rtol=1e-5)
-        for x, y in zip(a.token_logprobs + a.token_z, b.token_logprobs + b.token_z, strict=True):
-            np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-5)
+    assert_same_statistics(got, whole, VARIANTS)
 
 
 def test_tree_scoring_in_small_batches_matches_one_batch(tok):
