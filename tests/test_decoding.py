@@ -72,15 +72,19 @@ def test_cached_rows_equal_transformers_generate_and_finished_rows_leave(lm):
     assert greedy_rows(model, ids, mask, steps, eos) == want
     # the batch shrinks: each decoding call carries only the rows without their end token yet
     calls = []
-    handle = model.register_forward_pre_hook(lambda m, a, kw: calls.append(len(kw["input_ids"])),
+    handle = model.register_forward_pre_hook(lambda m, a, kw: calls.append(kw["input_ids"].shape),
                                              with_kwargs=True)
     try:
         greedy_rows(model, ids, mask, steps, eos)
     finally:
         handle.remove()
+    # the prompts are read in length groups (test below), then one token per live row per call
+    reads = [rows for rows, width in calls if width > 1]
+    decodes = [rows for rows, width in calls if width == 1]
+    assert sum(reads) == len(PROMPTS)
     live = [sum(len(r) > s for r in want) for s in range(steps)]
-    assert calls == [len(PROMPTS)] + live[1:len(calls)]
-    assert calls[-1] < len(PROMPTS)
+    assert decodes == live[1:len(decodes) + 1]
+    assert decodes[-1] < len(PROMPTS)
 
 
 @torch.no_grad()
@@ -175,13 +179,15 @@ def test_ended_rows_stay_in_the_batch_until_they_are_an_eighth_of_it():
     assert seen == [list(range(16)), list(range(16)), list(range(2, 16))]
 
 @torch.no_grad()
-def test_reserved_cache_gives_the_default_cache_logits_bit_for_bit(lm):
+def test_reserved_cache_gives_the_default_cache_logits_bit_for_bit(lm, monkeypatch):
     """Keys and values written in place into a buffer with room to spare read the same as the
     default cache's concatenated ones, through decoding steps and a row selection."""
+    import obliviate.systems as systems
     from obliviate.systems import cached_decode, cached_prefill
 
     model, tok = lm
     ids, mask = _left_batch(tok, PROMPTS)
+    monkeypatch.setattr(systems, "length_parts", lambda m: [])  # one read (parts: test below)
     a_logits, a = cached_prefill(model, ids, mask)
     b_logits, b = cached_prefill(model, ids, mask, reserve=3)  # grows past its room below
     assert torch.equal(a_logits, b_logits)
@@ -255,3 +261,50 @@ def test_engine_parks_long_rows_and_resumes_them_with_the_same_answers():
     # each batch of 8: prefill, a step of 8, a step of the 3 still running; then down to its
     # long row it parks it. The 3 parked rows run together: prefill and 6 steps to the end.
     assert parked.calls == [8, 8, 3] * 3 + [3] * 7
+
+
+def test_length_parts_group_rows_whose_longest_is_at_most_twice_the_shortest():
+    """Real lengths 3, 10, 4, 7, 2: sorted 2 3 4 | 7 10 (7 > 2 x 2 opens a group; 10 <= 14)."""
+    from obliviate.decoding import length_parts
+
+    lengths = [3, 10, 4, 7, 2]
+    mask = torch.tensor([[0] * (10 - n) + [1] * n for n in lengths])
+    assert [p.tolist() for p in length_parts(mask)] == [[4, 0, 2], [3, 1]]
+    assert [p.tolist() for p in length_parts(torch.ones(3, 5))] == [[0, 1, 2]]
+
+
+@torch.no_grad()
+def test_rows_of_very_different_lengths_read_in_parts_decode_as_one_read(lm, monkeypatch):
+    """A resumed batch mixes prompts with prompts plus many generated tokens: read one length
+    group at a time, its caches merged, the logits and every decoding step's logits are one
+    read's to float rounding, and the tokens the same. Each part reads only its own width."""
+    import obliviate.systems as systems
+    from obliviate.decoding import length_parts
+    from obliviate.systems import cached_decode, cached_prefill
+
+    model, tok = lm
+    texts = ["Who", "Where was Ada", " ".join(["The river flows to the sea."] * 4), "The book"]
+    ids, mask = _left_batch(tok, texts)
+    assert len(length_parts(mask)) == 2  # the long row alone, the short ones together
+    widths = []
+    hook = model.register_forward_pre_hook(lambda m, a, kw: widths.append(kw["input_ids"].shape),
+                                           with_kwargs=True)
+    try:
+        a_logits, a = cached_prefill(model, ids, mask, reserve=8)
+    finally:
+        hook.remove()
+    short = int(mask[[0, 1, 3]].sum(-1).max())
+    assert widths == [(3, short), (1, ids.shape[1])]
+    layer = a["cache"].layers[0]
+    assert torch.all(layer.keys[0, :, :ids.shape[1] - int(mask[0].sum())] == 0)  # padding: zeros
+    monkeypatch.setattr(systems, "length_parts", lambda m: [])  # one read of every row
+    b_logits, b = cached_prefill(model, ids, mask, reserve=8)
+    torch.testing.assert_close(a_logits, b_logits, rtol=1e-5, atol=1e-5)
+    nxt = b_logits[:, -1].argmax(-1)[:, None]
+    assert torch.equal(nxt, a_logits[:, -1].argmax(-1)[:, None])
+    for _ in range(5):
+        a_logits, a = cached_decode(model, nxt, a)
+        b_logits, b = cached_decode(model, nxt, b)
+        torch.testing.assert_close(a_logits, b_logits, rtol=1e-5, atol=1e-5)
+        nxt = b_logits[:, -1].argmax(-1)[:, None]
+        assert torch.equal(nxt, a_logits[:, -1].argmax(-1)[:, None])

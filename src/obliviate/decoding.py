@@ -100,6 +100,48 @@ def _reserved_layer_class():
     return ReservedLayer
 
 
+def length_parts(mask: torch.Tensor) -> list[torch.Tensor]:
+    """The rows of a left-padded batch in groups by real length (shortest first), a group's
+    longest row at most twice its shortest: read group by group, a batch of rows resumed with
+    their generated tokens (lengths from a prompt to a prompt plus 200 tokens) no longer runs
+    the model over its padding, which was most of its positions."""
+    lengths = mask.sum(-1)
+    order = torch.argsort(lengths, stable=True)
+    sizes = lengths[order].tolist()
+    parts, start = [], 0
+    for j in range(1, len(sizes) + 1):
+        if j == len(sizes) or sizes[j] > 2 * sizes[start]:
+            parts.append(order[start:j])
+            start = j
+    return parts
+
+
+def all_reserved(cache: Any) -> bool:
+    """Whether every layer of a cache is one of reserved_cache's (so parts of it can merge)."""
+    layers = getattr(cache, "layers", None)
+    return bool(layers) and all(type(layer) is _reserved_layer_class() for layer in layers)
+
+
+def merge_parts(caches: list[Any], parts: list[torch.Tensor], rows: int, width: int) -> Any:
+    """One reserved cache of `rows` rows, `width` positions, from the caches of `parts` (row
+    indices), each read left-padded to its own longest row: each row's keys and values end at
+    `width`, as one left-padded read of all rows leaves them; the padding before them is zeros
+    (finite, so the mask's lowest value hides it in the softmax)."""
+    out = caches[0]
+    for i, layer in enumerate(out.layers):
+        like = layer.k_buf
+        shape = (rows, like.shape[1], width + layer.reserve, like.shape[3])
+        k, v = like.new_zeros(shape), layer.v_buf.new_zeros(shape)
+        for cache, idx in zip(caches, parts, strict=True):
+            part = cache.layers[i]
+            idx = idx.to(like.device)
+            k[idx, :, width - part.length:width] = part.k_buf[:, :, :part.length]
+            v[idx, :, width - part.length:width] = part.v_buf[:, :, :part.length]
+        layer.k_buf, layer.v_buf, layer.length = k, v, width
+        layer.keys, layer.values = k[..., :width, :], v[..., :width, :]
+    return out
+
+
 def select_rows(state: Any, keep: torch.Tensor) -> Any:
     """The decoding state of the rows `keep` (indices into the current rows): tensors are cut
     along their first (row) dimension, KV caches through their own batch selection, dicts,

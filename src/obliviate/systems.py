@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from .data.files import read_json
-from .decoding import greedy_loop, pad_rows, reserved_cache
+from .decoding import all_reserved, greedy_loop, length_parts, merge_parts, pad_rows, reserved_cache
 from .encoding import IGNORE, collate
 from .errors import ObliviateError
 from .io import atomic_dir, check_output, write_json_atomic
@@ -120,9 +120,33 @@ def cached_prefill(model, ids: torch.Tensor, mask: torch.Tensor,
     `cached_decode` continues from; its cache has room for `reserve` new tokens."""
     keep = {"logits_to_keep": 1} if "logits_to_keep" in _forward_params(_model_class(model)) else {}
     cache = reserved_cache(model, reserve) if reserve > 0 else None
-    logits, cache = lm_step(model, mask, ids=ids, cache=cache, pos=positions(mask), use_cache=True,
-                            **keep)
+    parts = length_parts(mask) if keep and all_reserved(cache) else []
+    if len(parts) > 1:
+        logits, cache = _prefill_parts(model, ids, mask, reserve, parts, cache)
+    else:
+        logits, cache = lm_step(model, mask, ids=ids, cache=cache, pos=positions(mask),
+                                use_cache=True, **keep)
     return logits, {"mask": mask, "pos": positions(mask)[:, -1:], "cache": cache}
+
+
+def _prefill_parts(model, ids: torch.Tensor, mask: torch.Tensor, reserve: int,
+                   parts: list[torch.Tensor], cache: Any) -> tuple[torch.Tensor, Any]:
+    """cached_prefill's read of rows of very different lengths, one length group at a time
+    (decoding.length_parts), each cut to its own longest row; the groups' caches merge into
+    the one a single read would leave (decoding.merge_parts). Last-position logits only."""
+    width = ids.shape[1]
+    caches, logits = [], None
+    for idx in parts:
+        sub = mask[idx]
+        cut = width - int(sub.sum(-1).max())
+        part_cache = cache if not caches else reserved_cache(model, reserve)
+        out, part_cache = lm_step(model, sub[:, cut:], ids=ids[idx, cut:], cache=part_cache,
+                                  pos=positions(sub[:, cut:]), use_cache=True, logits_to_keep=1)
+        if logits is None:
+            logits = out.new_empty((len(ids), *out.shape[1:]))
+        logits[idx.to(out.device)] = out
+        caches.append(part_cache)
+    return logits, merge_parts(caches, parts, len(ids), width)
 
 
 def cached_decode(model, ids: torch.Tensor, state: dict[str, Any]) -> tuple[torch.Tensor, dict]:
