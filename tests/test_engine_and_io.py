@@ -92,9 +92,11 @@ def test_answer_variants_continue_from_their_prompts_cache_with_a_whole_pass_s_s
     whole = Engine(model, tok, batch_size=64).stats("d", EXAMPLES, variants)
     seqs = [encode(tok, ex, i, variant=v) for v in variants for i, ex in enumerate(EXAMPLES)]
     start = [next(j for j, t in enumerate(s.labels) if t != -100) - 1 for s in seqs]
-    # one call over the 5 prompts (up to the last prompt token), one over the 20 continuations
-    assert calls == [(len(EXAMPLES), max(start)),
-                     (len(seqs), max(len(s.input_ids) - c for s, c in zip(seqs, start, strict=True)))]
+    # the 5 prompts (up to the last prompt token) read once, in length groups (decoding's
+    # length_parts), then one call over the 20 continuations
+    assert sum(rows for rows, _ in calls[:-1]) == len(EXAMPLES)
+    assert max(width for _, width in calls[:-1]) == max(start)
+    assert calls[-1] == (len(seqs), max(len(s.input_ids) - c for s, c in zip(seqs, start, strict=True)))
     assert_same_statistics(shared, whole, variants)
 
 
