@@ -290,15 +290,16 @@ def test_rows_of_very_different_lengths_read_in_parts_decode_as_one_read(lm, mon
     hook = model.register_forward_pre_hook(lambda m, a, kw: widths.append(kw["input_ids"].shape),
                                            with_kwargs=True)
     try:
-        a_logits, a = cached_prefill(model, ids, mask, reserve=8)
+        a_logits, a = cached_prefill(model, ids, mask, reserve=2)  # decoded past its room below
     finally:
         hook.remove()
     short = int(mask[[0, 1, 3]].sum(-1).max())
     assert widths == [(3, short), (1, ids.shape[1])]
     layer = a["cache"].layers[0]
     assert torch.all(layer.keys[0, :, :ids.shape[1] - int(mask[0].sum())] == 0)  # padding: zeros
+    assert layer.reserve == 2 and layer.k_buf.shape[2] == ids.shape[1] + 2
     monkeypatch.setattr(systems, "length_parts", lambda m: [])  # one read of every row
-    b_logits, b = cached_prefill(model, ids, mask, reserve=8)
+    b_logits, b = cached_prefill(model, ids, mask, reserve=2)
     torch.testing.assert_close(a_logits, b_logits, rtol=1e-5, atol=1e-5)
     nxt = b_logits[:, -1].argmax(-1)[:, None]
     assert torch.equal(nxt, a_logits[:, -1].argmax(-1)[:, None])
@@ -308,3 +309,25 @@ def test_rows_of_very_different_lengths_read_in_parts_decode_as_one_read(lm, mon
         torch.testing.assert_close(a_logits, b_logits, rtol=1e-5, atol=1e-5)
         nxt = b_logits[:, -1].argmax(-1)[:, None]
         assert torch.equal(nxt, a_logits[:, -1].argmax(-1)[:, None])
+
+
+@torch.no_grad()
+def test_a_batch_with_an_empty_row_or_right_padding_is_read_in_one_pass(lm):
+    """Length groups cut each row's tokens from the right edge: a row with no token (an empty
+    prompt, no BOS) or a right-padded batch is read whole, as before."""
+    from obliviate.systems import cached_prefill
+
+    model, tok = lm
+    ids, mask = _left_batch(tok, ["Who", " ".join(["The river flows to the sea."] * 4)])
+    empty_ids = torch.cat([ids, torch.full_like(ids[:1], tok.pad_token_id)])
+    empty_mask = torch.cat([mask, torch.zeros_like(mask[:1])])
+    right = mask.flip(1)
+    calls = []
+    hook = model.register_forward_pre_hook(lambda mod, a, kw: calls.append(1), with_kwargs=True)
+    try:
+        for i, m in ((empty_ids, empty_mask), (ids.flip(1), right)):
+            calls.clear()
+            logits, _ = cached_prefill(model, i, m, reserve=4)
+            assert calls == [1] and logits.shape[0] == len(i)
+    finally:
+        hook.remove()

@@ -50,6 +50,9 @@ def test_batches_hold_no_more_positions_than_a_whole_pass_batch():
     6 alone is 6; 10 goes alone (wider than the budget, never split)."""
     forest = [trees.build([Encoded(list(range(n)), [N] * n, 0)]) for n in (10, 3, 6, 4)]
     assert trees.batches(forest, [3, 3, 3, 3], 4) == [[1, 3], [2], [0]]
+    # two trees of 5: 10 positions fit 12, but 2 x 5^2 = 50 attention scores exceed 4 x 3^2 = 36
+    five = [trees.build([Encoded(list(range(5)), [N] * 5, 0)])] * 2
+    assert trees.batches(five, [3, 3], 4) == [[0], [1]]
 
 
 FAMILIES = ["llama", "qwen2", "gpt2", "gpt_neox", "mixtral"]
@@ -123,12 +126,15 @@ def test_tree_statistics_are_a_whole_pass_s(family, tok, monkeypatch):
     assert_same_statistics(got, whole, VARIANTS)
 
 
-def test_tree_scoring_in_small_batches_matches_one_batch(tok):
-    """At batch size 2 the three trees (five sequences each) go one per pass: same numbers."""
+def test_tree_scoring_in_small_batches_matches_one_batch(tok, monkeypatch):
+    """At batch size 2 each item's five sequences make trees of 2, 2 and 1 (a question asked
+    many times never makes one tree too wide to hold): same numbers as one batch."""
     model = _model("llama", tok)
-    small = Engine(model, tok, batch_size=2)
-    a = small.stats("d", ITEMS, VARIANTS)
-    assert small.forward_passes == 3
+    built = []
+    build = trees.build
+    monkeypatch.setattr(trees, "build", lambda items: built.append(len(items)) or build(items))
+    a = Engine(model, tok, batch_size=2).stats("d", ITEMS, VARIANTS)
+    assert built == [2, 2, 1] * len(ITEMS)
     b = Engine(model, tok, batch_size=64).stats("d", ITEMS, VARIANTS)
     for v in VARIANTS:
         np.testing.assert_allclose(a[v].nll_sum, b[v].nll_sum, rtol=1e-5)
@@ -147,3 +153,12 @@ def test_families_and_settings_without_tree_support_keep_the_prompt_cache(tok):
     assert not trees.tree_capable(mistral)  # a full mask would override the window
     bloom = tf.BloomForCausalLM(tf.BloomConfig(vocab_size=len(tok), hidden_size=32, n_layer=1, n_head=2))
     assert not trees.tree_capable(bloom)  # ALiBi reads positions from a 2D mask
+    mixed = _model("qwen2", tok)
+    mixed.config.layer_types = ["full_attention", "sliding_attention"]
+    assert not trees.tree_capable(mixed)
+
+    class Remote(tf.LlamaForCausalLM):  # remote code that only claims a family
+        pass
+
+    assert trees.tree_capable(_model("llama", tok))
+    assert not trees.tree_capable(Remote(_model("llama", tok).config))

@@ -105,7 +105,7 @@ def length_parts(mask: torch.Tensor) -> list[torch.Tensor]:
     longest row at most twice its shortest: read group by group, a batch of rows resumed with
     their generated tokens (lengths from a prompt to a prompt plus 200 tokens) no longer runs
     the model over its padding, which was most of its positions."""
-    lengths = mask.sum(-1)
+    lengths = mask.sum(-1).clamp(min=1)  # an empty prompt reads as one (masked) position
     order = torch.argsort(lengths, stable=True)
     sizes = lengths[order].tolist()
     parts, start = [], 0
@@ -122,22 +122,24 @@ def all_reserved(cache: Any) -> bool:
     return bool(layers) and all(type(layer) is _reserved_layer_class() for layer in layers)
 
 
-def merge_parts(caches: list[Any], parts: list[torch.Tensor], rows: int, width: int) -> Any:
-    """One reserved cache of `rows` rows, `width` positions, from the caches of `parts` (row
-    indices), each read left-padded to its own longest row: each row's keys and values end at
-    `width`, as one left-padded read of all rows leaves them; the padding before them is zeros
-    (finite, so the mask's lowest value hides it in the softmax)."""
+def merge_parts(caches: list[Any], parts: list[torch.Tensor], rows: int, width: int,
+                reserve: int) -> Any:
+    """One reserved cache of `rows` rows, `width` positions and room for `reserve` more, from
+    the caches of `parts` (row indices), each read left-padded to its own longest row (with
+    no room reserved: only the merged cache is decoded into): each row's keys and values end
+    at `width`, as one left-padded read of all rows leaves them; the padding before them is
+    zeros (finite, so the mask's lowest value hides it in the softmax)."""
     out = caches[0]
     for i, layer in enumerate(out.layers):
         like = layer.k_buf
-        shape = (rows, like.shape[1], width + layer.reserve, like.shape[3])
+        shape = (rows, like.shape[1], width + reserve, like.shape[3])
         k, v = like.new_zeros(shape), layer.v_buf.new_zeros(shape)
         for cache, idx in zip(caches, parts, strict=True):
             part = cache.layers[i]
             idx = idx.to(like.device)
             k[idx, :, width - part.length:width] = part.k_buf[:, :, :part.length]
             v[idx, :, width - part.length:width] = part.v_buf[:, :, :part.length]
-        layer.k_buf, layer.v_buf, layer.length = k, v, width
+        layer.k_buf, layer.v_buf, layer.length, layer.reserve = k, v, width, reserve
         layer.keys, layer.values = k[..., :width, :], v[..., :width, :]
     return out
 

@@ -120,9 +120,10 @@ def cached_prefill(model, ids: torch.Tensor, mask: torch.Tensor,
     `cached_decode` continues from; its cache has room for `reserve` new tokens."""
     keep = {"logits_to_keep": 1} if "logits_to_keep" in _forward_params(_model_class(model)) else {}
     cache = reserved_cache(model, reserve) if reserve > 0 else None
-    parts = length_parts(mask) if keep and all_reserved(cache) else []
+    # length groups for a left-padded batch (each row's last position real) only
+    parts = length_parts(mask) if keep and all_reserved(cache) and bool(mask[:, -1].all()) else []
     if len(parts) > 1:
-        logits, cache = _prefill_parts(model, ids, mask, reserve, parts, cache)
+        logits, cache = _prefill_parts(model, ids, mask, reserve, parts)
     else:
         logits, cache = lm_step(model, mask, ids=ids, cache=cache, pos=positions(mask),
                                 use_cache=True, **keep)
@@ -130,7 +131,7 @@ def cached_prefill(model, ids: torch.Tensor, mask: torch.Tensor,
 
 
 def _prefill_parts(model, ids: torch.Tensor, mask: torch.Tensor, reserve: int,
-                   parts: list[torch.Tensor], cache: Any) -> tuple[torch.Tensor, Any]:
+                   parts: list[torch.Tensor]) -> tuple[torch.Tensor, Any]:
     """cached_prefill's read of rows of very different lengths, one length group at a time
     (decoding.length_parts), each cut to its own longest row; the groups' caches merge into
     the one a single read would leave (decoding.merge_parts). Last-position logits only."""
@@ -138,15 +139,15 @@ def _prefill_parts(model, ids: torch.Tensor, mask: torch.Tensor, reserve: int,
     caches, logits = [], None
     for idx in parts:
         sub = mask[idx]
-        cut = width - int(sub.sum(-1).max())
-        part_cache = cache if not caches else reserved_cache(model, reserve)
-        out, part_cache = lm_step(model, sub[:, cut:], ids=ids[idx, cut:], cache=part_cache,
-                                  pos=positions(sub[:, cut:]), use_cache=True, logits_to_keep=1)
+        cut = width - max(1, int(sub.sum(-1).max()))
+        out, part_cache = lm_step(model, sub[:, cut:], ids=ids[idx, cut:],
+                                  cache=reserved_cache(model, 0), pos=positions(sub[:, cut:]),
+                                  use_cache=True, logits_to_keep=1)
         if logits is None:
             logits = out.new_empty((len(ids), *out.shape[1:]))
         logits[idx.to(out.device)] = out
         caches.append(part_cache)
-    return logits, merge_parts(caches, parts, len(ids), width)
+    return logits, merge_parts(caches, parts, len(ids), width, reserve)
 
 
 def cached_decode(model, ids: torch.Tensor, state: dict[str, Any]) -> tuple[torch.Tensor, dict]:

@@ -271,16 +271,18 @@ class Engine:
         return out
 
     def _score_trees(self, items: list[Encoded]) -> list[ItemScore]:
-        """Each prompt group as one prefix tree (trees.py), one forward pass per batch of
-        trees; a batch holds no more positions than a whole pass's batch of `batch_size` of
-        its longest sequences."""
+        """Each prompt group as prefix trees (trees.py) of at most `batch_size` sequences (a
+        question asked many times must not make one tree too wide to hold), one forward pass
+        per batch of trees (trees.batches: within a whole pass's batch's positions and
+        attention)."""
         groups: dict[tuple[int, ...], list[int]] = {}
         for i, it in enumerate(items):
             groups.setdefault(tuple(it.input_ids[:_prompt_cut(it)]), []).append(i)
-        forest = [trees.build([items[i] for i in g]) for g in groups.values()]
-        members = list(groups.values())
+        members = [g[s:s + self.batch_size] for g in groups.values()
+                   for s in range(0, len(g), self.batch_size)]
+        forest = [trees.build([items[i] for i in g]) for g in members]
         out: list = [None] * len(items)
-        dtype = next(self.model.parameters()).dtype
+        dtype = self.model.get_input_embeddings().weight.dtype  # the attention's dtype
         for batch in trees.batches(forest, [max(len(items[i].input_ids) for i in g) for g in members],
                                    self.batch_size):
             part = [forest[b] for b in batch]

@@ -30,11 +30,18 @@ TREE_FAMILIES = frozenset({"llama", "mistral", "qwen2", "qwen3", "gemma", "phi3"
 
 
 def tree_capable(model) -> bool:
-    """Whether a plain transformers causal LM can score prefix trees (see TREE_FAMILIES)."""
+    """Whether a plain transformers causal LM can score prefix trees (see TREE_FAMILIES): the
+    library's own class (remote code only claims a family), all layers full attention."""
     config = getattr(model, "config", None)
     if config is None or getattr(config, "model_type", None) not in TREE_FAMILIES:
         return False
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if getattr(model, "peft_type", None) not in (None, "LORA") or \
+            not type(inner).__module__.startswith("transformers.models."):
+        return False  # prompt-learning adapters join their own 2D mask to ours
     if getattr(config, "_attn_implementation", None) not in ("sdpa", "eager"):
+        return False
+    if any(kind != "full_attention" for kind in getattr(config, "layer_types", None) or ()):
         return False
     window = getattr(config, "sliding_window", None)
     return window is None or getattr(config, "use_sliding_window", True) is False
@@ -105,13 +112,15 @@ def collate_trees(trees: list[Tree], pad_id: int, dtype: torch.dtype) -> dict[st
 
 def batches(forest: list[Tree], longest: list[int], size: int) -> list[list[int]]:
     """Batches of trees (their indices), smallest first: each pads to no more positions
-    (rows x widest tree) than `size` rows of its longest sequence would, so a batch holds
-    what a whole pass's batch may; a tree wider than that goes alone."""
+    (rows x widest tree), nor attention scores (rows x widest^2), than `size` rows of its
+    longest sequence would, so a batch holds what a whole pass's batch may; a tree wider than
+    that goes alone."""
     out: list[list[int]] = []
     rows = seq = 0
     for i in sorted(range(len(forest)), key=lambda i: len(forest[i].ids)):
         n = len(forest[i].ids)  # sorted: the widest tree so far
-        if not out or (rows + 1) * n > size * max(seq, longest[i]):
+        most = max(seq, longest[i])
+        if not out or (rows + 1) * n > size * most or (rows + 1) * n * n > size * most * most:
             out.append([])
             rows = seq = 0
         out[-1].append(i)
