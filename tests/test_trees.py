@@ -157,8 +157,8 @@ def test_families_and_settings_without_tree_support_keep_the_prompt_cache(tok):
     mixed.config.layer_types = ["full_attention", "sliding_attention"]
     assert not trees.tree_capable(mixed)
 
-    class Remote(tf.LlamaForCausalLM):  # remote code that only claims a family
-        pass
+    class Remote(tf.LlamaForCausalLM):
+        """Remote code that only claims a family."""
 
     assert trees.tree_capable(_model("llama", tok))
     assert not trees.tree_capable(Remote(_model("llama", tok).config))

@@ -84,20 +84,30 @@ class ItemStats:
 def _token_stats(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """Statistics of the labelled tokens only, in row-major order: (log p(label) [n],
     Min-K%++ z [n], argmax correct [n], labelled tokens per row [batch]). Vocabulary-wide work
-    is done at labelled positions alone (prompts and padding skipped).
-    z_t = (log p(y_t) - mu_t) / sigma_t, mu_t and sigma_t^2 the mean and variance of log p(v)
-    with v drawn from the model's own next-token distribution (Zhang et al. 2024)."""
+    is done at labelled positions alone (prompts and padding skipped)."""
     target = labels[:, 1:]
     mask = target != IGNORE
-    sel = logits[:, :-1, :][mask].float()  # [n, vocab]
-    t = target[mask]
+    return (*_label_stats(logits[:, :-1, :][mask], target[mask]), mask.sum(-1))
+
+
+def _label_stats(sel: torch.Tensor, target: torch.Tensor,
+                 at: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
+    """(log p(label), Min-K%++ z, argmax correct) of each label in `target` [n], predicted by
+    the logits `sel` [positions, vocab] at row `at` [n] (None: row i predicts label i), so a
+    position several labels read has its vocabulary-wide numbers computed once.
+    z_t = (log p(y_t) - mu_t) / sigma_t, mu_t and sigma_t^2 the mean and variance of log p(v)
+    with v drawn from the model's own next-token distribution (Zhang et al. 2024)."""
+    sel = sel.float()
     logsm = torch.log_softmax(sel, dim=-1)
-    logp = logsm.gather(-1, t.unsqueeze(-1)).squeeze(-1)
     p = logsm.exp()
     mu = (p * logsm).sum(-1)
     var = (p * logsm * logsm).sum(-1) - mu * mu
-    z = (logp - mu) / var.clamp(min=1e-12).sqrt()
-    return logp, z, sel.argmax(-1) == t, mask.sum(-1)
+    best = sel.argmax(-1)
+    if at is None:
+        at = torch.arange(len(target), device=sel.device)
+    logp = logsm[at, target]
+    z = (logp - mu[at]) / var[at].clamp(min=1e-12).sqrt()
+    return logp, z, best[at] == target
 
 
 def extraction_strength(correct: np.ndarray) -> float:
@@ -174,13 +184,18 @@ def _prompt_groups(items: list[Encoded]) -> tuple[list[int], list[int]]:
     return shared, [i for i in range(len(items)) if i not in taken]
 
 
-def _group_batches(items: list[Encoded], cuts: list[int], size: int) -> list[list[int]]:
-    """Batches of at most `size` rows, sorted by prompt length, then by the longest tail in the
-    prompt's group (so both paddings stay small), a group's rows together."""
+def _by_prompt(items: list[Encoded], cuts: list[int]) -> list[list[int]]:
+    """The indices of `items` grouped by their shared part (ids before `cuts`), first seen first."""
     groups: dict[tuple[int, ...], list[int]] = {}
     for i, it in enumerate(items):
         groups.setdefault(tuple(it.input_ids[:cuts[i]]), []).append(i)
-    ordered = sorted(groups.values(), key=lambda g: (cuts[g[0]], max(len(items[i].input_ids) for i in g)))
+    return list(groups.values())
+
+
+def _group_batches(items: list[Encoded], cuts: list[int], size: int) -> list[list[int]]:
+    """Batches of at most `size` rows, sorted by prompt length, then by the longest tail in the
+    prompt's group (so both paddings stay small), a group's rows together."""
+    ordered = sorted(_by_prompt(items, cuts), key=lambda g: (cuts[g[0]], max(len(items[i].input_ids) for i in g)))
     rows = [i for g in ordered for i in sorted(g, key=lambda i: len(items[i].input_ids))]
     return [rows[s:s + size] for s in range(0, len(rows), size)]
 
@@ -275,10 +290,7 @@ class Engine:
         question asked many times must not make one tree too wide to hold), one forward pass
         per batch of trees (trees.batches: within a whole pass's batch's positions and
         attention)."""
-        groups: dict[tuple[int, ...], list[int]] = {}
-        for i, it in enumerate(items):
-            groups.setdefault(tuple(it.input_ids[:_prompt_cut(it)]), []).append(i)
-        members = [g[s:s + self.batch_size] for g in groups.values()
+        members = [g[s:s + self.batch_size] for g in _by_prompt(items, [_prompt_cut(it) for it in items])
                    for s in range(0, len(g), self.batch_size)]
         forest = [trees.build([items[i] for i in g]) for g in members]
         out: list = [None] * len(items)
@@ -294,7 +306,8 @@ class Engine:
             logits, _ = lm_step(self.model, rows["attention_mask"], ids=rows["input_ids"],
                                 pos=rows["position_ids"], **keep)
             self.forward_passes += 1
-            scores = _split_scores(*trees.tree_token_stats(logits, part, start))
+            row, col, at, labels, counts = trees.reads(part, start, logits.device)
+            scores = _split_scores(*_label_stats(logits[row, col], labels, at), counts)
             for i, score in zip((i for b in batch for i in members[b]), scores, strict=True):
                 out[i] = score
         return out

@@ -133,31 +133,22 @@ def first_read(trees: list[Tree]) -> int:
     return min((node for t in trees for reads in t.reads for node, _ in reads), default=0)
 
 
-def tree_token_stats(logits: torch.Tensor, trees: list[Tree],
-                     start: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[int]]:
-    """What engine._token_stats returns for a whole pass, for every sequence of every tree in
-    order: (log p(label), Min-K%++ z, argmax correct) per labelled token, and the labelled
-    tokens per sequence. `logits` [rows, width - start, vocab] start at position `start`.
-    Each predicting position's vocabulary-wide numbers are computed once, however many
-    sequences read it."""
+def reads(trees: list[Tree], start: int, device: torch.device) -> tuple[torch.Tensor, ...]:
+    """Where every labelled token of every tree's sequences (in order) is read, for logits
+    [rows, width - start, vocab] from position `start` on: (row, column) of each distinct
+    predicting position, each label's index among those positions, the labels, and the
+    labelled tokens per sequence. A position several sequences share appears once."""
     slot: dict[tuple[int, int], int] = {}
     where, labels, counts = [], [], []
     for r, t in enumerate(trees):
-        for reads in t.reads:
-            counts.append(len(reads))
-            for node, lab in reads:
+        for seq in t.reads:
+            counts.append(len(seq))
+            for node, lab in seq:
                 where.append(slot.setdefault((r, node), len(slot)))
                 labels.append(lab)
-    rows = torch.tensor([r for r, _ in slot], dtype=torch.long, device=logits.device)
-    cols = torch.tensor([n - start for _, n in slot], dtype=torch.long, device=logits.device)
-    sel = logits[rows, cols].float()  # [positions, vocab]
-    logsm = torch.log_softmax(sel, dim=-1)
-    p = logsm.exp()
-    mu = (p * logsm).sum(-1)
-    var = (p * logsm * logsm).sum(-1) - mu * mu
-    best = sel.argmax(-1)
-    at = torch.tensor(where, dtype=torch.long, device=logits.device)
-    lab = torch.tensor(labels, dtype=torch.long, device=logits.device)
-    logp = logsm[at, lab]
-    z = (logp - mu[at]) / var[at].clamp(min=1e-12).sqrt()
-    return logp, z, best[at] == lab, counts
+
+    def tensor(values: list[int]) -> torch.Tensor:
+        return torch.tensor(values, dtype=torch.long, device=device)
+
+    return (tensor([r for r, _ in slot]), tensor([n - start for _, n in slot]), tensor(where),
+            tensor(labels), counts)
